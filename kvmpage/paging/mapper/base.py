@@ -1,0 +1,434 @@
+"""The engine shared by the three mappers: `Mapper`, `Translate` and `CleanUp` on raw entries.
+
+The crate's mappers differ only in how they reach a child table (through a physical-to-virtual
+mapping, or through the recursive virtual address) and in a handful of checks (rules R-05..R-16).
+`TableMapper` implements every operation once over raw 64-bit entries and asks its subclass two
+questions: where is the level-4 table, and where is the child table of a given entry. The class
+attributes `RECURSIVE_CHECKS` switches between the two sets of checks, each documented with
+its rule id.
+
+Tables are handled as ``(words, base)`` pairs: ``words`` is the memory as u64 words and
+``base`` the word index of the table's entry 0. That keeps the walks free of object churn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from kvmpage.addr import PhysAddr, VirtAddr, _sign_extend_47
+from kvmpage.memory import PhysMemory
+from kvmpage.paging.frame_alloc import FrameAllocator, FrameDeallocator
+from kvmpage.paging.mapper.errors import (
+    FrameAllocationFailed,
+    InvalidFrameAddress,
+    PageAlreadyMapped,
+    PageNotMapped,
+    ParentEntryHugePage,
+)
+from kvmpage.paging.mapper.flush import MapperFlush, MapperFlushAll, RecordingTlb, Tlb
+from kvmpage.paging.mapper.translate import (
+    InvalidFrameAddressResult,
+    Mapped,
+    MappedFrame,
+    NotMapped,
+    TranslateResult,
+)
+from kvmpage.paging.page import (
+    Page,
+    PageRangeInclusive,
+    PageSize,
+    PhysFrame,
+    Size1GiB,
+    Size2MiB,
+    Size4KiB,
+)
+from kvmpage.paging.table import ADDRESS_MASK, PageTable, PageTableFlags
+from kvmpage.panic import Panic
+
+PRESENT = 1
+WRITABLE = 2
+USER_ACCESSIBLE = 4
+HUGE_PAGE = 1 << 7
+_U64 = (1 << 64) - 1
+_PARENT_FLAG_MASK = PRESENT | WRITABLE | USER_ACCESSIBLE
+
+Table = tuple[memoryview, int]
+"""A table as (memory as u64 words, word index of entry 0)."""
+
+S = TypeVar("S", bound=PageSize)
+
+_LEAF_LEVEL: dict[type[PageSize], int] = {Size4KiB: 1, Size2MiB: 2, Size1GiB: 3}
+_FRAME_OF_LEVEL: dict[int, Any] = {
+    1: PhysFrame,
+    2: PhysFrame[Size2MiB],
+    3: PhysFrame[Size1GiB],
+}
+
+
+def _index(va: int, level: int) -> int:
+    return (va >> (3 + 9 * level)) & 511
+
+
+def _flags(flags: int) -> int:
+    f = int(flags)
+    if not 0 <= f <= _U64:
+        raise ValueError(f"flags {f:#x} do not fit in 64 bits")
+    return f
+
+
+def _leaf_level(page: Any, frame: Any | None = None) -> int:
+    """The level of the entry that maps ``page``; checks that ``frame`` has the same size."""
+    if not isinstance(page, Page):
+        raise TypeError(f"expected a Page, got {type(page).__name__}")
+    size = page.SIZE_TYPE
+    if frame is not None:
+        if not isinstance(frame, PhysFrame):
+            raise TypeError(f"expected a PhysFrame, got {type(frame).__name__}")
+        if frame.SIZE_TYPE is not size:
+            raise TypeError(
+                f"cannot map a {size.DEBUG_STR} page to a {frame.SIZE_TYPE.DEBUG_STR} frame"
+            )
+    return _LEAF_LEVEL[size]
+
+
+class Translate(Protocol):
+    """The crate's ``Translate`` trait (M-04)."""
+
+    def translate(self, addr: VirtAddr) -> TranslateResult: ...
+
+    def translate_addr(self, addr: VirtAddr) -> PhysAddr | None: ...
+
+
+class TableMapper:
+    """`Mapper` for all three page sizes, `Translate` and `CleanUp`, over raw table entries.
+
+    Subclasses provide `_p4` and `_child`; everything else is shared. Every method accepts a page
+    of any size (``Page``, ``Page[Size2MiB]``, ``Page[Size1GiB]``) and dispatches on it, like the
+    crate's ``Mapper<S>`` implementations.
+    """
+
+    #: RecursivePageTable semantics: new parents get PRESENT|WRITABLE (R-05), parents are only
+    #: checked for zero in update_flags / set_flags / translate_page (R-10), translate tests
+    #: raw == 0 instead of PRESENT (R-14).
+    RECURSIVE_CHECKS: ClassVar[bool] = False
+
+    memory: PhysMemory
+    tlb: Tlb
+
+    def __init__(self, memory: PhysMemory, tlb: Tlb | None) -> None:
+        self.memory = memory
+        self.tlb = tlb if tlb is not None else RecordingTlb()
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    def _p4(self) -> Table:
+        raise NotImplementedError
+
+    def _child(self, raw: int, va: int, child_level: int) -> Table:
+        """The table of ``child_level`` that entry ``raw`` (on the walk of ``va``) leads to."""
+        raise NotImplementedError
+
+    def _skip_in_clean_up(self, level: int, index: int) -> bool:
+        return False
+
+    # -- walking helpers ------------------------------------------------------------------
+
+    def _descend(self, table: Table, va: int, level: int, loose: bool) -> Table:
+        """Step from ``table`` (at ``level``) to the child on the walk of ``va``.
+
+        Strict (``entry.frame()``, MP-03, R-09): not present -> PageNotMapped, huge ->
+        ParentEntryHugePage. Loose (recursive update/translate_page, R-10): only raw == 0 fails.
+        """
+        q, b = table
+        raw = q[b + _index(va, level)]
+        if loose and self.RECURSIVE_CHECKS:
+            if raw == 0:
+                raise PageNotMapped()
+        else:
+            if not raw & PRESENT:
+                raise PageNotMapped()
+            if raw & HUGE_PAGE:
+                raise ParentEntryHugePage()
+        return self._child(raw, va, level - 1)
+
+    def _walk_to(self, va: int, level: int, loose: bool) -> Table:
+        """The table of ``level`` on the walk of ``va`` (no creation)."""
+        t = self._p4()
+        for lvl in range(4, level, -1):
+            t = self._descend(t, va, lvl, loose)
+        return t
+
+    def _create_next_table(
+        self, table: Table, va: int, level: int, insert: int, allocator: FrameAllocator[Any]
+    ) -> Table:
+        """The crate's ``create_next_table`` (MP-04, R-05, R-06)."""
+        q, b = table
+        i = b + _index(va, level)
+        raw = q[i]
+        created = False
+        if raw == 0:
+            frame = allocator.allocate_frame()
+            if frame is None:
+                raise FrameAllocationFailed()
+            if type(frame) is not PhysFrame:
+                raise TypeError(f"the allocator returned {frame!r}, not a 4 KiB PhysFrame")
+            self.memory.check(frame._start, 4096)
+            new_flags = insert | PRESENT | WRITABLE if self.RECURSIVE_CHECKS else insert
+            if new_flags & HUGE_PAGE:
+                raise Panic("assertion failed: !flags.contains(PageTableFlags::HUGE_PAGE)")
+            q[i] = raw = frame._start | new_flags
+            created = True
+        elif insert and raw & insert != insert:
+            q[i] = raw = raw | insert
+        if self.RECURSIVE_CHECKS:
+            if raw & HUGE_PAGE:
+                raise ParentEntryHugePage()
+        else:
+            if not raw & PRESENT:
+                raise Panic("entry should be mapped at this point")
+            if raw & HUGE_PAGE:
+                raise ParentEntryHugePage()
+        child = self._child(raw, va, level - 1)
+        if created:
+            cq, cb = child
+            cq[cb : cb + 512] = _ZERO_TABLE
+        return child
+
+    # -- Mapper ---------------------------------------------------------------------------
+
+    def map_to(
+        self, page: Page[S], frame: PhysFrame[S], flags: int, frame_allocator: FrameAllocator[Any]
+    ) -> MapperFlush[S]:
+        """Map ``page`` to ``frame`` with ``flags``; parents get ``flags & (P|W|U)`` (M-02).
+
+        Raises `FrameAllocationFailed`, `ParentEntryHugePage` or `PageAlreadyMapped` (with the
+        requested frame). Nothing is rolled back on failure, like the crate (MP-05).
+        """
+        f = _flags(flags)
+        return self.map_to_with_table_flags(page, frame, f, f & _PARENT_FLAG_MASK, frame_allocator)
+
+    def map_to_with_table_flags(
+        self,
+        page: Page[S],
+        frame: PhysFrame[S],
+        flags: int,
+        parent_table_flags: int,
+        frame_allocator: FrameAllocator[Any],
+    ) -> MapperFlush[S]:
+        """Map with explicit flags for new parents / to OR into existing parents (MP-04..MP-11)."""
+        level = _leaf_level(page, frame)
+        f = _flags(flags)
+        insert = _flags(parent_table_flags)
+        va = page._start
+        t = self._p4()
+        for lvl in range(4, level, -1):
+            t = self._create_next_table(t, va, lvl, insert, frame_allocator)
+        q, b = t
+        i = b + _index(va, level)
+        if q[i] != 0:
+            raise PageAlreadyMapped(frame)
+        if level == 1:
+            if f & HUGE_PAGE:
+                raise Panic("assertion failed: !flags.contains(PageTableFlags::HUGE_PAGE)")
+            q[i] = frame._start | f
+        else:
+            q[i] = frame._start | f | HUGE_PAGE
+        return MapperFlush(page, self.tlb)
+
+    def unmap(self, page: Page[S]) -> tuple[PhysFrame[S], MapperFlush[S]]:
+        """Clear the leaf entry of ``page``; returns the frame it mapped (MP-12..MP-15, R-09).
+
+        Tables are never freed here (see `clean_up`).
+        """
+        level = _leaf_level(page)
+        va = page._start
+        q, b = self._walk_to(va, level, loose=False)
+        i = b + _index(va, level)
+        raw = q[i]
+        if not raw & PRESENT:
+            raise PageNotMapped()
+        addr = raw & ADDRESS_MASK
+        if level == 1:
+            if raw & HUGE_PAGE:
+                raise ParentEntryHugePage()
+        else:
+            if not raw & HUGE_PAGE:
+                raise ParentEntryHugePage()  # misnamed in the crate: issue #610
+            if addr & ((1 << (12 + 9 * (level - 1))) - 1):
+                raise InvalidFrameAddress(PhysAddr._raw(addr))
+        q[i] = 0
+        return _FRAME_OF_LEVEL[level]._make(addr), MapperFlush(page, self.tlb)
+
+    def update_flags(self, page: Page[S], flags: int) -> MapperFlush[S]:
+        """Replace the leaf's flags (huge leaves keep HUGE_PAGE); parents untouched (#534)."""
+        level = _leaf_level(page)
+        f = _flags(flags)
+        va = page._start
+        q, b = self._walk_to(va, level, loose=True)
+        i = b + _index(va, level)
+        raw = q[i]
+        if raw == 0:
+            raise PageNotMapped()
+        if level > 1:
+            f |= HUGE_PAGE
+        q[i] = (raw & ADDRESS_MASK) | f
+        return MapperFlush(page, self.tlb)
+
+    def _set_flags_at(self, page: Page[Any], table_level: int, flags: int) -> MapperFlushAll:
+        level = _leaf_level(page)
+        f = _flags(flags)
+        if level >= table_level:
+            raise ParentEntryHugePage()
+        va = page._start
+        q, b = self._walk_to(va, table_level, loose=True)
+        i = b + _index(va, table_level)
+        raw = q[i]
+        if raw == 0:
+            raise PageNotMapped()
+        q[i] = (raw & ADDRESS_MASK) | f
+        return MapperFlushAll(self.tlb)
+
+    def set_flags_p4_entry(self, page: Page[Any], flags: int) -> MapperFlushAll:
+        """Replace the flags of the level-4 entry above ``page`` exactly (MP-19)."""
+        return self._set_flags_at(page, 4, flags)
+
+    def set_flags_p3_entry(self, page: Page[Any], flags: int) -> MapperFlushAll:
+        """Replace the flags of the level-3 entry; a 1 GiB page is `ParentEntryHugePage` (MP-20)."""
+        return self._set_flags_at(page, 3, flags)
+
+    def set_flags_p2_entry(self, page: Page[Any], flags: int) -> MapperFlushAll:
+        """Replace the flags of the level-2 entry; 2 MiB / 1 GiB pages fail (MP-21)."""
+        return self._set_flags_at(page, 2, flags)
+
+    def translate_page(self, page: Page[S]) -> PhysFrame[S]:
+        """The frame the leaf entry of ``page`` holds; flags are not looked at (MP-22..MP-24)."""
+        level = _leaf_level(page)
+        va = page._start
+        q, b = self._walk_to(va, level, loose=True)
+        raw = q[b + _index(va, level)]
+        if raw == 0:
+            raise PageNotMapped()
+        addr = raw & ADDRESS_MASK
+        if addr & ((1 << (12 + 9 * (level - 1))) - 1):
+            raise InvalidFrameAddress(PhysAddr._raw(addr))
+        return _FRAME_OF_LEVEL[level]._make(addr)  # type: ignore[no-any-return]
+
+    def identity_map(
+        self, frame: PhysFrame[S], flags: int, frame_allocator: FrameAllocator[Any]
+    ) -> MapperFlush[S]:
+        """Map ``frame`` at the equal virtual address; panics above 2**47 (M-03)."""
+        if not isinstance(frame, PhysFrame):
+            raise TypeError(f"expected a PhysFrame, got {type(frame).__name__}")
+        page_type = Page[frame.SIZE_TYPE]
+        page = page_type.containing_address(VirtAddr(frame._start))
+        return self.map_to(page, frame, flags, frame_allocator)
+
+    # -- Translate ------------------------------------------------------------------------
+
+    def translate(self, addr: VirtAddr) -> TranslateResult:
+        """Walk ``addr``: `Mapped` (with the leaf's flags only), `NotMapped` or
+        `InvalidFrameAddress` (MP-25..MP-30, R-14..R-16)."""
+        found = self._translate_raw(_va(addr))
+        if found is None:
+            return NotMapped()
+        level, raw, va = found
+        addr_field = raw & ADDRESS_MASK
+        span = 1 << (12 + 9 * (level - 1))
+        if level == 1:
+            if addr_field & 0xFFF:  # cannot happen: the field is 4 KiB aligned
+                return InvalidFrameAddressResult(PhysAddr._raw(addr_field))
+        frame = _FRAME_OF_LEVEL[level]._make(addr_field & ~(span - 1))
+        return Mapped(MappedFrame(frame), va & (span - 1), PageTableFlags(raw & ~ADDRESS_MASK))
+
+    def translate_addr(self, addr: VirtAddr) -> PhysAddr | None:
+        """The physical address ``addr`` maps to, or None (M-04)."""
+        found = self._translate_raw(_va(addr))
+        if found is None:
+            return None
+        level, raw, va = found
+        span_mask = (1 << (12 + 9 * (level - 1))) - 1
+        return PhysAddr((raw & ADDRESS_MASK & ~span_mask) + (va & span_mask))
+
+    def _translate_raw(self, va: int) -> tuple[int, int, int] | None:
+        """(leaf level, leaf raw entry, va) or None for NotMapped; panics as the crate."""
+        recursive = self.RECURSIVE_CHECKS
+        t = self._p4()
+        for level in (4, 3, 2, 1):
+            q, b = t
+            raw = q[b + _index(va, level)]
+            if level == 1:
+                if raw == 0:
+                    return None
+                if recursive and raw & HUGE_PAGE:
+                    raise Panic("level 1 entry has huge page bit set")
+                return (1, raw, va)
+            if recursive:
+                if raw == 0:
+                    return None
+            elif not raw & PRESENT:
+                return None
+            if raw & HUGE_PAGE:
+                if level == 4:
+                    raise Panic("level 4 entry has huge page bit set")
+                return (level, raw, va)
+            t = self._child(raw, va, level - 1)
+        raise AssertionError("unreachable")
+
+    # -- CleanUp --------------------------------------------------------------------------
+
+    def clean_up(self, frame_deallocator: FrameDeallocator[Any]) -> None:
+        """Free every empty page table of the whole address space (C-01)."""
+        self._clean(self._p4(), 4, 0, 0xFFFF_FFFF_FFFF_F000, frame_deallocator)
+
+    def clean_up_addr_range(
+        self, range: PageRangeInclusive[Size4KiB], frame_deallocator: FrameDeallocator[Any]
+    ) -> None:
+        """Free the empty page tables reachable from entries covering ``range`` (C-02..C-12).
+
+        The level-4 table itself, leaf frames, huge mappings and non-present entries are kept.
+        """
+        if not isinstance(range, PageRangeInclusive) or type(range.start) is not Page:
+            raise TypeError("clean_up_addr_range takes a PageRangeInclusive of 4 KiB pages")
+        self._clean(self._p4(), 4, range.start._start, range.end._start, frame_deallocator)
+
+    def _clean(
+        self, table: Table, level: int, start: int, end: int, dealloc: FrameDeallocator[Any]
+    ) -> bool:
+        if start > end:
+            return False
+        q, b = table
+        if level > 1:
+            span = 1 << (12 + 9 * (level - 1))
+            base = _sign_extend_47(start & ~((span << 9) - 1))
+            for i in range(_index(start, level), _index(end, level) + 1):
+                raw = q[b + i]
+                if not raw & PRESENT or raw & HUGE_PAGE or self._skip_in_clean_up(level, i):
+                    continue
+                sub = VirtAddr.forward(VirtAddr._raw(base), i * span)._v  # jumps the hole (#468)
+                sub_start = max(sub, start)
+                sub_end = min(sub + span - 1 & ~0xFFF, end)
+                child = self._child(raw, sub_start, level - 1)
+                if self._clean(child, level - 1, sub_start, sub_end, dealloc):
+                    q[b + i] = 0
+                    dealloc.deallocate_frame(PhysFrame._make(raw & ADDRESS_MASK))
+        return not any(q[b : b + 512])
+
+    # -- inspection -----------------------------------------------------------------------
+
+    def level_4_table(self) -> PageTable:
+        """The level-4 table as a `PageTable` view."""
+        q, b = self._p4()
+        return PageTable(self.memory, b << 3)
+
+
+_ZERO_TABLE = memoryview(bytes(4096)).cast("Q")
+
+
+def _va(addr: VirtAddr) -> int:
+    if type(addr) is not VirtAddr:
+        raise TypeError(f"expected a VirtAddr, got {type(addr).__name__}")
+    return addr._v
+
+
+MapFn = Callable[..., Any]

@@ -1,0 +1,59 @@
+"""`MappedPageTable`: a mapper that reaches every table through a `PageTableFrameMapping`.
+
+In the crate the mapping turns a table's physical frame into a pointer (MP-01); here it turns it
+into a `PageTable` view, usually of the same `PhysMemory` that holds the level-4 table.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from kvmpage.paging.mapper.base import ADDRESS_MASK, Table, TableMapper
+from kvmpage.paging.mapper.flush import Tlb
+from kvmpage.paging.page import PhysFrame
+from kvmpage.paging.table import PageTable
+
+
+class PageTableFrameMapping(Protocol):
+    """Turns the physical frame of a page table into an accessible `PageTable` (MP-01).
+
+    The implementer promises that the returned table really is the frame's contents, and that all
+    frames of the hierarchy are reachable.
+    """
+
+    def frame_to_pointer(self, frame: PhysFrame) -> PageTable:
+        """The table stored in ``frame``."""
+        ...
+
+
+class MappedPageTable(TableMapper):
+    """Mapper over tables reached through ``page_table_frame_mapping`` (MP-01..MP-30)."""
+
+    def __init__(
+        self,
+        level_4_table: PageTable,
+        page_table_frame_mapping: PageTableFrameMapping,
+        *,
+        tlb: Tlb | None = None,
+    ) -> None:
+        """``level_4_table``: the active (or to-be-active) PML4; ``tlb``: where flushes go."""
+        if not isinstance(level_4_table, PageTable):
+            raise TypeError(f"level_4_table must be a PageTable, got {type(level_4_table).__name__}")
+        super().__init__(level_4_table.memory, tlb)
+        self._l4 = level_4_table
+        self._l4_table: Table = (level_4_table._q, level_4_table._base)
+        self._mapping = page_table_frame_mapping
+
+    def page_table_frame_mapping(self) -> PageTableFrameMapping:
+        """The frame-to-table mapping this mapper uses."""
+        return self._mapping
+
+    def level_4_table(self) -> PageTable:
+        return self._l4
+
+    def _p4(self) -> Table:
+        return self._l4_table
+
+    def _child(self, raw: int, va: int, child_level: int) -> Table:
+        table = self._mapping.frame_to_pointer(PhysFrame._make(raw & ADDRESS_MASK))
+        return (table._q, table._base)

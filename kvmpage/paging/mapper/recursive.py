@@ -1,0 +1,103 @@
+"""`RecursivePageTable`: every table is reached through the recursive entry of the PML4 (R-01..R-16).
+
+Level-4 entry ``r`` points back at the level-4 table itself, so the tables are visible at fixed
+virtual addresses: the PML4 at (r, r, r, r), the level-3 table of a page at (r, r, r, p4), its
+level-2 table at (r, r, p4, p3) and its level-1 table at (r, p4, p3, p2) (R-03). Like the crate,
+this mapper never follows a table's physical address: it computes those virtual addresses and
+resolves them with a software walk of the active tables (``cr3``), as the MMU would. So every
+quirk of the crate comes out the same way: a parent that is not present makes the access fault
+(`SoftPageFault`), and a huge parent leads into the huge page's own memory (R-04, R-10).
+"""
+
+from __future__ import annotations
+
+from kvmpage.addr import VirtAddr, _sign_extend_47
+from kvmpage.memory import PhysMemory
+from kvmpage.paging.mapper.base import ADDRESS_MASK, HUGE_PAGE, PRESENT, Table, TableMapper
+from kvmpage.paging.mapper.errors import NotActive, NotRecursive
+from kvmpage.paging.mapper.flush import Tlb
+from kvmpage.paging.page import Page, PhysFrame
+from kvmpage.paging.walk import SoftPageFault, resolve
+
+
+def recursive_table_address(r: int, *indices: int) -> VirtAddr:
+    """The virtual address (r, ..., indices) padded on the left with ``r`` to four indices."""
+    idx = (r,) * (4 - len(indices)) + tuple(indices)
+    v = (idx[0] << 39) | (idx[1] << 30) | (idx[2] << 21) | (idx[3] << 12)
+    return VirtAddr._raw(_sign_extend_47(v))
+
+
+class RecursivePageTable(TableMapper):
+    """Mapper over a recursively mapped PML4 whose active copy is the CR3 frame ``cr3``.
+
+    ``RecursivePageTable(memory, table_addr, cr3)`` is the crate's ``new``: ``table_addr`` is the
+    virtual address of the PML4 and must be (r, r, r, r, offset 0) (else `NotRecursive`); entry
+    ``r`` of the table found there must point at ``cr3`` (else `NotActive`). The crate reads CR3
+    itself; here you pass the value the CPU would hold.
+    """
+
+    RECURSIVE_CHECKS = True
+
+    def __init__(
+        self, memory: PhysMemory, table_addr: VirtAddr, cr3: PhysFrame, *, tlb: Tlb | None = None
+    ) -> None:
+        if type(table_addr) is not VirtAddr:
+            raise TypeError(f"table_addr must be a VirtAddr, got {table_addr!r}")
+        if type(cr3) is not PhysFrame:
+            raise TypeError(f"cr3 must be a 4 KiB PhysFrame, got {cr3!r}")
+        page = Page.containing_address(table_addr)
+        r = int(page.p4_index())
+        if not (
+            int(page.p3_index()) == r and int(page.p2_index()) == r and int(page.p1_index()) == r
+        ):
+            raise NotRecursive()
+        # The table the crate would dereference is whatever the MMU finds at table_addr.
+        try:
+            table_phys = resolve(memory, cr3._start, page._start)
+        except SoftPageFault as fault:
+            raise NotActive(f"{table_addr!r} does not resolve under CR3: {fault}") from None
+        raw = memory.read_u64(table_phys + 8 * r)
+        if not raw & PRESENT or raw & HUGE_PAGE or raw & ADDRESS_MASK != cr3._start:
+            raise NotActive(f"entry {r} is {raw:#x}, CR3 frame is {cr3._start:#x}")
+        self._init(memory, r, cr3, tlb)
+
+    @classmethod
+    def new(
+        cls, memory: PhysMemory, table_addr: VirtAddr, cr3: PhysFrame, *, tlb: Tlb | None = None
+    ) -> RecursivePageTable:
+        """Same as the constructor (the crate's name)."""
+        return cls(memory, table_addr, cr3, tlb=tlb)
+
+    @classmethod
+    def new_unchecked(
+        cls, memory: PhysMemory, recursive_index: int, cr3: PhysFrame, *, tlb: Tlb | None = None
+    ) -> RecursivePageTable:
+        """No checks (R-02): the caller promises entry ``recursive_index`` is the recursive one."""
+        self = object.__new__(cls)
+        self._init(memory, int(recursive_index) % 512, cr3, tlb)
+        return self
+
+    def _init(self, memory: PhysMemory, r: int, cr3: PhysFrame, tlb: Tlb | None) -> None:
+        TableMapper.__init__(self, memory, tlb)
+        self.recursive_index = r
+        self.cr3 = cr3
+
+    def table_address(self) -> VirtAddr:
+        """The virtual address of the PML4: (r, r, r, r)."""
+        return recursive_table_address(self.recursive_index)
+
+    def _words_at(self, va: VirtAddr) -> Table:
+        phys = resolve(self.memory, self.cr3._start, va._v)
+        self.memory.check(phys, 4096)
+        return (self.memory._q, phys >> 3)
+
+    def _p4(self) -> Table:
+        return self._words_at(recursive_table_address(self.recursive_index))
+
+    def _child(self, raw: int, va: int, child_level: int) -> Table:
+        p4, p3, p2 = (va >> 39) & 511, (va >> 30) & 511, (va >> 21) & 511
+        indices = {3: (p4,), 2: (p4, p3), 1: (p4, p3, p2)}[child_level]
+        return self._words_at(recursive_table_address(self.recursive_index, *indices))
+
+    def _skip_in_clean_up(self, level: int, index: int) -> bool:
+        return level == 4 and index == self.recursive_index  # C-11
