@@ -4,7 +4,14 @@
 the Rust crate ``x86_64``); ``kvmpage.memory`` is the physical memory they write into.
 """
 
-from kvmpage.addr import PhysAddr, PhysAddrNotValid, VirtAddr, VirtAddrNotValid, align_down, align_up
+from kvmpage.addr import (
+    PhysAddr,
+    PhysAddrNotValid,
+    VirtAddr,
+    VirtAddrNotValid,
+    align_down,
+    align_up,
+)
 from kvmpage.memory import PhysMemory, PhysMemoryError
 from kvmpage.panic import Panic
 

@@ -61,7 +61,7 @@ def align_up(addr: int, align: int) -> int:
 
 
 class VirtAddrNotValid(ValueError):
-    """A value that is not a canonical virtual address; ``.value`` is the full original u64 (A-07)."""
+    """Not a canonical virtual address; ``.value`` is the full original u64 (A-07)."""
 
     def __init__(self, value: int) -> None:
         super().__init__(value)
@@ -122,14 +122,12 @@ class _Addr:
         return hash((type(self).__name__, self._v))
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._v == self._v  # type: ignore[attr-defined]
+        return type(other) is type(self) and other._v == self._v
 
     def _other(self, other: object) -> int:
         if type(other) is not type(self):
-            raise TypeError(
-                f"cannot compare {type(self).__name__} with {type(other).__name__}"
-            )
-        return other._v  # type: ignore[attr-defined, no-any-return]
+            raise TypeError(f"cannot compare {type(self).__name__} with {type(other).__name__}")
+        return other._v
 
     def __lt__(self, other: object) -> bool:
         return self._v < self._other(other)
@@ -164,9 +162,7 @@ class VirtAddr(_Addr):
     def __init__(self, addr: SupportsIndex) -> None:
         v = _u64(addr, "a virtual address")
         if _sign_extend_47(v) != v:
-            raise Panic(
-                f"virtual address must be sign extended in bits 48 to 64 (got {v:#x})"
-            )
+            raise Panic(f"virtual address must be sign extended in bits 48 to 64 (got {v:#x})")
         self._v = v
 
     @classmethod
@@ -182,7 +178,7 @@ class VirtAddr(_Addr):
 
     @classmethod
     def try_new(cls, addr: SupportsIndex) -> VirtAddr:
-        """Raise `VirtAddrNotValid` (with the original value) unless ``addr`` is canonical (A-02)."""
+        """Raise `VirtAddrNotValid` (original value kept) unless ``addr`` is canonical (A-02)."""
         v = _u64(addr, "a virtual address")
         if _sign_extend_47(v) != v:
             raise VirtAddrNotValid(v)
@@ -343,7 +339,7 @@ class VirtAddr(_Addr):
 
     @staticmethod
     def steps_between(start: VirtAddr, end: VirtAddr) -> tuple[int, int | None]:
-        """Bytes from ``start`` to ``end`` not counting the hole; ``(0, None)`` if reversed (A-24)."""
+        """Bytes from ``start`` to ``end`` minus the hole; ``(0, None)`` if reversed (A-24)."""
         if end._v < start._v:
             return (0, None)
         d = (end._v - start._v) & (_STEP_LIMIT - 1)

@@ -36,7 +36,9 @@ class PhysMemory:
 
     def __init__(self, size: int, *, buffer: Any = None) -> None:
         if size <= 0 or size % _FRAME:
-            raise PhysMemoryError(f"memory size must be a positive multiple of 4 KiB, got {size:#x}")
+            raise PhysMemoryError(
+                f"memory size must be a positive multiple of 4 KiB, got {size:#x}"
+            )
         if buffer is None:
             buffer = bytearray(size)
         view = memoryview(buffer)
@@ -81,7 +83,7 @@ class PhysMemory:
 
     def contains(self, addr: int, length: int = 1) -> bool:
         """Whether ``[addr, addr + length)`` lies inside the memory."""
-        return 0 <= addr and length >= 0 and addr + length <= self.size
+        return addr >= 0 and length >= 0 and addr + length <= self.size
 
     def check(self, addr: int, length: int = 1) -> None:
         """Raise `PhysMemoryError` unless ``[addr, addr + length)`` lies inside the memory."""
@@ -122,7 +124,7 @@ class PhysMemory:
         return bytes(self._bytes[addr : addr + length])
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
-        """Copy ``data`` to physical memory at ``addr``; nothing is written if any byte is out of range."""
+        """Copy ``data`` to ``addr``; nothing is written if any byte would be out of range."""
         n = len(memoryview(data).cast("B"))
         self.check(addr, n)
         addr = int(addr)

@@ -21,14 +21,14 @@ from typing import Any, Generic, Protocol, TypeVar
 from kvmpage.memory import PhysMemory, PhysMemoryError
 from kvmpage.paging.page import PageSize, PhysFrame, Size4KiB
 
-S_co = TypeVar("S_co", bound=PageSize, covariant=True)
-S_contra = TypeVar("S_contra", bound=PageSize, contravariant=True)
+S_co = TypeVar("S_co", bound=PageSize)
+S_contra = TypeVar("S_contra", bound=PageSize)
 
 
 class FrameAllocator(Protocol[S_co]):
     """Hands out unused frames (FA-01): each frame returned is unique and not in use."""
 
-    def allocate_frame(self) -> PhysFrame[S_co] | None:  # type: ignore[misc]
+    def allocate_frame(self) -> PhysFrame[S_co] | None:
         """An unused frame, or None when none is left."""
 
 
@@ -69,7 +69,7 @@ class BumpFrameAllocator(Generic[S_co]):
             raise PhysMemoryError(
                 f"allocator range [{s:#x}, {e:#x}) is outside memory [0, {memory.size:#x})"
             )
-        self._frame_type: Any = PhysFrame[size]
+        self._frame_type: Any = PhysFrame[size]  # type: ignore[valid-type]
         self._step = size.SIZE
         self._next = s
         self.start = s
@@ -126,7 +126,7 @@ class PoolFrameAllocator(BumpFrameAllocator[S_co]):
         self._in_use.add(frame._start)
         return frame  # type: ignore[no-any-return]
 
-    def deallocate_frame(self, frame: PhysFrame[S_co]) -> None:  # type: ignore[misc]
+    def deallocate_frame(self, frame: PhysFrame[S_co]) -> None:
         """Take ``frame`` back; refuse one not handed out by this allocator or already free."""
         if type(frame) is not self._frame_type:
             raise TypeError(f"this allocator manages {self._frame_type.__name__}, not {frame!r}")

@@ -138,10 +138,10 @@ class _Unit(Generic[S]):
     def _same(self, other: object) -> _Unit[S]:
         if type(other) is not type(self):
             raise TypeError(f"cannot mix {type(self).__name__} and {type(other).__name__}")
-        return other  # type: ignore[return-value]
+        return other
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._start == self._start  # type: ignore[attr-defined]
+        return type(other) is type(self) and other._start == self._start
 
     def __hash__(self) -> int:
         return hash((self._KIND, self.SIZE, self._start))
@@ -416,8 +416,8 @@ class _Range(Generic[U]):
     def __eq__(self, other: object) -> bool:
         return (
             type(other) is type(self)
-            and other.start == self.start  # type: ignore[attr-defined]
-            and other.end == self.end  # type: ignore[attr-defined]
+            and other.start == self.start
+            and other.end == self.end
         )
 
     def __hash__(self) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from kvmpage.addr import PhysAddr
 from kvmpage.index import ENTRY_COUNT, PageTableIndex
 from kvmpage.memory import PhysMemory, PhysMemoryError
-from kvmpage.paging.page import PhysFrame
+from kvmpage.paging.page import PhysFrame, Size4KiB
 from kvmpage.panic import Panic
 
 ADDRESS_MASK = 0x000F_FFFF_FFFF_F000
@@ -80,7 +80,7 @@ class PageTableFlags(enum.IntFlag, boundary=enum.KEEP):
 
     @classmethod
     def from_names(cls, names: str) -> PageTableFlags:
-        """Parse ``"PRESENT | WRITABLE"`` (also ``,`` or whitespace separated); ValueError on unknown names."""
+        """Parse ``"PRESENT | WRITABLE"`` (``|``, ``,`` or blanks); ValueError on unknown names."""
         value = 0
         for name in names.replace(",", "|").replace(" ", "|").split("|"):
             if not name:
@@ -207,7 +207,7 @@ class PageTableEntry:
         """The address field, bits 12..51 (may be 0)."""
         return PhysAddr._raw(self._q[self._i] & ADDRESS_MASK)
 
-    def frame(self) -> PhysFrame:
+    def frame(self) -> PhysFrame[Size4KiB]:
         """The 4 KiB frame this entry points to.
 
         Raises `FrameNotPresent` when PRESENT is clear (checked first), `HugeFrame` when
@@ -231,7 +231,7 @@ class PageTableEntry:
             raise Panic("assertion failed: addr.is_aligned(Size4KiB::SIZE)")
         self._q[self._i] = addr._v | int(flags)
 
-    def set_frame(self, frame: PhysFrame, flags: int) -> None:
+    def set_frame(self, frame: PhysFrame[Size4KiB], flags: int) -> None:
         """Point at a 4 KiB ``frame``; HUGE_PAGE in ``flags`` is a `Panic` (T-08)."""
         if type(frame) is not PhysFrame:
             raise TypeError(f"set_frame needs a 4 KiB PhysFrame, got {type(frame).__name__}")
@@ -284,7 +284,7 @@ class PageTable:
         self._q = memory._q
         self._base = a >> 3
 
-    def frame(self) -> PhysFrame:
+    def frame(self) -> PhysFrame[Size4KiB]:
         """The frame that holds this table."""
         return PhysFrame._make(self.phys)  # type: ignore[no-any-return]
 
@@ -292,7 +292,9 @@ class PageTable:
         return PageTableEntry._view(self._q, self._base + _slot(index))
 
     def __setitem__(self, index: int | PageTableIndex, entry: PageTableEntry | int) -> None:
-        self._q[self._base + _slot(index)] = entry.raw if isinstance(entry, PageTableEntry) else entry
+        self._q[self._base + _slot(index)] = (
+            entry.raw if isinstance(entry, PageTableEntry) else entry
+        )
 
     def __len__(self) -> int:
         return ENTRY_COUNT

@@ -53,6 +53,16 @@ HUGE_PAGE = 1 << 7
 _U64 = (1 << 64) - 1
 _PARENT_FLAG_MASK = PRESENT | WRITABLE | USER_ACCESSIBLE
 
+__all__ = [
+    "ADDRESS_MASK",
+    "HUGE_PAGE",
+    "PRESENT",
+    "S",
+    "Table",
+    "TableMapper",
+    "Translate",
+]
+
 Table = tuple[memoryview, int]
 """A table as (memory as u64 words, word index of entry 0)."""
 
@@ -320,7 +330,7 @@ class TableMapper:
         """Map ``frame`` at the equal virtual address; panics above 2**47 (M-03)."""
         if not isinstance(frame, PhysFrame):
             raise TypeError(f"expected a PhysFrame, got {type(frame).__name__}")
-        page_type = Page[frame.SIZE_TYPE]
+        page_type: Any = Page._SPECIALISED[frame.SIZE_TYPE]
         page = page_type.containing_address(VirtAddr(frame._start))
         return self.map_to(page, frame, flags, frame_allocator)
 
@@ -335,9 +345,8 @@ class TableMapper:
         level, raw, va = found
         addr_field = raw & ADDRESS_MASK
         span = 1 << (12 + 9 * (level - 1))
-        if level == 1:
-            if addr_field & 0xFFF:  # cannot happen: the field is 4 KiB aligned
-                return InvalidFrameAddressResult(PhysAddr._raw(addr_field))
+        if level == 1 and addr_field & 0xFFF:  # cannot happen: the field is 4 KiB aligned
+            return InvalidFrameAddressResult(PhysAddr._raw(addr_field))
         frame = _FRAME_OF_LEVEL[level]._make(addr_field & ~(span - 1))
         return Mapped(MappedFrame(frame), va & (span - 1), PageTableFlags(raw & ~ADDRESS_MASK))
 
@@ -418,8 +427,7 @@ class TableMapper:
 
     def level_4_table(self) -> PageTable:
         """The level-4 table as a `PageTable` view."""
-        q, b = self._p4()
-        return PageTable(self.memory, b << 3)
+        return PageTable(self.memory, self._p4()[1] << 3)
 
 
 _ZERO_TABLE = memoryview(bytes(4096)).cast("Q")

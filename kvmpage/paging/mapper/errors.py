@@ -82,7 +82,10 @@ class InvalidFrameAddress(UnmapError, TranslateError):
         self.addr = addr
 
     def __str__(self) -> str:
-        return f"InvalidFrameAddress({self.addr!r}): the entry's address is not aligned to the page size"
+        return (
+            f"InvalidFrameAddress({self.addr!r}): "
+            "the entry's address is not aligned to the page size"
+        )
 
     def __repr__(self) -> str:
         return f"InvalidFrameAddress({self.addr!r})"

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from kvmpage.paging.mapper.base import ADDRESS_MASK, Table, TableMapper
 from kvmpage.paging.mapper.flush import Tlb
-from kvmpage.paging.page import PhysFrame
+from kvmpage.paging.page import PhysFrame, Size4KiB
 from kvmpage.paging.table import PageTable
 
 
@@ -21,7 +21,7 @@ class PageTableFrameMapping(Protocol):
     frames of the hierarchy are reachable.
     """
 
-    def frame_to_pointer(self, frame: PhysFrame) -> PageTable:
+    def frame_to_pointer(self, frame: PhysFrame[Size4KiB]) -> PageTable:
         """The table stored in ``frame``."""
         ...
 
@@ -38,7 +38,9 @@ class MappedPageTable(TableMapper):
     ) -> None:
         """``level_4_table``: the active (or to-be-active) PML4; ``tlb``: where flushes go."""
         if not isinstance(level_4_table, PageTable):
-            raise TypeError(f"level_4_table must be a PageTable, got {type(level_4_table).__name__}")
+            raise TypeError(
+                f"level_4_table must be a PageTable, got {type(level_4_table).__name__}"
+            )
         super().__init__(level_4_table.memory, tlb)
         self._l4 = level_4_table
         self._l4_table: Table = (level_4_table._q, level_4_table._base)

@@ -8,13 +8,19 @@ canonical hole is a `Panic`, as in the crate (issue #290). The table itself is t
 
 from __future__ import annotations
 
-from kvmpage.addr import VirtAddr
+from typing import Any
+
+from kvmpage.addr import PhysAddr, VirtAddr
 from kvmpage.memory import PhysMemory, PhysMemoryError
-from kvmpage.paging.mapper.base import ADDRESS_MASK, Table
+from kvmpage.paging.frame_alloc import FrameAllocator
+from kvmpage.paging.mapper.base import ADDRESS_MASK, S, Table
+from kvmpage.paging.mapper.errors import PageAlreadyMapped
+from kvmpage.paging.mapper.flush import MapperFlush, Tlb
 from kvmpage.paging.mapper.mapped import MappedPageTable
-from kvmpage.paging.mapper.flush import Tlb
-from kvmpage.paging.page import PhysFrame
+from kvmpage.paging.page import Page, PhysFrame, Size4KiB
 from kvmpage.paging.table import PageTable
+
+_U64 = (1 << 64) - 1
 
 
 class PhysOffset:
@@ -25,22 +31,22 @@ class PhysOffset:
             raise TypeError(f"the physical-memory offset must be a VirtAddr, got {offset!r}")
         self.memory = memory
         self.offset = offset
-        # Largest frame start p for which offset + p is still a canonical address in the same
-        # half: below it no per-frame check is needed.
+        # Table addresses below this bound are inside memory (the whole table) and give a
+        # canonical offset + p, so the hot walks need a single comparison per level.
         top = 0x7FFF_FFFF_FFFF if offset._v < 1 << 47 else 0xFFFF_FFFF_FFFF_FFFF
-        self._safe_below = min(top - offset._v + 1, memory.size)
+        self._safe_below = min(top - offset._v + 1, memory.size - 4095)
 
     def virtual_address(self, phys: int) -> VirtAddr:
         """``offset + phys`` with the crate's checked `VirtAddr` addition."""
         return self.offset + phys
 
-    def frame_to_pointer(self, frame: PhysFrame) -> PageTable:
+    def frame_to_pointer(self, frame: PhysFrame[Size4KiB]) -> PageTable:
         self.virtual_address(frame._start)
         return PageTable(self.memory, frame._start)
 
     def table_words(self, phys: int) -> Table:
         """Fast path of `frame_to_pointer` for the mapper's walks."""
-        if phys < self._safe_below and phys + 4096 <= self.memory.size:
+        if phys < self._safe_below:
             return (self.memory._q, phys >> 3)
         self.virtual_address(phys)  # raises the crate's panic when the sum is not canonical
         raise PhysMemoryError(
@@ -64,3 +70,75 @@ class OffsetPageTable(MappedPageTable):
 
     def _child(self, raw: int, va: int, child_level: int) -> Table:
         return self._offset_mapping.table_words(raw & ADDRESS_MASK)
+
+    # -- fast paths -----------------------------------------------------------------------
+    # The two hottest operations, inlined for the common case. Each falls back to the shared
+    # engine as soon as anything is unusual, and writes nothing before it is sure not to.
+
+    def translate_addr(self, addr: VirtAddr) -> PhysAddr | None:
+        if type(addr) is not VirtAddr:
+            return super().translate_addr(addr)
+        va = addr._v
+        q = self.memory._q
+        limit = self._offset_mapping._safe_below
+        e = q[self._l4_table[1] + ((va >> 39) & 511)]
+        if not e & 1:
+            return None
+        t = e & 0x000F_FFFF_FFFF_F000
+        if e & 0x80 or t >= limit:
+            return super().translate_addr(addr)
+        e = q[(t >> 3) + ((va >> 30) & 511)]
+        if not e & 1:
+            return None
+        if e & 0x80:
+            return PhysAddr._raw((e & 0x000F_FFFF_C000_0000) | (va & 0x3FFF_FFFF))
+        t = e & 0x000F_FFFF_FFFF_F000
+        if t >= limit:
+            return super().translate_addr(addr)
+        e = q[(t >> 3) + ((va >> 21) & 511)]
+        if not e & 1:
+            return None
+        if e & 0x80:
+            return PhysAddr._raw((e & 0x000F_FFFF_FFE0_0000) | (va & 0x1F_FFFF))
+        t = e & 0x000F_FFFF_FFFF_F000
+        if t >= limit:
+            return super().translate_addr(addr)
+        e = q[(t >> 3) + ((va >> 12) & 511)]
+        if e == 0:
+            return None
+        return PhysAddr._raw((e & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF))
+
+    def map_to_with_table_flags(
+        self,
+        page: Page[S],
+        frame: PhysFrame[S],
+        flags: int,
+        parent_table_flags: int,
+        frame_allocator: FrameAllocator[Any],
+    ) -> MapperFlush[S]:
+        # Fast path: a 4 KiB page whose three parents exist, are present, not huge, already
+        # carry the insert flags, and lie in safe memory. Anything else takes the general path.
+        if type(page) is Page and type(frame) is PhysFrame:
+            f = int(flags)
+            insert = int(parent_table_flags)
+            if 0 <= f <= _U64 and not f & 0x80 and 0 <= insert <= _U64:
+                va = page._start
+                q = self.memory._q
+                limit = self._offset_mapping._safe_below
+                e = q[self._l4_table[1] + ((va >> 39) & 511)]
+                t = e & 0x000F_FFFF_FFFF_F000
+                if e & 0x81 == 1 and e & insert == insert and t < limit:
+                    e = q[(t >> 3) + ((va >> 30) & 511)]
+                    t = e & 0x000F_FFFF_FFFF_F000
+                    if e & 0x81 == 1 and e & insert == insert and t < limit:
+                        e = q[(t >> 3) + ((va >> 21) & 511)]
+                        t = e & 0x000F_FFFF_FFFF_F000
+                        if e & 0x81 == 1 and e & insert == insert and t < limit:
+                            i = (t >> 3) + ((va >> 12) & 511)
+                            if q[i] != 0:
+                                raise PageAlreadyMapped(frame)
+                            q[i] = frame._start | f
+                            return MapperFlush(page, self.tlb)
+        return super().map_to_with_table_flags(
+            page, frame, flags, parent_table_flags, frame_allocator
+        )

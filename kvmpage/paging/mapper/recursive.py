@@ -1,4 +1,4 @@
-"""`RecursivePageTable`: every table is reached through the recursive entry of the PML4 (R-01..R-16).
+"""`RecursivePageTable`: tables reached through the PML4's recursive entry (R-01..R-16).
 
 Level-4 entry ``r`` points back at the level-4 table itself, so the tables are visible at fixed
 virtual addresses: the PML4 at (r, r, r, r), the level-3 table of a page at (r, r, r, p4), its
@@ -16,7 +16,7 @@ from kvmpage.memory import PhysMemory
 from kvmpage.paging.mapper.base import ADDRESS_MASK, HUGE_PAGE, PRESENT, Table, TableMapper
 from kvmpage.paging.mapper.errors import NotActive, NotRecursive
 from kvmpage.paging.mapper.flush import Tlb
-from kvmpage.paging.page import Page, PhysFrame
+from kvmpage.paging.page import Page, PhysFrame, Size4KiB
 from kvmpage.paging.walk import SoftPageFault, resolve
 
 
@@ -39,13 +39,18 @@ class RecursivePageTable(TableMapper):
     RECURSIVE_CHECKS = True
 
     def __init__(
-        self, memory: PhysMemory, table_addr: VirtAddr, cr3: PhysFrame, *, tlb: Tlb | None = None
+        self,
+        memory: PhysMemory,
+        table_addr: VirtAddr,
+        cr3: PhysFrame[Size4KiB],
+        *,
+        tlb: Tlb | None = None,
     ) -> None:
         if type(table_addr) is not VirtAddr:
             raise TypeError(f"table_addr must be a VirtAddr, got {table_addr!r}")
         if type(cr3) is not PhysFrame:
             raise TypeError(f"cr3 must be a 4 KiB PhysFrame, got {cr3!r}")
-        page = Page.containing_address(table_addr)
+        page: Page[Size4KiB] = Page.containing_address(table_addr)
         r = int(page.p4_index())
         if not (
             int(page.p3_index()) == r and int(page.p2_index()) == r and int(page.p1_index()) == r
@@ -63,21 +68,31 @@ class RecursivePageTable(TableMapper):
 
     @classmethod
     def new(
-        cls, memory: PhysMemory, table_addr: VirtAddr, cr3: PhysFrame, *, tlb: Tlb | None = None
+        cls,
+        memory: PhysMemory,
+        table_addr: VirtAddr,
+        cr3: PhysFrame[Size4KiB],
+        *,
+        tlb: Tlb | None = None,
     ) -> RecursivePageTable:
         """Same as the constructor (the crate's name)."""
         return cls(memory, table_addr, cr3, tlb=tlb)
 
     @classmethod
     def new_unchecked(
-        cls, memory: PhysMemory, recursive_index: int, cr3: PhysFrame, *, tlb: Tlb | None = None
+        cls,
+        memory: PhysMemory,
+        recursive_index: int,
+        cr3: PhysFrame[Size4KiB],
+        *,
+        tlb: Tlb | None = None,
     ) -> RecursivePageTable:
         """No checks (R-02): the caller promises entry ``recursive_index`` is the recursive one."""
         self = object.__new__(cls)
         self._init(memory, int(recursive_index) % 512, cr3, tlb)
         return self
 
-    def _init(self, memory: PhysMemory, r: int, cr3: PhysFrame, tlb: Tlb | None) -> None:
+    def _init(self, memory: PhysMemory, r: int, cr3: PhysFrame[Size4KiB], tlb: Tlb | None) -> None:
         TableMapper.__init__(self, memory, tlb)
         self.recursive_index = r
         self.cr3 = cr3

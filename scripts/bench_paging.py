@@ -1,0 +1,147 @@
+"""Median per-operation cost of the software mapper (issue: speed of the paging model).
+
+Run: ``python scripts/bench_paging.py`` (or ``make bench``). Prints, per mapper kind, the median
+time per operation of: ``map_to`` of 4 KiB pages into existing tables, ``map_to`` that has to
+create tables, ``translate_addr``, ``unmap``, and a full ``clean_up`` after unmapping 1 GiB of
+4 KiB mappings; plus the bare four-level walk over a memoryview for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+from kvmpage import PhysAddr, PhysMemory, VirtAddr
+from kvmpage.paging import (
+    OffsetPageTable,
+    Page,
+    PageTableFlags,
+    PhysFrame,
+    PoolFrameAllocator,
+    RecursivePageTable,
+    TableMapper,
+)
+
+GIB = 1 << 30
+PAGES = GIB // 4096  # 262,144
+FLAGS = PageTableFlags.PRESENT | PageTableFlags.WRITABLE
+RECURSIVE_INDEX = 510
+
+
+def build(kind: str, memory: PhysMemory) -> tuple[TableMapper, PoolFrameAllocator]:
+    """A fresh mapper of ``kind`` over ``memory`` with tables allocated from its first 64 MiB."""
+    alloc: PoolFrameAllocator = PoolFrameAllocator(0x1000, 64 << 20, memory=memory)
+    p4 = alloc.allocate_frame()
+    assert p4 is not None
+    table = memory.table(p4._start)
+    if kind == "offset":
+        return OffsetPageTable(table, VirtAddr(0)), alloc
+    table[RECURSIVE_INDEX] = p4._start | 3
+    va = (RECURSIVE_INDEX << 39) | (RECURSIVE_INDEX << 30) | (RECURSIVE_INDEX << 21)
+    va |= RECURSIVE_INDEX << 12
+    return RecursivePageTable(memory, VirtAddr.new_truncate(va), p4), alloc
+
+
+def per_op(fn: Callable[[int], object], n: int, repeats: int) -> float:
+    """Median over ``repeats`` runs of the time per call of ``fn(i)`` for i < n, in µs."""
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        samples.append((time.perf_counter() - t0) / n * 1e6)
+    return statistics.median(samples)
+
+
+def bench(kind: str, n: int) -> dict[str, float]:
+    memory = PhysMemory(128 << 20)
+    mapper, alloc = build(kind, memory)
+    base = 0x4000_0000  # virtual 1 GiB
+    pages = [Page.containing_address(VirtAddr(base + i * 4096)) for i in range(PAGES)]
+    frames = [
+        PhysFrame.containing_address(PhysAddr((64 << 20) + (i % 4096) * 4096)) for i in range(PAGES)
+    ]
+    out: dict[str, float] = {}
+
+    def map_one(i: int) -> None:
+        mapper.map_to(pages[i], frames[i], FLAGS, alloc).ignore()
+
+    # first pass over 1 GiB: creates one level-1 table every 512 pages
+    t0 = time.perf_counter()
+    for i in range(PAGES):
+        map_one(i)
+    out["map_to 4KiB, 1 GiB fresh (incl. table creation), per page"] = (
+        (time.perf_counter() - t0) / PAGES * 1e6
+    )
+    # creation-heavy: one page per 2 MiB region, so every map creates a level-1 table
+    n_spread = min(n, 8192)
+    spread = [
+        Page.containing_address(VirtAddr(0x80_0000_0000 + i * (2 << 20))) for i in range(n_spread)
+    ]
+    t0 = time.perf_counter()
+    for i in range(n_spread):
+        mapper.map_to(spread[i], frames[i], FLAGS, alloc).ignore()
+    out["map_to 4KiB creating a level-1 table each"] = (time.perf_counter() - t0) / n_spread * 1e6
+    addrs = [VirtAddr(base + i * 4096 + 0x123) for i in range(PAGES)]
+    out["translate_addr"] = per_op(lambda i: mapper.translate_addr(addrs[i]), n, 5)
+    out["translate"] = per_op(lambda i: mapper.translate(addrs[i]), n, 5)
+    t0 = time.perf_counter()
+    for i in range(PAGES):
+        mapper.unmap(pages[i])[1].ignore()
+    out["unmap 4KiB"] = (time.perf_counter() - t0) / PAGES * 1e6
+    out["map_to 4KiB into existing tables"] = per_op(map_one, n, 1)
+    for i in range(n):
+        mapper.unmap(pages[i])[1].ignore()
+    t0 = time.perf_counter()
+    mapper.clean_up(alloc)
+    out["clean_up after 1 GiB of 4KiB mappings (whole call, ms)"] = (time.perf_counter() - t0) * 1e3
+    memory.close()
+    return out
+
+
+def bare_walk(n: int) -> float:
+    """A loop that does nothing but the four-level walk, on the offset mapper's tables."""
+    memory = PhysMemory(128 << 20)
+    mapper, alloc = build("offset", memory)
+    base = 0x4000_0000
+    for i in range(n):
+        mapper.map_to(
+            Page.containing_address(VirtAddr(base + i * 4096)),
+            PhysFrame.containing_address(PhysAddr((64 << 20) + i * 4096)),
+            FLAGS,
+            alloc,
+        ).ignore()
+    q = memory._q
+    root = mapper.level_4_table().phys >> 3
+    vas = [base + i * 4096 + 0x123 for i in range(n)]
+
+    def walk(i: int) -> int:
+        va = vas[i]
+        e = q[root + ((va >> 39) & 511)]
+        e = q[((e & 0xFFFFFFFFFF000) >> 3) + ((va >> 30) & 511)]
+        e = q[((e & 0xFFFFFFFFFF000) >> 3) + ((va >> 21) & 511)]
+        e = q[((e & 0xFFFFFFFFFF000) >> 3) + ((va >> 12) & 511)]
+        return (e & 0xFFFFFFFFFF000) | (va & 0xFFF)
+
+    result = per_op(walk, n, 5)
+    memory.close()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=20_000, help="operations per timed sample")
+    args = parser.parse_args()
+    warnings.simplefilter("error")
+    print(f"bare four-level walk on a memoryview: {bare_walk(args.n):.2f} µs/address")
+    for kind in ("offset", "recursive"):
+        for name, value in bench(kind, args.n).items():
+            unit = "" if "ms" in name else " µs"
+            print(f"{kind:9s} {name}: {value:.2f}{unit}")
+
+
+if __name__ == "__main__":
+    main()
