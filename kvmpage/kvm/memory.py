@@ -1,0 +1,54 @@
+"""Guest RAM: an anonymous mmap that KVM uses as a memslot and kvmpage uses as `PhysMemory`.
+
+`GuestMemory` *is* a `PhysMemory` (a subclass), so the software mapper writes page tables
+straight into the guest. Physical address ``a`` of the `PhysMemory` is guest-physical address
+``guest_phys_addr + a``. `close` releases the views before unmapping, so no path leaves the mmap
+pinned or mapped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+
+from kvmpage.memory import PhysMemory
+
+_PAGE = 4096
+#: Linux's MAP_NORESERVE (not exported by the mmap module before Python 3.13).
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+
+
+class GuestMemory(PhysMemory):
+    """``size`` bytes of zeroed guest RAM, backed by a private anonymous mapping."""
+
+    __slots__ = ("_mmap", "guest_phys_addr", "host_address")
+
+    def __init__(self, size: int, *, guest_phys_addr: int = 0) -> None:
+        if size <= 0 or size % _PAGE or guest_phys_addr % _PAGE:
+            raise ValueError(
+                f"guest memory needs a positive 4 KiB multiple size and a 4 KiB aligned base, "
+                f"got size {size:#x} at {guest_phys_addr:#x}"
+            )
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
+        mm = mmap.mmap(-1, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            anchor = ctypes.c_char.from_buffer(mm)
+            address = ctypes.addressof(anchor)
+            del anchor  # a live from_buffer object would pin the mmap open
+            super().__init__(size, buffer=mm)
+        except BaseException:
+            mm.close()
+            raise
+        self._mmap = mm
+        #: Where this memory sits in the guest-physical address space.
+        self.guest_phys_addr = guest_phys_addr
+        #: The host virtual address of byte 0 (what KVM_SET_USER_MEMORY_REGION needs).
+        self.host_address = address
+
+    def close(self) -> None:
+        """Release every view, then unmap (idempotent)."""
+        super().close()
+        self._mmap.close()
+
+    def __repr__(self) -> str:
+        return f"GuestMemory(size={self.size:#x}, gpa={self.guest_phys_addr:#x})"

@@ -1,0 +1,361 @@
+"""`Machine`: a ready 64-bit guest with the agent loaded, running batches of probes.
+
+Bring-up is what Linux KVM selftests do, without firmware: the host writes the agent's page
+tables, GDT (kernel and user segments, TSS), IDT (all 32 exceptions) and TSS (ring-0 stack) into
+guest RAM, sets CPUID (always: without it a guest sees zeros), then programs long mode with
+KVM_SET_SREGS / KVM_SET_REGS. The vCPU starts directly in 64-bit mode at the agent's dispatcher.
+
+Typical use::
+
+    with Machine() as m:
+        p4 = <a 4 KiB frame below m.reserved[0], filled by the mapper>
+        m.install_agent_slot(p4)
+        b = Batch(); b.load_cr3(p4); b.read(va); b.write(va, 7, cpl=0)
+        for r in m.run(b): print(r)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Final, Self
+
+from kvmpage.kvm import abi
+from kvmpage.kvm.errors import KvmError
+from kvmpage.kvm.exits import InterruptedExit, MmioExit, exit_name
+from kvmpage.kvm.handles import DEFAULT_DEVICE, Kvm, Vcpu, Vm
+from kvmpage.kvm.host import CpuidSummary, HypervisorKind, cpl0_oracle, hypervisor_kind
+from kvmpage.kvm.memory import GuestMemory
+from kvmpage.machine import agent
+from kvmpage.machine import layout as L
+from kvmpage.machine import pte
+from kvmpage.machine.errors import (
+    AgentSlotConflict,
+    BatchError,
+    GuestCrashError,
+    MachineClosedError,
+    WatchdogTimeout,
+)
+from kvmpage.machine.protocol import (
+    DOORBELL_DONE,
+    DOORBELL_UNEXPECTED,
+    RECORD_SIZE,
+    Batch,
+    BatchResults,
+)
+from kvmpage.machine.watchdog import WATCHDOG
+
+DEFAULT_MEMORY = 64 << 20
+DEFAULT_CAPACITY = 16384
+DEFAULT_TIMEOUT = 10.0
+_UNSET: Final = object()
+_END_RECORD = bytes(RECORD_SIZE)
+
+
+@functools.cache
+def _kind() -> HypervisorKind:
+    return hypervisor_kind()
+
+
+class _CpuidCache:
+    """The CPUID table every machine gets (the host's supported table), built once per device."""
+
+    buffers: dict[str, abi.kvm_cpuid2] = {}
+    granted: dict[str, CpuidSummary] = {}
+
+    @classmethod
+    def buffer(cls, kvm: Kvm) -> abi.kvm_cpuid2:
+        buf = cls.buffers.get(kvm.path)
+        if buf is None:
+            entries = kvm.supported_cpuid()
+            buf = abi.cpuid2_type(len(entries))()  # type: ignore[assignment]
+            buf.nent = len(entries)
+            for i, e in enumerate(entries):
+                buf.entries[i] = e  # type: ignore[attr-defined]
+            cls.buffers[kvm.path] = buf
+        return buf
+
+
+class Machine:
+    """One VM, one vCPU, long mode with 4-level paging, and the agent in PML4 slot ``agent_slot``.
+
+    ``memory_size`` bytes of RAM start at guest-physical 0 (a multiple of 2 MiB); the agent keeps
+    ``reserved`` at the top of it, so user tables and frames go below ``reserved[0]``. Batches
+    hold up to ``capacity`` commands. ``timeout`` (seconds, None for no limit) bounds each run.
+    """
+
+    def __init__(
+        self,
+        memory_size: int = DEFAULT_MEMORY,
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        agent_slot: int = L.DEFAULT_AGENT_SLOT,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        kvm: Kvm | None = None,
+        device: str = DEFAULT_DEVICE,
+    ) -> None:
+        self._kvm: Kvm | None = None
+        self._vm: Vm | None = None
+        self._owns_kvm = kvm is None
+        self.timeout = timeout
+        self.placement = agent.Placement(memory_size, capacity, agent_slot, nx=True)
+        self.placement.validate()
+        try:
+            self._kvm = kvm if kvm is not None else Kvm(device)
+            self._vm = self._kvm.create_vm()
+            self.memory: GuestMemory = self._vm.add_memory(memory_size)
+            self.vcpu: Vcpu = self._vm.create_vcpu(0)
+            self.vcpu.set_cpuid_raw(_CpuidCache.buffer(self._kvm))
+            self._load_agent()
+            self.reset_cpu()
+        except BaseException:
+            self.close()
+            raise
+        #: Oracle label of CPL0 probe results on this host.
+        self.cpl0_oracle = cpl0_oracle(_kind())
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Destroy the VM and release every fd and mapping (idempotent)."""
+        vm, self._vm = self._vm, None
+        if vm is not None:
+            vm.close()
+        kvm, self._kvm = self._kvm, None
+        if kvm is not None and self._owns_kvm:
+            kvm.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._vm is None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _check_open(self) -> None:
+        if self._vm is None:
+            raise MachineClosedError("the machine is closed")
+
+    # -- layout facts ---------------------------------------------------------------------
+
+    @property
+    def agent_slot(self) -> int:
+        return self.placement.slot
+
+    @property
+    def capacity(self) -> int:
+        return self.placement.capacity
+
+    @property
+    def reserved(self) -> tuple[int, int]:
+        """Physical range the agent owns; user frames must be below ``reserved[0]``."""
+        return self.placement.reserved
+
+    @property
+    def agent_p4(self) -> int:
+        """Physical address of the agent's own PML4 (the boot CR3)."""
+        return self.placement.p4_phys
+
+    @property
+    def agent_slot_entry(self) -> int:
+        return self.placement.slot_entry
+
+    def install_agent_slot(self, p4_phys: int) -> None:
+        """Make the user PML4 at ``p4_phys`` map the agent (do it before the guest uses it).
+
+        Raises `AgentSlotConflict` if that table already uses the agent's slot for something else.
+        """
+        self._check_user_frame(p4_phys, "PML4")
+        at = p4_phys + 8 * self.agent_slot
+        current = self.memory.read_u64(at)
+        if current not in (0, self.agent_slot_entry):
+            raise AgentSlotConflict(
+                f"the PML4 at {p4_phys:#x} uses slot {self.agent_slot} (entry {current:#x}), which "
+                f"the kvmpage agent reserves; keep user mappings out of "
+                f"{L.slot_base(self.agent_slot):#x}..+512 GiB or choose another agent_slot"
+            )
+        self.memory.write_u64(at, self.agent_slot_entry)
+
+    def _check_user_frame(self, phys: int, what: str) -> None:
+        if phys % L.PAGE or not 0 <= phys < self.reserved[0]:
+            raise BatchError(
+                f"{what} at {phys:#x} must be a 4 KiB aligned frame below the agent's "
+                f"reserved memory at {self.reserved[0]:#x}"
+            )
+
+    # -- bring-up -------------------------------------------------------------------------
+
+    def _load_agent(self) -> None:
+        area = agent.build_small_area(self.placement)
+        self.memory.write(self.placement.small_phys, area)
+
+    def _boot_sregs(self) -> abi.kvm_sregs:
+        return _boot_sregs(self.placement)
+
+    def reset_cpu(self) -> None:
+        """Put the vCPU back in the boot state: agent CR3, CR0.WP on, SMEP/SMAP and AC off."""
+        self.vcpu.set_sregs(self._boot_sregs())
+        regs = abi.kvm_regs()
+        regs.rip = self.placement.va(L.CODE_OFF + agent.agent_image().kernel_entry)
+        regs.rsp = self.placement.va(L.KSTACK_TOP_OFF)
+        regs.rflags = L.RFLAGS_DEFAULT
+        self.vcpu.set_regs(regs)
+        self.memory.write_u64(
+            self.placement.phys_of(L.KSTATE_OFF) + L.KS_RFLAGS, L.RFLAGS_DEFAULT
+        )
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self, batch: Batch, *, timeout: float | None | object = _UNSET) -> BatchResults:
+        """Run every command of ``batch`` in one KVM_RUN; one result per command, in order."""
+        self._check_open()
+        n = len(batch)
+        if n > self.capacity:
+            raise BatchError(f"batch of {n} commands exceeds this machine's capacity {self.capacity}")
+        self._validate(batch)
+        start = self.placement.cmd_phys
+        self.memory.write(start, batch.data)
+        self.memory.write(start + n * RECORD_SIZE, _END_RECORD)
+        limit = self.timeout if timeout is _UNSET else timeout
+        self._execute(limit)  # type: ignore[arg-type]
+        return BatchResults(self.memory.read(start, n * RECORD_SIZE), n, self.cpl0_oracle)
+
+    def _validate(self, batch: Batch) -> None:
+        if self.agent_slot in batch.slots:
+            raise AgentSlotConflict(
+                f"the batch addresses PML4 slot {self.agent_slot}, which the agent reserves"
+            )
+        for cr3 in batch.cr3_loads:
+            p4 = cr3 & pte.ADDR_MASK
+            if p4 != self.agent_p4:
+                self._check_user_frame(p4, "the CR3 target")
+                if self.memory.read_u64(p4 + 8 * self.agent_slot) != self.agent_slot_entry:
+                    raise BatchError(
+                        f"CR3 {cr3:#x}: that PML4 does not map the agent (the guest would "
+                        f"triple-fault); call machine.install_agent_slot({p4:#x}) first"
+                    )
+        for phys in batch.phys_targets:
+            if phys % 8 or not 0 <= phys < self.reserved[0]:
+                raise BatchError(
+                    f"physical address {phys:#x} must be 8-byte aligned and below the agent's "
+                    f"reserved memory at {self.reserved[0]:#x}"
+                )
+
+    def _kick(self) -> None:
+        self.vcpu.run_struct.immediate_exit = 1
+
+    def _execute(self, timeout: float | None) -> None:
+        arming = WATCHDOG.arm(timeout, self._kick) if timeout is not None else None
+        try:
+            while True:
+                ex = self.vcpu.run()
+                if isinstance(ex, MmioExit) and ex.phys_addr == self.placement.doorbell_gpa:
+                    if ex.value == DOORBELL_DONE:
+                        return
+                    if ex.value == DOORBELL_UNEXPECTED:
+                        self._crash("the guest took an exception the agent did not expect",
+                                    self._agent_dump())  # fmt: skip
+                if isinstance(ex, InterruptedExit):
+                    if arming is not None and arming.fired:
+                        break
+                    continue  # a signal meant for someone else: resume the guest
+                self._crash(f"unexpected exit {exit_name(ex.reason)}: {ex}", self._vcpu_dump())
+        finally:
+            if arming is not None:
+                WATCHDOG.disarm(arming)
+            if self._vm is not None:
+                self.vcpu.run_struct.immediate_exit = 0
+        dump = self._vcpu_dump()
+        self._recover()
+        raise WatchdogTimeout(
+            f"the guest did not finish its batch within {timeout} s and was stopped at "
+            f"rip={dump.get('rip', 0):#x}; the CPU was reset to its boot state"
+        )
+
+    def _crash(self, message: str, dump: dict[str, int]) -> None:
+        recovered = self._recover()
+        suffix = (
+            "the CPU was reset to its boot state (CR3, CR0.WP, SMEP/SMAP, AC)"
+            if recovered
+            else "the VM could not be reset and was destroyed"
+        )
+        raise GuestCrashError(f"{message}; {suffix}", dump)
+
+    def _recover(self) -> bool:
+        """Reset the vCPU after a failure; destroy the VM if even that fails."""
+        try:
+            self.reset_cpu()
+            return True
+        except KvmError:
+            self.close()
+            return False
+
+    def _agent_dump(self) -> dict[str, int]:
+        at = self.placement.phys_of(L.KSTATE_OFF) + L.KS_DUMP
+        return {name: self.memory.read_u64(at + 8 * i) for i, name in enumerate(L.DUMP_FIELDS)}
+
+    def _vcpu_dump(self) -> dict[str, int]:
+        try:
+            regs = self.vcpu.get_regs()
+            sregs = self.vcpu.get_sregs()
+        except KvmError:
+            return {}
+        dump = {name: int(getattr(regs, name)) for name, _ in abi.kvm_regs._fields_}
+        for name in ("cr0", "cr2", "cr3", "cr4", "efer"):
+            dump[name] = int(getattr(sregs, name))
+        dump["cs"] = int(sregs.cs.selector)
+        return dump
+
+    # -- other oracles --------------------------------------------------------------------
+
+    def translate(self, va: int) -> int | None:
+        """KVM_TRANSLATE (oracle ``kvm-translate``): KVM's walk of the *current* tables under
+        the vCPU's CR3; ignores U/S and R/W. None when KVM finds no valid translation."""
+        self._check_open()
+        tr = self.vcpu.translate(va)
+        return int(tr.physical_address) if tr.valid else None
+
+    def granted_cpuid(self) -> CpuidSummary:
+        """The CPUID the guest actually sees (KVM_GET_CPUID2 after setting it), cached."""
+        self._check_open()
+        path = self._kvm.path if self._kvm else DEFAULT_DEVICE
+        summary = _CpuidCache.granted.get(path)
+        if summary is None:
+            summary = CpuidSummary.from_entries(self.vcpu.get_cpuid())
+            _CpuidCache.granted[path] = summary
+        return summary
+
+
+@functools.lru_cache(maxsize=16)
+def _boot_sregs(pl: agent.Placement) -> abi.kvm_sregs:
+    """Long-mode segment and control registers for the boot state (read-only; reused)."""
+    s = abi.kvm_sregs()
+
+    def seg(sel: int, typ: int, code: bool) -> abi.kvm_segment:
+        return abi.kvm_segment(
+            base=0, limit=0xFFFFFFFF, selector=sel, type=typ, present=1, dpl=sel & 3,
+            db=0 if code else 1, s=1, l=1 if code else 0, g=1,
+        )  # fmt: skip
+
+    s.cs = seg(L.KERNEL_CS, 0xB, True)
+    for name in ("ds", "es", "fs", "gs", "ss"):
+        setattr(s, name, seg(L.KERNEL_DS, 0x3, False))
+    s.tr = abi.kvm_segment(
+        base=pl.va(L.TSS_OFF), limit=0x67, selector=L.TSS_SEL, type=0xB, present=1, s=0
+    )
+    s.ldt = abi.kvm_segment(type=0x2, present=1, unusable=1)
+    s.gdt = abi.kvm_dtable(base=pl.va(L.GDT_OFF), limit=8 * L.GDT_ENTRIES - 1)
+    s.idt = abi.kvm_dtable(base=pl.va(L.IDT_OFF), limit=16 * 32 - 1)
+    s.cr0 = agent.BOOT_CR0
+    s.cr3 = pl.p4_phys
+    s.cr4 = agent.BOOT_CR4
+    s.efer = agent.EFER_LME | agent.EFER_LMA | (agent.EFER_NXE if pl.nx else 0)
+    return s
