@@ -27,13 +27,6 @@
         shl     $39, \reg
 .endm
 
-# rsi := supervisor address of the record at KS_CURSOR (needs rbx = base), clobbers rcx
-.macro KRECORD
-        mov     KSTATE_OFF+KS_CURSOR(%rbx), %rcx
-        shl     $6, %rcx
-        lea     CMD_SUPER_OFF(%rbx,%rcx), %rsi
-.endm
-
 header:
         .ascii  "KVMPAGNT"
         .long   1                               # agent ABI version
@@ -46,159 +39,129 @@ header:
         .long   0
 
 # ---------------------------------------------------------------------------------------------
-# ring 0: the dispatcher
+# ring 0: the dispatcher. Every instruction here is emulated on a PVM host (~0.6 us each), so
+# the common paths are kept short. In the normal flow rbx = slot base and rsi = the current
+# record (supervisor alias); KS_GUARD holds the last record ring 0 started, so a fault in ring 0
+# is charged to it. RFLAGS (AC) and RSP persist across batches: the doorbell exit keeps them.
 # ---------------------------------------------------------------------------------------------
 kernel_entry:
         BASE    %rbx
-        movq    $0, KSTATE_OFF+KS_CURSOR(%rbx)
-        movq    $0, KSTATE_OFF+KS_STATUS(%rbx)
-        movq    $0, KSTATE_OFF+KS_GUARD(%rbx)
+        lea     CMD_SUPER_OFF(%rbx), %rsi
+        jmp     dispatch
 
-kernel_dispatch:
-        pushq   $RFLAGS_DEFAULT
-        popfq
-        BASE    %rbx
-        lea     KSTACK_TOP_OFF(%rbx), %rsp
-        KRECORD
+k_ok:
+        movl    $ST_OK, R_STATUS(%rsi)
+k_next:
+        add     $RECORD_SIZE, %rsi
+dispatch:
         mov     C_OP(%rsi), %eax
+        cmp     $OP_CPL3, %eax
+        jae     enter_user
         test    %eax, %eax
         jz      batch_done
-        test    $OP_CPL3, %eax
-        jnz     enter_user
-        movq    $1, KSTATE_OFF+KS_GUARD(%rbx)
+        mov     %rsi, KSTATE_OFF+KS_GUARD(%rbx)
         mov     C_ADDR(%rsi), %rdx
-        mov     C_ARG(%rsi), %rcx
-        xor     %edi, %edi
         cmp     $OP_READ, %eax
-        je      k_read
-        cmp     $OP_WRITE, %eax
-        je      k_write
-        cmp     $OP_FETCH, %eax
-        je      k_fetch
-        cmp     $OP_INVLPG, %eax
-        je      k_invlpg
-        cmp     $OP_LOAD_CR3, %eax
-        je      k_load_cr3
-        cmp     $OP_WRITE_PHYS, %eax
-        je      k_write_phys
-        cmp     $OP_READ_PHYS, %eax
-        je      k_read_phys
-        cmp     $OP_SET_WP, %eax
-        je      k_set_wp
-        cmp     $OP_SET_SMEP, %eax
-        je      k_set_smep
-        cmp     $OP_SET_SMAP, %eax
-        je      k_set_smap
-        cmp     $OP_SET_AC, %eax
-        je      k_set_ac
-        mov     $ST_BAD_OP, %eax
-        jmp     k_finish
-
-k_read:
-        pushq   KSTATE_OFF+KS_RFLAGS(%rbx)
-        popfq
-        mov     (%rdx), %rdi
+        jne     1f
+        mov     (%rdx), %rax
+        mov     %rax, R_VALUE(%rsi)
         jmp     k_ok
-k_write:
-        pushq   KSTATE_OFF+KS_RFLAGS(%rbx)
-        popfq
+1:      mov     C_ARG(%rsi), %rcx
+        cmp     $OP_WRITE, %eax
+        jne     1f
         mov     %rcx, (%rdx)
         jmp     k_ok
-k_fetch:
-        pushq   KSTATE_OFF+KS_RFLAGS(%rbx)
-        popfq
+1:      cmp     $OP_FETCH, %eax
+        jne     1f
         call    *%rdx
-        mov     %rax, %rdi
+        BASE    %rbx                            # trust nothing the target may have touched
+        mov     KSTATE_OFF+KS_GUARD(%rbx), %rsi
+        lea     KSTACK_TOP_OFF(%rbx), %rsp
+        mov     %rax, R_VALUE(%rsi)
         jmp     k_ok
-k_invlpg:
+1:      cmp     $OP_INVLPG, %eax
+        jne     1f
         invlpg  (%rdx)
         jmp     k_ok
-k_load_cr3:
+1:      cmp     $OP_LOAD_CR3, %eax
+        jne     1f
         mov     %rcx, %cr3
-        mov     %cr3, %rdi
+        mov     %cr3, %rax
+        mov     %rax, R_VALUE(%rsi)
         jmp     k_ok
-k_write_phys:
+1:      cmp     $OP_WRITE_PHYS, %eax
+        jne     1f
         movabs  $PHYSMAP_OFF, %rax
         add     %rbx, %rax
         mov     %rcx, (%rax,%rdx)
         jmp     k_ok
-k_read_phys:
+1:      cmp     $OP_READ_PHYS, %eax
+        jne     1f
         movabs  $PHYSMAP_OFF, %rax
         add     %rbx, %rax
-        mov     (%rax,%rdx), %rdi
+        mov     (%rax,%rdx), %rax
+        mov     %rax, R_VALUE(%rsi)
         jmp     k_ok
-k_set_wp:
+1:      cmp     $OP_SET_WP, %eax
+        jne     1f
         mov     %cr0, %rax
         btr     $16, %rax
         test    %rcx, %rcx
-        jz      1f
+        jz      2f
         bts     $16, %rax
-1:      mov     %rax, %cr0
-        mov     %cr0, %rdi
+2:      mov     %rax, %cr0
+        mov     %cr0, %rax
+        mov     %rax, R_VALUE(%rsi)
         jmp     k_ok
-k_set_smep:
+1:      cmp     $OP_SET_SMEP, %eax
+        jne     1f
         mov     %cr4, %rax
         btr     $20, %rax
         test    %rcx, %rcx
-        jz      1f
+        jz      2f
         bts     $20, %rax
-1:      mov     %rax, %cr4
-        mov     %cr4, %rdi
+2:      mov     %rax, %cr4
+        mov     %cr4, %rax
+        mov     %rax, R_VALUE(%rsi)
         jmp     k_ok
-k_set_smap:
+1:      cmp     $OP_SET_SMAP, %eax
+        jne     1f
         mov     %cr4, %rax
         btr     $21, %rax
         test    %rcx, %rcx
-        jz      1f
+        jz      2f
         bts     $21, %rax
-1:      mov     %rax, %cr4
-        mov     %cr4, %rdi
+2:      mov     %rax, %cr4
+        mov     %cr4, %rax
+        mov     %rax, R_VALUE(%rsi)
         jmp     k_ok
-k_set_ac:
-        mov     $RFLAGS_DEFAULT, %edi
+1:      cmp     $OP_SET_AC, %eax
+        jne     bad_op
+        mov     $RFLAGS_DEFAULT, %eax
         test    %rcx, %rcx
-        jz      1f
-        or      $RFLAGS_AC, %edi
-1:      mov     %rdi, KSTATE_OFF+KS_RFLAGS(%rbx)
+        jz      2f
+        or      $RFLAGS_AC, %eax
+2:      mov     %rax, KSTATE_OFF+KS_RFLAGS(%rbx)
+        mov     %rax, R_VALUE(%rsi)
+        push    %rax
+        popfq                                   # AC stays live while ring 0 dispatches
         jmp     k_ok
-
-# rdi = result value; a fetch stub may have changed anything but rdi, so recompute the rest
-k_ok:
-        mov     $ST_OK, %eax
-k_finish:
-        pushq   $RFLAGS_DEFAULT
-        popfq
-        BASE    %rbx
-        KRECORD
-        mov     %rdi, R_VALUE(%rsi)
-        mov     %eax, R_STATUS(%rsi)
-        movq    $0, KSTATE_OFF+KS_GUARD(%rbx)
-        incq    KSTATE_OFF+KS_CURSOR(%rbx)
-        jmp     kernel_dispatch
+bad_op:
+        movl    $ST_BAD_OP, R_STATUS(%rsi)
+        jmp     k_next
 
 # eax = op with OP_CPL3 set; only the three probe kinds may run in ring 3
 enter_user:
-        mov     %eax, %edx
-        sub     $(OP_CPL3 + OP_READ), %edx
-        cmp     $(OP_FETCH - OP_READ), %edx
-        ja      bad_user_op
-        lea     CMD_USER_OFF(%rbx,%rcx), %rdx
-        mov     %rdx, USTATE_S_OFF+US_CURSOR(%rbx)
-        pushq   $USER_DS
-        lea     USTACK_TOP_OFF(%rbx), %rax
-        push    %rax
-        pushq   $RFLAGS_DEFAULT
-        pushq   $USER_CS
-        lea     user_entry(%rip), %rax
-        push    %rax
+        cmp     $(OP_CPL3 + OP_FETCH), %eax
+        ja      bad_op
+        cmp     $(OP_CPL3 + OP_READ), %eax
+        jb      bad_op
+        lea     (CMD_USER_OFF - CMD_SUPER_OFF)(%rsi), %rax
+        mov     %rax, USTATE_S_OFF+US_CURSOR(%rbx)
+        lea     KSTATE_OFF+KS_IRET_FRAME(%rbx), %rsp   # the loader prebuilt this frame
         iretq
-bad_user_op:
-        xor     %edi, %edi
-        mov     $ST_BAD_OP, %eax
-        jmp     k_finish
 
 batch_done:
-        movq    $DOORBELL_DONE, KSTATE_OFF+KS_STATUS(%rbx)
         movl    $DOORBELL_DONE, DOORBELL_OFF(%rbx)
         jmp     kernel_entry
 
@@ -219,116 +182,117 @@ isr_stubs:
         jmp     isr_common
         .endr
 
-# stack: 0 rdi, 8 rsi, 16 rdx, 24 rcx, 32 rbx, 40 rax, 48 vector, 56 error, 64 rip, 72 cs,
-#        80 rflags, 88 rsp, 96 ss
-.set F_VECTOR, 48
-.set F_ERROR, 56
-.set F_RIP, 64
-.set F_CS, 72
+# stack after isr_common's two pushes
+.set F_RBX, 0
+.set F_RAX, 8
+.set F_VECTOR, 16
+.set F_ERROR, 24
+.set F_RIP, 32
+.set F_CS, 40
+.set F_RFLAGS, 48
+.set F_RSP, 56
+.set F_SS, 64
 
-# record the fault described by the frame into the record at rsi
+# record the fault described by the frame into the record at rsi (the host ignores CR2 unless
+# the vector is #PF, so it is stored unconditionally)
 .macro RECORD_FAULT
-        mov     F_VECTOR(%rsp), %rax
+        mov     F_VECTOR(%rsp), %eax
         mov     %eax, R_VECTOR(%rsi)
         mov     F_ERROR(%rsp), %rax
         mov     %rax, R_ERROR(%rsi)
         mov     F_RIP(%rsp), %rax
         mov     %rax, R_RIP(%rsi)
-        xor     %eax, %eax
-        cmpq    $14, F_VECTOR(%rsp)
-        jne     77f
         mov     %cr2, %rax
-77:     mov     %rax, R_CR2(%rsi)
-        movq    $0, R_VALUE(%rsi)
+        mov     %rax, R_CR2(%rsi)
         movl    $ST_FAULT, R_STATUS(%rsi)
 .endm
 
 isr_common:
         push    %rax
         push    %rbx
-        push    %rcx
-        push    %rdx
-        push    %rsi
-        push    %rdi
         BASE    %rbx
         testb   $3, F_CS(%rsp)
         jnz     from_user
-        cmpq    $0, KSTATE_OFF+KS_GUARD(%rbx)
-        je      unexpected
-        KRECORD
+        mov     KSTATE_OFF+KS_GUARD(%rbx), %rsi
+        test    %rsi, %rsi
+        jz      unexpected
         RECORD_FAULT
-        movq    $0, KSTATE_OFF+KS_GUARD(%rbx)
-        incq    KSTATE_OFF+KS_CURSOR(%rbx)
-        jmp     kernel_dispatch
+        lea     KSTACK_TOP_OFF(%rbx), %rsp
+        jmp     k_next
 
 from_user:
         mov     USTATE_S_OFF+US_CURSOR(%rbx), %rsi
         add     $(CMD_SUPER_OFF - CMD_USER_OFF), %rsi
-        mov     F_RIP(%rsp), %rdx
         lea     user_read_insn(%rip), %rax
-        cmp     %rax, %rdx
-        je      user_probe_fault
+        cmp     %rax, F_RIP(%rsp)
+        je      user_fault
+        lea     user_exit_ud2(%rip), %rax
+        cmp     %rax, F_RIP(%rsp)
+        je      user_yield
         lea     user_write_insn(%rip), %rax
-        cmp     %rax, %rdx
-        je      user_probe_fault
+        cmp     %rax, F_RIP(%rsp)
+        je      user_fault
         lea     user_call_insn(%rip), %rax
-        cmp     %rax, %rdx
-        je      user_probe_fault
+        cmp     %rax, F_RIP(%rsp)
+        je      user_fault
         cmpl    $(OP_CPL3 + OP_FETCH), C_OP(%rsi)
-        jne     1f
-        cmp     C_ADDR(%rsi), %rdx
-        je      user_probe_fault
-1:      lea     user_exit_ud2(%rip), %rax
-        cmp     %rax, %rdx
         jne     unexpected
-        cmpq    $6, F_VECTOR(%rsp)
+        mov     C_ADDR(%rsi), %rax
+        cmp     %rax, F_RIP(%rsp)
         jne     unexpected
-        # the ring-3 loop handed back the record it stopped at
-        sub     %rbx, %rsi
-        sub     $CMD_SUPER_OFF, %rsi
-        shr     $6, %rsi
-        mov     %rsi, KSTATE_OFF+KS_CURSOR(%rbx)
-        jmp     kernel_dispatch
-
-user_probe_fault:
+user_fault:
         RECORD_FAULT
         addq    $RECORD_SIZE, USTATE_S_OFF+US_CURSOR(%rbx)
         lea     user_entry(%rip), %rax
         mov     %rax, F_RIP(%rsp)
-        pop     %rdi
-        pop     %rsi
-        pop     %rdx
-        pop     %rcx
         pop     %rbx
         pop     %rax
         add     $16, %rsp
         iretq
+# the ring-3 loop handed back the record it stopped at (rsi); ring 0 gets its RFLAGS back
+user_yield:
+        cmpq    $6, F_VECTOR(%rsp)
+        jne     unexpected
+        lea     KSTACK_TOP_OFF(%rbx), %rsp
+        pushq   KSTATE_OFF+KS_RFLAGS(%rbx)
+        popfq
+        jmp     dispatch
 
+# an exception nobody planned: dump everything, ring the doorbell, halt
 unexpected:
-        lea     KSTATE_OFF+KS_DUMP(%rbx), %rdi
+        lea     KSTATE_OFF+KS_DUMP(%rbx), %rbx
+        mov     %rcx, 2*8(%rbx)
+        mov     %rdx, 3*8(%rbx)
+        mov     %rsi, 4*8(%rbx)
+        mov     %rdi, 5*8(%rbx)
+        mov     %rbp, 6*8(%rbx)
+        mov     %r8, 7*8(%rbx)
+        mov     %r9, 8*8(%rbx)
+        mov     %r10, 9*8(%rbx)
+        mov     %r11, 10*8(%rbx)
+        mov     %r12, 11*8(%rbx)
+        mov     %r13, 12*8(%rbx)
+        mov     %r14, 13*8(%rbx)
+        mov     %r15, 14*8(%rbx)
+        mov     F_RAX(%rsp), %rax
+        mov     %rax, 0*8(%rbx)
+        mov     F_RBX(%rsp), %rax
+        mov     %rax, 1*8(%rbx)
         xor     %ecx, %ecx
-2:      mov     (%rsp,%rcx,8), %rax
-        mov     %rax, (%rdi,%rcx,8)
+2:      mov     F_VECTOR(%rsp,%rcx,8), %rax
+        mov     %rax, 15*8(%rbx,%rcx,8)
         inc     %ecx
-        cmp     $13, %ecx
+        cmp     $7, %ecx
         jne     2b
-        mov     %r8, 13*8(%rdi)
-        mov     %r9, 14*8(%rdi)
-        mov     %r10, 15*8(%rdi)
-        mov     %r11, 16*8(%rdi)
-        mov     %r12, 17*8(%rdi)
-        mov     %r13, 18*8(%rdi)
-        mov     %r14, 19*8(%rdi)
-        mov     %r15, 20*8(%rdi)
-        mov     %rbp, 21*8(%rdi)
         mov     %cr0, %rax
-        mov     %rax, 22*8(%rdi)
+        mov     %rax, 22*8(%rbx)
         mov     %cr2, %rax
-        mov     %rax, 23*8(%rdi)
+        mov     %rax, 23*8(%rbx)
         mov     %cr3, %rax
-        mov     %rax, 24*8(%rdi)
+        mov     %rax, 24*8(%rbx)
         mov     %cr4, %rax
-        mov     %rax, 25*8(%rdi)
+        mov     %rax, 25*8(%rbx)
+        BASE    %rbx
         movq    $DOORBELL_UNEXPECTED, KSTATE_OFF+KS_STATUS(%rbx)
         movl    $DOORBELL_UNEXPECTED, DOORBELL_OFF(%rbx)
 3:      hlt

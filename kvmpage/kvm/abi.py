@@ -28,7 +28,7 @@ IOC_READ = 2
 KVMIO = 0xAE
 
 
-def _IOC(direction: int, type_: int, nr: int, size: int) -> int:  # noqa: N802 - kernel name
+def _IOC(direction: int, type_: int, nr: int, size: int) -> int:
     """Encode an ioctl request number exactly like the kernel's ``_IOC`` macro."""
     if not 0 <= size < 1 << _IOC_SIZEBITS:
         raise ValueError(f"ioctl argument size {size} does not fit in {_IOC_SIZEBITS} bits")
@@ -40,26 +40,26 @@ def _IOC(direction: int, type_: int, nr: int, size: int) -> int:  # noqa: N802 -
     )
 
 
-def _IO(nr: int) -> int:  # noqa: N802
+def _IO(nr: int) -> int:
     return _IOC(IOC_NONE, KVMIO, nr, 0)
 
 
-def _IOR(nr: int, struct: type[ctypes._CData]) -> int:  # noqa: N802
+def _IOR(nr: int, struct: type[ctypes._CData]) -> int:
     return _IOC(IOC_READ, KVMIO, nr, sizeof(struct))
 
 
-def _IOW(nr: int, struct: type[ctypes._CData]) -> int:  # noqa: N802
+def _IOW(nr: int, struct: type[ctypes._CData]) -> int:
     return _IOC(IOC_WRITE, KVMIO, nr, sizeof(struct))
 
 
-def _IOWR(nr: int, struct: type[ctypes._CData]) -> int:  # noqa: N802
+def _IOWR(nr: int, struct: type[ctypes._CData]) -> int:
     return _IOC(IOC_READ | IOC_WRITE, KVMIO, nr, sizeof(struct))
 
 
 # -- structures -----------------------------------------------------------------------------------
 
 
-class kvm_regs(Structure):  # noqa: N801 - uapi name
+class kvm_regs(Structure):
     """General-purpose registers, RIP and RFLAGS (KVM_GET_REGS / KVM_SET_REGS)."""
 
     _fields_ = [
@@ -72,7 +72,7 @@ class kvm_regs(Structure):  # noqa: N801 - uapi name
     ]  # fmt: skip
 
 
-class kvm_segment(Structure):  # noqa: N801
+class kvm_segment(Structure):
     """One segment register with its hidden descriptor cache."""
 
     _fields_ = [
@@ -92,7 +92,7 @@ class kvm_segment(Structure):  # noqa: N801
     ]
 
 
-class kvm_dtable(Structure):  # noqa: N801
+class kvm_dtable(Structure):
     """A descriptor-table register (GDTR / IDTR)."""
 
     _fields_ = [("base", c_uint64), ("limit", c_uint16), ("padding", c_uint16 * 3)]
@@ -101,7 +101,7 @@ class kvm_dtable(Structure):  # noqa: N801
 KVM_NR_INTERRUPTS = 256
 
 
-class kvm_sregs(Structure):  # noqa: N801
+class kvm_sregs(Structure):
     """Segment, descriptor-table and control registers (KVM_GET_SREGS / KVM_SET_SREGS)."""
 
     _fields_ = [
@@ -126,7 +126,7 @@ class kvm_sregs(Structure):  # noqa: N801
     ]
 
 
-class kvm_userspace_memory_region(Structure):  # noqa: N801
+class kvm_userspace_memory_region(Structure):
     """A memslot: guest-physical range backed by host virtual memory."""
 
     _fields_ = [
@@ -142,7 +142,7 @@ KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1
 
 
-class kvm_cpuid_entry2(Structure):  # noqa: N801
+class kvm_cpuid_entry2(Structure):
     """One CPUID leaf/subleaf."""
 
     _fields_ = [
@@ -160,7 +160,7 @@ class kvm_cpuid_entry2(Structure):  # noqa: N801
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1 << 0
 
 
-class kvm_cpuid2(Structure):  # noqa: N801
+class kvm_cpuid2(Structure):
     """Header of the flexible CPUID array; use `cpuid2_type` for a sized instance."""
 
     _fields_ = [("nent", c_uint32), ("padding", c_uint32)]
@@ -171,7 +171,7 @@ def cpuid2_type(nent: int) -> type[Structure]:
     return _sized(kvm_cpuid2, "entries", kvm_cpuid_entry2, nent)
 
 
-class kvm_translation(Structure):  # noqa: N801
+class kvm_translation(Structure):
     """KVM_TRANSLATE: linear address in, physical address and validity out."""
 
     _fields_ = [
@@ -184,13 +184,13 @@ class kvm_translation(Structure):  # noqa: N801
     ]
 
 
-class kvm_msr_entry(Structure):  # noqa: N801
+class kvm_msr_entry(Structure):
     """One MSR index/value pair."""
 
     _fields_ = [("index", c_uint32), ("reserved", c_uint32), ("data", c_uint64)]
 
 
-class kvm_msrs(Structure):  # noqa: N801
+class kvm_msrs(Structure):
     """Header of the flexible MSR array; use `msrs_type` for a sized instance."""
 
     _fields_ = [("nmsrs", c_uint32), ("pad", c_uint32)]
@@ -214,7 +214,7 @@ def _sized(
         cached = type(
             f"{header.__name__}_{count}",
             (Structure,),
-            {"_fields_": [*header._fields_, (field, entry * count)]},  # type: ignore[attr-defined]
+            {"_fields_": [*header._fields_, (field, entry * count)]},
         )
         _SIZED_CACHE[key] = cached
     return cached
@@ -223,7 +223,7 @@ def _sized(
 # kvm_run: the page shared with the kernel through mmap of the vCPU fd.
 
 
-class kvm_run_io(Structure):  # noqa: N801
+class kvm_run_io(Structure):
     _fields_ = [
         ("direction", c_uint8),
         ("size", c_uint8),
@@ -233,7 +233,7 @@ class kvm_run_io(Structure):  # noqa: N801
     ]
 
 
-class kvm_run_mmio(Structure):  # noqa: N801
+class kvm_run_mmio(Structure):
     _fields_ = [
         ("phys_addr", c_uint64),
         ("data", c_uint8 * 8),
@@ -242,28 +242,28 @@ class kvm_run_mmio(Structure):  # noqa: N801
     ]
 
 
-class kvm_run_fail_entry(Structure):  # noqa: N801
+class kvm_run_fail_entry(Structure):
     _fields_ = [("hardware_entry_failure_reason", c_uint64), ("cpu", c_uint32)]
 
 
-class kvm_run_internal(Structure):  # noqa: N801
+class kvm_run_internal(Structure):
     _fields_ = [("suberror", c_uint32), ("ndata", c_uint32), ("data", c_uint64 * 16)]
 
 
-class kvm_run_debug(Structure):  # noqa: N801
+class kvm_run_debug(Structure):
     _fields_ = [("exception", c_uint32), ("pad", c_uint32), ("pc", c_uint64),
                 ("dr6", c_uint64), ("dr7", c_uint64)]  # fmt: skip
 
 
-class kvm_run_system_event(Structure):  # noqa: N801
+class kvm_run_system_event(Structure):
     _fields_ = [("type", c_uint32), ("ndata", c_uint32), ("data", c_uint64 * 16)]
 
 
-class kvm_run_hw(Structure):  # noqa: N801
+class kvm_run_hw(Structure):
     _fields_ = [("hardware_exit_reason", c_uint64)]
 
 
-class kvm_run_exit_union(Union):  # noqa: N801
+class kvm_run_exit_union(Union):
     """The exit-specific payload of kvm_run (256 bytes)."""
 
     _fields_ = [
@@ -278,7 +278,7 @@ class kvm_run_exit_union(Union):  # noqa: N801
     ]
 
 
-class kvm_run(Structure):  # noqa: N801
+class kvm_run(Structure):
     """The fixed head of the mmapped kvm_run page (up to and including the exit union)."""
 
     _fields_ = [

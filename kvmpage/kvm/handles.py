@@ -8,6 +8,7 @@ ioctl raises `KvmError` naming the ioctl and carrying errno.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -56,8 +57,8 @@ class _FdHandle:
             raise KvmClosedError(name, 0, f"{name} on a closed {type(self).__name__}")
         try:
             if isinstance(arg, int):
-                return fcntl.ioctl(self._fd, request, arg)
-            return fcntl.ioctl(self._fd, request, arg, True)
+                return int(fcntl.ioctl(self._fd, request, arg))
+            return int(fcntl.ioctl(self._fd, request, arg, True))
         except OSError as e:
             raise ioctl_error(abi.IOCTL_NAMES.get(request, hex(request)), e, hint) from None
 
@@ -70,13 +71,15 @@ class _FdHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()  # type: ignore[attr-defined]
+        self.close()
+
+    def close(self) -> None:
+        """Release the handle (idempotent)."""
+        self._close_fd()
 
     def __del__(self) -> None:
-        try:
-            self.close()  # type: ignore[attr-defined]
-        except Exception:
-            pass
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 class Kvm(_FdHandle):
@@ -120,7 +123,9 @@ class Kvm(_FdHandle):
             )
 
     def api_version(self) -> int:
-        return self._ioctl(abi.KVM_GET_API_VERSION, 0, f"is {getattr(self, 'path', '?')} a KVM device?")
+        return self._ioctl(
+            abi.KVM_GET_API_VERSION, 0, f"is {getattr(self, 'path', '?')} a KVM device?"
+        )
 
     def check_extension(self, cap: int) -> int:
         """The raw KVM_CHECK_EXTENSION answer (0 = unsupported)."""
@@ -147,7 +152,7 @@ class Kvm(_FdHandle):
             nent = 256
             while True:
                 buf = abi.cpuid2_type(nent)()
-                buf.nent = nent  # type: ignore[attr-defined]
+                buf.nent = nent
                 try:
                     self._ioctl(abi.KVM_GET_SUPPORTED_CPUID, buf)
                     break
@@ -155,13 +160,11 @@ class Kvm(_FdHandle):
                     if e.errno != errno.E2BIG or nent >= 4096:  # the buffer is too small
                         raise
                     nent *= 2
-            n = int(buf.nent)  # type: ignore[attr-defined]
-            raw = bytes(buf.entries)[: n * ctypes.sizeof(abi.kvm_cpuid_entry2)]  # type: ignore[attr-defined]
+            n = int(buf.nent)
+            raw = bytes(buf.entries)[: n * ctypes.sizeof(abi.kvm_cpuid_entry2)]
             _SUPPORTED_CPUID_CACHE[self.path] = raw
         size = ctypes.sizeof(abi.kvm_cpuid_entry2)
-        return [
-            abi.kvm_cpuid_entry2.from_buffer_copy(raw, i) for i in range(0, len(raw), size)
-        ]
+        return [abi.kvm_cpuid_entry2.from_buffer_copy(raw, i) for i in range(0, len(raw), size)]
 
     def create_vm(self) -> Vm:
         fd = self._ioctl(abi.KVM_CREATE_VM, 0)
@@ -191,7 +194,9 @@ class Vm(_FdHandle):
     def check_extension(self, cap: int) -> int:
         return self._ioctl(abi.KVM_CHECK_EXTENSION, cap)
 
-    def add_memory(self, size: int, guest_phys_addr: int = 0, *, readonly: bool = False) -> GuestMemory:
+    def add_memory(
+        self, size: int, guest_phys_addr: int = 0, *, readonly: bool = False
+    ) -> GuestMemory:
         """Allocate ``size`` bytes of guest RAM at ``guest_phys_addr`` and register it."""
         memory = GuestMemory(size, guest_phys_addr=guest_phys_addr)
         try:
@@ -235,7 +240,9 @@ class Vcpu(_FdHandle):
         try:
             self._mmap = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as e:
-            raise KvmError("mmap(kvm_run)", e.errno or 0, "cannot map the vCPU's kvm_run page") from None
+            raise KvmError(
+                "mmap(kvm_run)", e.errno or 0, "cannot map the vCPU's kvm_run page"
+            ) from None
         self._run = abi.kvm_run.from_buffer(self._mmap)
         self._run_address = ctypes.addressof(self._run)
 
@@ -278,9 +285,9 @@ class Vcpu(_FdHandle):
 
     def set_cpuid(self, entries: list[abi.kvm_cpuid_entry2]) -> None:
         buf = abi.cpuid2_type(len(entries))()
-        buf.nent = len(entries)  # type: ignore[attr-defined]
+        buf.nent = len(entries)
         for i, entry in enumerate(entries):
-            buf.entries[i] = entry  # type: ignore[attr-defined]
+            buf.entries[i] = entry
         self._ioctl(abi.KVM_SET_CPUID2, buf)
 
     def set_cpuid_raw(self, buf: ctypes.Structure) -> None:
@@ -290,27 +297,24 @@ class Vcpu(_FdHandle):
     def get_cpuid(self, max_entries: int = 256) -> list[abi.kvm_cpuid_entry2]:
         """KVM_GET_CPUID2: the CPUID table the guest will actually see."""
         buf = abi.cpuid2_type(max_entries)()
-        buf.nent = max_entries  # type: ignore[attr-defined]
+        buf.nent = max_entries
         self._ioctl(abi.KVM_GET_CPUID2, buf)
-        return [
-            abi.kvm_cpuid_entry2.from_buffer_copy(buf.entries[i])  # type: ignore[attr-defined]
-            for i in range(int(buf.nent))  # type: ignore[attr-defined]
-        ]
+        return [abi.kvm_cpuid_entry2.from_buffer_copy(buf.entries[i]) for i in range(int(buf.nent))]
 
     def get_msrs(self, indices: list[int]) -> dict[int, int]:
         buf = abi.msrs_type(len(indices))()
-        buf.nmsrs = len(indices)  # type: ignore[attr-defined]
+        buf.nmsrs = len(indices)
         for i, index in enumerate(indices):
-            buf.entries[i].index = index  # type: ignore[attr-defined]
+            buf.entries[i].index = index
         n = self._ioctl(abi.KVM_GET_MSRS, buf)
-        return {int(e.index): int(e.data) for e in buf.entries[:n]}  # type: ignore[attr-defined]
+        return {int(e.index): int(e.data) for e in buf.entries[:n]}
 
     def set_msrs(self, values: dict[int, int]) -> int:
         buf = abi.msrs_type(len(values))()
-        buf.nmsrs = len(values)  # type: ignore[attr-defined]
+        buf.nmsrs = len(values)
         for i, (index, data) in enumerate(values.items()):
-            buf.entries[i].index = index  # type: ignore[attr-defined]
-            buf.entries[i].data = data  # type: ignore[attr-defined]
+            buf.entries[i].index = index
+            buf.entries[i].data = data
         return self._ioctl(abi.KVM_SET_MSRS, buf)
 
     def translate(self, linear_address: int) -> abi.kvm_translation:

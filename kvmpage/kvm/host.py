@@ -1,4 +1,4 @@
-"""The host profile: which KVM this is, what CPUID the guest really gets, which paging features work.
+"""Host profile: which KVM this is, the CPUID the guest really gets, which paging features work.
 
 The static part (`hypervisor_kind`, `cpuid_summary`) is cheap and read from sysfs and from the
 CPUID table KVM stores after KVM_SET_CPUID2 (read back, because a module may rewrite what was
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from kvmpage.kvm import abi
 
 
-class HypervisorKind(str, Enum):
+class HypervisorKind(StrEnum):
     """How guest memory accesses are checked on this host."""
 
     PVM = "pvm"  # kvm_pvm: CPL3 on shadow paging, CPL0 emulated
@@ -108,7 +108,7 @@ class CpuidSummary:
         )
 
 
-class Support(str, Enum):
+class Support(StrEnum):
     """Verdict on one paging feature."""
 
     WORKS = "works"  # tried in the guest and behaved architecturally

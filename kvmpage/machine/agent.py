@@ -144,6 +144,22 @@ def build_small_area(pl: Placement) -> bytes:
 
 
 @functools.lru_cache(maxsize=16)
+def small_area_pages(pl: Placement) -> tuple[tuple[int, bytes], ...]:
+    """The non-zero 4 KiB pages of the small area as ``(physical address, bytes)``.
+
+    Guest RAM starts zeroed, and touching a fresh anonymous page costs a host page fault, so
+    only these pages are copied (about 20 instead of 512).
+    """
+    area = _build_small_area(pl)
+    zero = bytes(L.PAGE)
+    return tuple(
+        (pl.small_phys + off, area[off : off + L.PAGE])
+        for off in range(0, len(area), L.PAGE)
+        if area[off : off + L.PAGE] != zero
+    )
+
+
+@functools.lru_cache(maxsize=16)
 def _build_small_area(pl: Placement) -> bytes:
     pl.validate()
     img = agent_image()
@@ -214,7 +230,12 @@ def _build_small_area(pl: Placement) -> bytes:
     # IDT: 32 interrupt gates to the stubs
     for vec in range(32):
         handler = pl.va(L.CODE_OFF + img.isr_stubs + vec * img.isr_stride)
-        lo = (handler & 0xFFFF) | (L.KERNEL_CS << 16) | (0x8E << 40) | ((handler >> 16) & 0xFFFF) << 48
+        lo = (
+            (handler & 0xFFFF)
+            | (L.KERNEL_CS << 16)
+            | (0x8E << 40)
+            | ((handler >> 16) & 0xFFFF) << 48
+        )
         put(_VA_AREA + L.IDT_OFF + 16 * vec, lo)
         put(_VA_AREA + L.IDT_OFF + 16 * vec + 8, handler >> 32)
     # TSS: RSP0 = kernel stack top; no I/O bitmap
@@ -222,6 +243,14 @@ def _build_small_area(pl: Placement) -> bytes:
     struct.pack_into("<H", area, _VA_AREA + L.TSS_OFF + 102, 104)
     # mailbox
     put(_VA_AREA + L.KSTATE_OFF + L.KS_RFLAGS, L.RFLAGS_DEFAULT)
+    frame = (
+        pl.va(L.CODE_OFF + img.user_code),  # user_entry is the first byte of the user pages
+        L.USER_CS,
+        L.RFLAGS_DEFAULT,
+        pl.va(L.USTACK_TOP_OFF),
+        L.USER_DS,
+    )
+    struct.pack_into("<5Q", area, _VA_AREA + L.KSTATE_OFF + L.KS_IRET_FRAME, *frame)
     return bytes(area)
 
 

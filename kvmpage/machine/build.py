@@ -1,6 +1,6 @@
 """Assemble the guest agent with GNU as and extract its flat bytes.
 
-    python -m kvmpage.machine.build           # reassemble guest/agent.s -> kvmpage/machine/agent.bin
+    python -m kvmpage.machine.build           # guest/agent.s -> kvmpage/machine/agent.bin
     python -m kvmpage.machine.build --check   # reassemble and verify agent.bin is byte-identical
 
 Every constant the agent needs comes from `layout` and `protocol` and is passed with
@@ -66,7 +66,9 @@ def text_section(elf: bytes) -> bytes:
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
     sections = []
     for i in range(shnum):
-        name, stype, _flags, _addr, off, size = struct.unpack_from("<IIQQQQ", elf, shoff + i * shentsize)
+        name, stype, _flags, _addr, off, size = struct.unpack_from(
+            "<IIQQQQ", elf, shoff + i * shentsize
+        )
         sections.append((name, stype, off, size))
     strtab_off = sections[shstrndx][2]
 
@@ -80,7 +82,9 @@ def text_section(elf: bytes) -> bytes:
         if sname == ".text":
             text = elf[off : off + size]
         elif stype in (4, 9) and size and sname.endswith(".text"):  # SHT_RELA / SHT_REL
-            raise BuildError(f"agent .text has relocations ({sname}); it must be position independent")
+            raise BuildError(
+                f"agent .text has relocations ({sname}); it must be position independent"
+            )
     if text is None:
         raise BuildError("no .text section in the assembled agent")
     return text
@@ -88,7 +92,9 @@ def text_section(elf: bytes) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="verify agent.bin instead of writing it")
+    parser.add_argument(
+        "--check", action="store_true", help="verify agent.bin instead of writing it"
+    )
     args = parser.parse_args(argv)
     try:
         image = assemble()

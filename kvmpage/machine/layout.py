@@ -45,14 +45,14 @@ TSS_SEL = 0x28
 GDT_ENTRIES = 7  # null, kcode, kdata, udata, ucode, tss (two slots)
 
 # -- kernel state page (u64 fields) ---------------------------------------------------------------
-KS_CURSOR = 0x00  # index of the command being executed
-KS_STATUS = 0x08  # 0 running, then a DOORBELL_* code
-KS_GUARD = 0x10  # nonzero while a CPL0 command may fault
-KS_RFLAGS = 0x18  # RFLAGS used for CPL0 probes (carries AC for SMAP)
+KS_GUARD = 0x00  # the record ring 0 is working on (0 while ring 3 runs): a fault there is expected
+KS_STATUS = 0x08  # DOORBELL_UNEXPECTED after an unplanned exception
+KS_RFLAGS = 0x18  # RFLAGS of ring 0 while dispatching (carries AC for SMAP)
+KS_IRET_FRAME = 0x20  # RIP, CS, RFLAGS, RSP, SS of the ring-3 loop's entry, built by the loader
 KS_DUMP = 0x40  # unexpected-exception dump, `DUMP_FIELDS` u64 values
 DUMP_FIELDS = (
-    "rdi", "rsi", "rdx", "rcx", "rbx", "rax", "vector", "error_code", "rip", "cs", "rflags",
-    "rsp", "ss", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rbp",
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15", "vector", "error_code", "rip", "cs", "rflags", "rsp", "ss",
     "cr0", "cr2", "cr3", "cr4",
 )  # fmt: skip
 
@@ -78,7 +78,7 @@ def asm_constants() -> dict[str, int]:
     names = [
         "CODE_OFF", "GDT_OFF", "IDT_OFF", "TSS_OFF", "KSTATE_OFF", "USTATE_S_OFF",
         "DOORBELL_OFF", "KSTACK_TOP_OFF", "USTATE_U_OFF", "USTACK_TOP_OFF", "CMD_USER_OFF",
-        "CMD_SUPER_OFF", "PHYSMAP_OFF", "USER_CS", "USER_DS", "KS_CURSOR", "KS_STATUS",
-        "KS_GUARD", "KS_RFLAGS", "KS_DUMP", "US_CURSOR", "RFLAGS_DEFAULT", "RFLAGS_AC",
+        "CMD_SUPER_OFF", "PHYSMAP_OFF", "USER_CS", "USER_DS", "KS_STATUS", "KS_GUARD",
+        "KS_RFLAGS", "KS_IRET_FRAME", "KS_DUMP", "US_CURSOR", "RFLAGS_DEFAULT", "RFLAGS_AC",
     ]  # fmt: skip
     return {name: globals()[name] for name in names}

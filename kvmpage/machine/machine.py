@@ -16,8 +16,11 @@ Typical use::
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
-from typing import Final, Self
+import time
+from typing import Any, ClassVar, Final, Self
 
 from kvmpage.kvm import abi
 from kvmpage.kvm.errors import KvmError
@@ -25,9 +28,8 @@ from kvmpage.kvm.exits import InterruptedExit, MmioExit, exit_name
 from kvmpage.kvm.handles import DEFAULT_DEVICE, Kvm, Vcpu, Vm
 from kvmpage.kvm.host import CpuidSummary, HypervisorKind, cpl0_oracle, hypervisor_kind
 from kvmpage.kvm.memory import GuestMemory
-from kvmpage.machine import agent
+from kvmpage.machine import agent, pte
 from kvmpage.machine import layout as L
-from kvmpage.machine import pte
 from kvmpage.machine.errors import (
     AgentSlotConflict,
     BatchError,
@@ -59,20 +61,20 @@ def _kind() -> HypervisorKind:
 class _CpuidCache:
     """The CPUID table every machine gets (the host's supported table), built once per device."""
 
-    buffers: dict[str, abi.kvm_cpuid2] = {}
-    granted: dict[str, CpuidSummary] = {}
+    buffers: ClassVar[dict[str, ctypes.Structure]] = {}
+    granted: ClassVar[dict[str, CpuidSummary]] = {}
 
     @classmethod
-    def buffer(cls, kvm: Kvm) -> abi.kvm_cpuid2:
-        buf = cls.buffers.get(kvm.path)
-        if buf is None:
+    def buffer(cls, kvm: Kvm) -> ctypes.Structure:
+        cached = cls.buffers.get(kvm.path)
+        if cached is None:
             entries = kvm.supported_cpuid()
-            buf = abi.cpuid2_type(len(entries))()  # type: ignore[assignment]
+            buf: Any = abi.cpuid2_type(len(entries))()
             buf.nent = len(entries)
             for i, e in enumerate(entries):
-                buf.entries[i] = e  # type: ignore[attr-defined]
-            cls.buffers[kvm.path] = buf
-        return buf
+                buf.entries[i] = e
+            cls.buffers[kvm.path] = cached = buf
+        return cached
 
 
 class Machine:
@@ -110,6 +112,8 @@ class Machine:
         except BaseException:
             self.close()
             raise
+        #: Wall time of the last batch's KVM_RUN loop (excludes encoding and decoding), in ns.
+        self.last_run_ns = 0
         #: Oracle label of CPL0 probe results on this host.
         self.cpl0_oracle = cpl0_oracle(_kind())
 
@@ -135,10 +139,8 @@ class Machine:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def _check_open(self) -> None:
         if self._vm is None:
@@ -194,8 +196,8 @@ class Machine:
     # -- bring-up -------------------------------------------------------------------------
 
     def _load_agent(self) -> None:
-        area = agent.build_small_area(self.placement)
-        self.memory.write(self.placement.small_phys, area)
+        for phys, page in agent.small_area_pages(self.placement):
+            self.memory.write(phys, page)
 
     def _boot_sregs(self) -> abi.kvm_sregs:
         return _boot_sregs(self.placement)
@@ -208,24 +210,26 @@ class Machine:
         regs.rsp = self.placement.va(L.KSTACK_TOP_OFF)
         regs.rflags = L.RFLAGS_DEFAULT
         self.vcpu.set_regs(regs)
-        self.memory.write_u64(
-            self.placement.phys_of(L.KSTATE_OFF) + L.KS_RFLAGS, L.RFLAGS_DEFAULT
-        )
+        self.memory.write_u64(self.placement.phys_of(L.KSTATE_OFF) + L.KS_RFLAGS, L.RFLAGS_DEFAULT)
 
     # -- running --------------------------------------------------------------------------
 
-    def run(self, batch: Batch, *, timeout: float | None | object = _UNSET) -> BatchResults:
+    def run(self, batch: Batch, *, timeout: float | object | None = _UNSET) -> BatchResults:
         """Run every command of ``batch`` in one KVM_RUN; one result per command, in order."""
         self._check_open()
         n = len(batch)
         if n > self.capacity:
-            raise BatchError(f"batch of {n} commands exceeds this machine's capacity {self.capacity}")
+            raise BatchError(
+                f"batch of {n} commands exceeds this machine's capacity {self.capacity}"
+            )
         self._validate(batch)
         start = self.placement.cmd_phys
         self.memory.write(start, batch.data)
         self.memory.write(start + n * RECORD_SIZE, _END_RECORD)
         limit = self.timeout if timeout is _UNSET else timeout
+        t0 = time.perf_counter_ns()
         self._execute(limit)  # type: ignore[arg-type]
+        self.last_run_ns = time.perf_counter_ns() - t0
         return BatchResults(self.memory.read(start, n * RECORD_SIZE), n, self.cpl0_oracle)
 
     def _validate(self, batch: Batch) -> None:
@@ -308,7 +312,7 @@ class Machine:
             sregs = self.vcpu.get_sregs()
         except KvmError:
             return {}
-        dump = {name: int(getattr(regs, name)) for name, _ in abi.kvm_regs._fields_}
+        dump = {field[0]: int(getattr(regs, field[0])) for field in abi.kvm_regs._fields_}
         for name in ("cr0", "cr2", "cr3", "cr4", "efer"):
             dump[name] = int(getattr(sregs, name))
         dump["cs"] = int(sregs.cs.selector)

@@ -298,11 +298,12 @@ class BatchResults(Sequence[Result]):
             op = Op(code)
         except ValueError:
             op = Op.END
+        oracle = "agent"
         if op in PROBE_OPS:
             oracle = "mmu" if cpl == 3 else self._cpl0_oracle
-        else:
-            oracle = "agent"
-        fault = Fault(vector, error, cr2) if status == ST_FAULT else None
+        fault = Fault(vector, error, cr2 if vector == 14 else 0) if status == ST_FAULT else None
+        if fault is not None:
+            value = 0
         return Result(index, op, cpl, addr, arg, status, value, fault, rip, oracle)
 
     def __iter__(self) -> Iterator[Result]:

@@ -7,6 +7,8 @@ this module stays small on purpose so it can be swapped for it.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from kvmpage.memory import PhysMemory
 
 P = 1 << 0
@@ -80,7 +82,7 @@ class SimpleSpace:
     Upper-level entries are created with ``table_flags`` (default P|W|U, so leaf flags decide).
     """
 
-    LEVEL_SIZES = {1: SIZE_4K, 2: SIZE_2M, 3: SIZE_1G}
+    LEVEL_SIZES: ClassVar[dict[int, int]] = {1: SIZE_4K, 2: SIZE_2M, 3: SIZE_1G}
 
     def __init__(self, memory: PhysMemory, frames: FrameBump) -> None:
         self.memory = memory

@@ -51,28 +51,41 @@ class _Arming:
 
 
 class Watchdog:
-    """Process-wide watchdog thread. Use `armed` around each KVM_RUN."""
+    """Process-wide watchdog thread. `arm` before each KVM_RUN, `disarm` after.
+
+    Arming and disarming must be cheap (they bracket every batch), so they never wake the
+    thread: while runs are frequent it polls every `POLL` seconds, and it only goes to sleep
+    (and needs a notify) after `IDLE_AFTER` seconds without any arming.
+    """
+
+    POLL = 0.005
+    IDLE_AFTER = 1.0
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._armed: dict[int, _Arming] = {}
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
+        self._sleeping = True
+        self._last_armed = 0.0
 
     def arm(self, timeout: float, before_kick: Callable[[], None]) -> _Arming:
-        """Start watching the calling thread; ``before_kick`` runs (in the watchdog) before each kick."""
+        """Watch the calling thread; ``before_kick`` runs (in the watchdog) before each kick."""
         install_signal_handler()
-        arming = _Arming(
-            time.monotonic() + timeout, next(self._ids), threading.get_ident(), before_kick
-        )
+        now = time.monotonic()
+        arming = _Arming(now + timeout, next(self._ids), threading.get_ident(), before_kick)
         with self._cond:
             self._armed[arming.ident] = arming
+            self._last_armed = now
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._loop, name="kvmpage-watchdog", daemon=True
                 )
+                self._sleeping = False
                 self._thread.start()
-            self._cond.notify()
+            elif self._sleeping:
+                self._sleeping = False
+                self._cond.notify()
         return arming
 
     def disarm(self, arming: _Arming) -> bool:
@@ -85,8 +98,7 @@ class Watchdog:
         while True:
             with self._cond:
                 now = time.monotonic()
-                due = [a for a in self._armed.values() if a.deadline <= now]
-                for a in due:
+                for a in [a for a in self._armed.values() if a.deadline <= now]:
                     a.fired = True
                     a.deadline = now + KICK_REPEAT
                     try:
@@ -94,11 +106,12 @@ class Watchdog:
                         signal.pthread_kill(a.thread_id, KICK_SIGNAL)
                     except (ProcessLookupError, OSError, ValueError):
                         self._armed.pop(a.ident, None)
-                if self._armed:
-                    wait = min(a.deadline for a in self._armed.values()) - time.monotonic()
-                    self._cond.wait(max(wait, 0.0))
+                if not self._armed and now - self._last_armed > self.IDLE_AFTER:
+                    self._sleeping = True
+                    while self._sleeping:
+                        self._cond.wait()
                 else:
-                    self._cond.wait()
+                    self._cond.wait(self.POLL)
 
 
 WATCHDOG = Watchdog()
