@@ -90,6 +90,19 @@ class BumpFrameAllocator(Generic[S_co]):
         """Frames not yet handed out."""
         return (self.end - self._next) // self._step
 
+    def allocate_contiguous(self, length: int, align: int) -> int | None:
+        """Reserve ``length`` bytes aligned to ``align`` from the fresh part of the range.
+
+        For leaf memory (a run of huge-page frames, say), not for page tables: the frames are
+        never handed out by `allocate_frame`. Returns the physical start, or None when the rest
+        of the range is too small. The frames skipped to reach the alignment are lost.
+        """
+        start = -(-self._next // align) * align
+        if length < 0 or start + length > self.end:
+            return None
+        self._next = -(-(start + length) // self._step) * self._step
+        return start
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}([{self.start:#x}, {self.end:#x}), "

@@ -1,0 +1,107 @@
+"""A ptdump-style listing: mappings coalesced into runs with the same attributes.
+
+Consecutive pages are one run when they are virtually and physically contiguous, mapped at the
+same level, with the same effective rights and the same leaf flags (ignoring A and D, which the
+CPU sets as it goes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from kvmpage.layout.scan import Leaf, Rights
+from kvmpage.paging.table import PageTableFlags
+
+_ACCESSED_DIRTY = 0x60
+_FLAG_MASK = ~0x000F_FFFF_FFFF_F000 & ((1 << 64) - 1)
+_LEVEL_NAME = {1: "4K", 2: "2M", 3: "1G"}
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """``count`` pages of ``page_size`` from ``virt``, physically contiguous from ``phys``."""
+
+    virt: int
+    phys: int
+    page_size: int
+    level: int
+    count: int
+    flags: int  #: leaf flags of the first page (A/D may differ along the run)
+    rights: Rights
+
+    @property
+    def size(self) -> int:
+        """Bytes covered."""
+        return self.page_size * self.count
+
+    @property
+    def virt_end(self) -> int:
+        """First virtual address after the run."""
+        return self.virt + self.size
+
+
+def coalesce(leaves: Iterable[Leaf]) -> Iterator[Run]:
+    """Merge consecutive leaves into runs (leaves must come in ascending virtual order)."""
+    run: Run | None = None
+    for leaf in leaves:
+        flags = leaf.raw & _FLAG_MASK
+        if (
+            run is not None
+            and run.virt_end == leaf.virt
+            and run.level == leaf.level
+            and run.phys + run.size == leaf.phys
+            and run.rights == leaf.rights
+            and (run.flags ^ flags) & ~_ACCESSED_DIRTY == 0
+        ):
+            run = Run(
+                run.virt, run.phys, run.page_size, run.level, run.count + 1, run.flags, run.rights
+            )
+            continue
+        if run is not None:
+            yield run
+        run = Run(leaf.virt, leaf.phys, leaf.size, leaf.level, 1, flags, leaf.rights)
+    if run is not None:
+        yield run
+
+
+def human_size(n: int) -> str:
+    """``4K``, ``2M``, ``1G``, ``1.5M``... (binary units)."""
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift:
+            value = n / (1 << shift)
+            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
+    return f"{n}B"
+
+
+def flag_names(flags: int) -> str:
+    """Short names of the leaf flags that matter to a reader (P, W, U, PWT, PCD, A, D, G, NX)."""
+    short = {
+        "PRESENT": "P",
+        "WRITABLE": "W",
+        "USER_ACCESSIBLE": "U",
+        "WRITE_THROUGH": "PWT",
+        "NO_CACHE": "PCD",
+        "ACCESSED": "A",
+        "DIRTY": "D",
+        "HUGE_PAGE": "PS",
+        "GLOBAL": "G",
+        "NO_EXECUTE": "NX",
+    }
+    names = PageTableFlags(flags).names()
+    return " ".join(short.get(n, n) for n in names)
+
+
+def format_runs(runs: Iterable[Run]) -> list[str]:
+    """One line per run: virtual range, size, page size x count, physical start, rights, flags."""
+    lines = [
+        f"{'virtual start':>18}-{'end':<18} {'size':>6}  {'pages':<9} {'physical':>18}  "
+        f"{'rights':6}  flags"
+    ]
+    for r in runs:
+        pages = f"{r.count}x{_LEVEL_NAME[r.level]}"
+        lines.append(
+            f"{r.virt:#018x}-{r.virt_end - 1:#018x} {human_size(r.size):>6}  {pages:<9} "
+            f"{r.phys:#018x}  {r.rights!s:6}  {flag_names(r.flags)}"
+        )
+    return lines

@@ -1,0 +1,94 @@
+"""Every mapping a set of tables holds, as the CPU sees it: a scan of the whole hierarchy.
+
+`scan` walks the tables under a level-4 table in memory with hardware semantics (an entry counts
+only when PRESENT; PS at levels 3 and 2 ends the walk in a huge page) and yields one `Leaf` per
+mapped page with its effective rights: writable only if every level allows it, user only if
+every level does, executable unless any level sets NX.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from kvmpage.addr import _sign_extend_47
+from kvmpage.memory import PhysMemory
+
+ADDRESS_MASK = 0x000F_FFFF_FFFF_F000
+_P, _W, _U, _PS = 1, 2, 4, 0x80
+_NX = 1 << 63
+
+
+@dataclass(frozen=True, slots=True)
+class Rights:
+    """Effective access rights of a mapping, combined over every level of its walk."""
+
+    writable: bool
+    user: bool
+    executable: bool
+
+    def __str__(self) -> str:
+        return (
+            ("U" if self.user else "K")
+            + " r"
+            + ("w" if self.writable else "-")
+            + ("x" if self.executable else "-")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """One mapped page: virtual start, size, the level of its leaf entry, where it goes."""
+
+    virt: int
+    size: int
+    level: int
+    phys: int
+    raw: int  #: the leaf entry, exactly as stored
+    rights: Rights
+    entries: tuple[int, ...]  #: raw entries of the walk, level 4 first
+
+
+def scan(
+    memory: PhysMemory, p4_phys: int, *, skip_p4: frozenset[int] = frozenset()
+) -> Iterator[Leaf]:
+    """Every present leaf under the level-4 table at ``p4_phys``, in ascending virtual order.
+
+    ``skip_p4``: level-4 indices not to descend into (a recursive slot, the agent's slot).
+    Tables outside ``memory`` are reported by `kvmpage.memory.PhysMemoryError`.
+    """
+    yield from _scan_table(memory, p4_phys, 4, 0, _W | _U, False, (), skip_p4)
+
+
+def _scan_table(
+    memory: PhysMemory,
+    table: int,
+    level: int,
+    prefix: int,
+    rights: int,
+    nx: bool,
+    path: tuple[int, ...],
+    skip_p4: frozenset[int],
+) -> Iterator[Leaf]:
+    memory.check(table, 4096)
+    words = memory._q[table >> 3 : (table >> 3) + 512].tolist()
+    span = 1 << (12 + 9 * (level - 1))
+    for i, raw in enumerate(words):
+        if not raw & _P or (level == 4 and (i in skip_p4 or raw & _PS)):
+            continue  # a PS bit at level 4 is reserved: the CPU faults, nothing is mapped
+        va = _sign_extend_47(prefix | (i * span))
+        r = rights & raw
+        x = nx or bool(raw & _NX)
+        walk = (*path, raw)
+        if level == 1 or (raw & _PS and level in (2, 3)):
+            yield Leaf(
+                virt=va,
+                size=span,
+                level=level,
+                phys=raw & ADDRESS_MASK & ~(span - 1),
+                raw=raw,
+                rights=Rights(writable=bool(r & _W), user=bool(r & _U), executable=not x),
+                entries=walk,
+            )
+        else:
+            yield from _scan_table(memory, raw & ADDRESS_MASK, level - 1, va, r, x, walk, skip_p4)

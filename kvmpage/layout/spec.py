@@ -1,0 +1,209 @@
+"""Layouts: a declarative description of an address space, and building it with a mapper.
+
+A `LayoutSpec` names the mapper kind (``offset``, ``mapped`` or ``recursive``), its parameters
+(physical-memory offset, recursive index), the size of physical memory and a list of
+`MappingSpec` entries (virtual start, page size, count, flags, physical start or "allocate").
+`build` turns it into real tables in a `PhysMemory` through the chosen mapper, checking every
+mapping first so that a bad layout fails with a clear `LayoutError` before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kvmpage.addr import PhysAddr, VirtAddr
+from kvmpage.memory import PhysMemory
+from kvmpage.paging import (
+    MappedPageTable,
+    OffsetPageTable,
+    Page,
+    PageSize,
+    PageTable,
+    PageTableFlags,
+    PhysFrame,
+    PoolFrameAllocator,
+    RecursivePageTable,
+    Size1GiB,
+    Size2MiB,
+    Size4KiB,
+    TableMapper,
+    recursive_table_address,
+)
+
+MapperKind = Literal["offset", "mapped", "recursive"]
+SIZE_BY_NAME: dict[str, type[PageSize]] = {"4KiB": Size4KiB, "2MiB": Size2MiB, "1GiB": Size1GiB}
+
+
+class LayoutError(ValueError):
+    """A layout that cannot be built; the message names the mapping and what is wrong."""
+
+
+@dataclass(frozen=True)
+class MappingSpec:
+    """``count`` pages of ``size`` from ``virt`` with ``flags``; ``phys`` None means allocate."""
+
+    name: str
+    virt: int
+    size: type[PageSize]
+    count: int
+    flags: PageTableFlags
+    phys: int | None = None
+
+    @property
+    def length(self) -> int:
+        """Bytes covered."""
+        return self.size.SIZE * self.count
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    """A whole address space: mapper kind and parameters, memory size, mappings."""
+
+    name: str
+    mappings: tuple[MappingSpec, ...]
+    kind: MapperKind = "offset"
+    memory_size: int = 64 << 20
+    phys_offset: int = 0xFFFF_8880_0000_0000
+    recursive_index: int | None = None
+    #: Level-4 slots the layout may not use (the guest agent's slot on a machine).
+    reserved_p4: frozenset[int] = frozenset()
+    #: Physical memory below this is left alone by the allocator (agent, firmware...).
+    alloc_start: int = 0x1000
+
+
+@dataclass
+class BuiltLayout:
+    """The result of `build`: memory with the tables in it and the mapper that wrote them."""
+
+    spec: LayoutSpec
+    memory: PhysMemory
+    mapper: TableMapper
+    allocator: PoolFrameAllocator[Size4KiB]
+    p4_phys: int
+    #: Physical start chosen for each mapping (by name), allocated or given.
+    phys_of: dict[str, int] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Release the memory."""
+        self.memory.close()
+
+
+def _check(spec: LayoutSpec) -> None:
+    seen: list[tuple[int, int, str]] = []
+    for m in spec.mappings:
+        where = f"mapping {m.name!r}"
+        try:
+            start = VirtAddr.try_new(m.virt)
+        except ValueError:
+            raise LayoutError(f"{where}: virtual start {m.virt:#x} is not canonical") from None
+        if m.virt % m.size.SIZE:
+            raise LayoutError(
+                f"{where}: virtual start {m.virt:#x} is not aligned to {m.size.DEBUG_STR}"
+            )
+        if m.count <= 0:
+            raise LayoutError(f"{where}: count must be at least 1, got {m.count}")
+        last = VirtAddr.forward_checked(start, m.length - 1)
+        if last is None or (m.virt < 1 << 47) != (last._v < 1 << 47):
+            raise LayoutError(f"{where}: runs past the end of its canonical half")
+        if m.phys is not None:
+            if m.phys % m.size.SIZE:
+                raise LayoutError(
+                    f"{where}: physical start {m.phys:#x} is not aligned to {m.size.DEBUG_STR}"
+                )
+            if m.phys + m.length > 1 << 52:
+                raise LayoutError(f"{where}: physical range goes beyond 2**52")
+        if not m.flags & PageTableFlags.PRESENT:
+            raise LayoutError(f"{where}: flags must include PRESENT")
+        if m.flags & PageTableFlags.HUGE_PAGE:
+            raise LayoutError(f"{where}: HUGE_PAGE is set by the page size, do not list it")
+        for p4 in {(m.virt >> 39) & 511, (last._v >> 39) & 511}:
+            if p4 in spec.reserved_p4:
+                raise LayoutError(f"{where}: touches level-4 slot {p4}, which is reserved")
+            if p4 == spec.recursive_index:
+                raise LayoutError(f"{where}: touches the recursive slot {p4}")
+        for other_start, other_end, other in seen:
+            if m.virt <= other_end and other_start <= last._v:
+                raise LayoutError(f"{where}: overlaps mapping {other!r}")
+        seen.append((m.virt, last._v, m.name))
+
+
+def build(spec: LayoutSpec, memory: PhysMemory | None = None) -> BuiltLayout:
+    """Write the layout's tables into ``memory`` (a new zeroed one by default).
+
+    Raises `LayoutError` before writing anything when the layout is inconsistent, and when the
+    memory runs out of frames (then the memory is released if it was created here).
+    """
+    _check(spec)
+    own = memory is None
+    mem = PhysMemory(spec.memory_size) if memory is None else memory
+    try:
+        return _build(spec, mem)
+    except BaseException:
+        if own:
+            mem.close()
+        raise
+
+
+def _build(spec: LayoutSpec, memory: PhysMemory) -> BuiltLayout:
+    alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(
+        spec.alloc_start, memory.size, memory=memory
+    )
+    p4 = alloc.allocate_frame()
+    if p4 is None:
+        raise LayoutError("physical memory has no room for the level-4 table")
+    table = memory.table(p4._start)
+    mapper = _make_mapper(spec, memory, table, p4)
+    built = BuiltLayout(spec, memory, mapper, alloc, p4._start)
+    for m in spec.mappings:
+        phys = m.phys if m.phys is not None else _allocate_run(alloc, m)
+        built.phys_of[m.name] = phys
+        page_type: Any = Page[m.size]
+        frame_type: Any = PhysFrame[m.size]
+        for i in range(m.count):
+            page = page_type.from_start_address(VirtAddr(m.virt + i * m.size.SIZE))
+            frame = frame_type.from_start_address(PhysAddr(phys + i * m.size.SIZE))
+            try:
+                mapper.map_to(page, frame, m.flags, alloc).ignore()
+            except Exception as e:
+                raise LayoutError(f"mapping {m.name!r}: {page!r} -> {frame!r}: {e}") from e
+    return built
+
+
+def _make_mapper(
+    spec: LayoutSpec, memory: PhysMemory, table: PageTable, p4: PhysFrame[Size4KiB]
+) -> TableMapper:
+    if spec.recursive_index is not None:
+        table[spec.recursive_index] = p4._start | int(
+            PageTableFlags.PRESENT | PageTableFlags.WRITABLE
+        )
+    if spec.kind == "offset":
+        return OffsetPageTable(table, VirtAddr(spec.phys_offset))
+    if spec.kind == "mapped":
+        return MappedPageTable(table, _Direct(memory))
+    if spec.kind == "recursive":
+        if spec.recursive_index is None:
+            raise LayoutError("a recursive layout needs a recursive_index")
+        return RecursivePageTable(memory, recursive_table_address(spec.recursive_index), p4)
+    raise LayoutError(f"unknown mapper kind {spec.kind!r} (offset, mapped or recursive)")
+
+
+def _allocate_run(alloc: PoolFrameAllocator[Size4KiB], m: MappingSpec) -> int:
+    """Contiguous, size-aligned physical memory for mapping ``m``."""
+    start = alloc.allocate_contiguous(m.length, m.size.SIZE)
+    if start is None:
+        raise LayoutError(
+            f"mapping {m.name!r}: no {m.length:#x} bytes of {m.size.DEBUG_STR}-aligned physical "
+            f"memory left (memory ends at {alloc.end:#x})"
+        )
+    return start
+
+
+class _Direct:
+    """PageTableFrameMapping for tables read where they are (physical = accessible)."""
+
+    def __init__(self, memory: PhysMemory) -> None:
+        self.memory = memory
+
+    def frame_to_pointer(self, frame: PhysFrame[Size4KiB]) -> PageTable:
+        return self.memory.table(frame.start_address().as_u64())
