@@ -10,7 +10,7 @@ mapping first so that a bad layout fails with a clear `LayoutError` before anyth
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from kvmpage.addr import PhysAddr, VirtAddr
 from kvmpage.memory import PhysMemory
@@ -158,8 +158,8 @@ def _build(spec: LayoutSpec, memory: PhysMemory) -> BuiltLayout:
     for m in spec.mappings:
         phys = m.phys if m.phys is not None else _allocate_run(alloc, m)
         built.phys_of[m.name] = phys
-        page_type: Any = Page[m.size]
-        frame_type: Any = PhysFrame[m.size]
+        page_type: Any = cast(Any, Page)[m.size]
+        frame_type: Any = cast(Any, PhysFrame)[m.size]
         for i in range(m.count):
             page = page_type.from_start_address(VirtAddr(m.virt + i * m.size.SIZE))
             frame = frame_type.from_start_address(PhysAddr(phys + i * m.size.SIZE))

@@ -14,7 +14,7 @@ Tables are handled as ``(words, base)`` pairs: ``words`` is the memory as u64 wo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from kvmpage.addr import PhysAddr, VirtAddr, _sign_extend_47
 from kvmpage.memory import PhysMemory
@@ -330,7 +330,7 @@ class TableMapper:
         """Map ``frame`` at the equal virtual address; panics above 2**47 (M-03)."""
         if not isinstance(frame, PhysFrame):
             raise TypeError(f"expected a PhysFrame, got {type(frame).__name__}")
-        page_type: Any = Page._SPECIALISED[frame.SIZE_TYPE]
+        page_type: Any = cast(Any, Page)[frame.SIZE_TYPE]
         page = page_type.containing_address(VirtAddr(frame._start))
         return self.map_to(page, frame, flags, frame_allocator)
 
