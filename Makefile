@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/kvmpage verify
+	$(BIN)/kvmpage dump
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
