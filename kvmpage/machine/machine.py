@@ -26,7 +26,7 @@ from kvmpage.kvm import abi
 from kvmpage.kvm.errors import KvmError
 from kvmpage.kvm.exits import InterruptedExit, MmioExit, exit_name
 from kvmpage.kvm.handles import DEFAULT_DEVICE, Kvm, Vcpu, Vm
-from kvmpage.kvm.host import CpuidSummary, HypervisorKind, cpl0_oracle, hypervisor_kind
+from kvmpage.kvm.host import CpuidSummary, HostProfile, HypervisorKind, cpl0_oracle, hypervisor_kind
 from kvmpage.kvm.memory import GuestMemory
 from kvmpage.machine import agent, pte
 from kvmpage.machine import layout as L
@@ -98,6 +98,7 @@ class Machine:
         self._kvm: Kvm | None = None
         self._vm: Vm | None = None
         self._owns_kvm = kvm is None
+        self.device = kvm.path if kvm is not None else device
         self.timeout = timeout
         self.placement = agent.Placement(memory_size, capacity, agent_slot, nx=True)
         self.placement.validate()
@@ -326,6 +327,12 @@ class Machine:
         self._check_open()
         tr = self.vcpu.translate(va)
         return int(tr.physical_address) if tr.valid else None
+
+    def host_profile(self) -> HostProfile:
+        """This host's profile (features tried in a separate small guest; cached per process)."""
+        from kvmpage.machine.features import host_profile
+
+        return host_profile(self.device)
 
     def granted_cpuid(self) -> CpuidSummary:
         """The CPUID the guest actually sees (KVM_GET_CPUID2 after setting it), cached."""
