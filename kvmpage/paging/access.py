@@ -167,8 +167,8 @@ def evaluate(
     *,
     access: AccessKind,
     cpl: int,
-    cpu: CpuState = CpuState(),  # noqa: B008  (frozen dataclass: a safe default)
-    features: Features = Features(),  # noqa: B008
+    cpu: CpuState = CpuState(),
+    features: Features = Features(),
 ) -> Outcome:
     """The outcome the architecture requires for ``access`` at ``va`` through ``entries``.
 
