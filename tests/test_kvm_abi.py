@@ -95,7 +95,7 @@ def _run_page() -> tuple[ctypes.Array[ctypes.c_char], abi.kvm_run]:
 
 
 def test_decode_mmio_exit() -> None:
-    buf, run = _run_page()
+    _buf, run = _run_page()
     run.exit_reason = abi.KVM_EXIT_MMIO
     run.exit.mmio.phys_addr = 0x4000_0000
     run.exit.mmio.len = 4
@@ -121,7 +121,7 @@ def test_decode_io_exit_reads_data_page() -> None:
 
 
 def test_decode_other_exits() -> None:
-    buf, run = _run_page()
+    _buf, run = _run_page()
     run.exit_reason = abi.KVM_EXIT_SHUTDOWN
     assert isinstance(decode_exit(run, 0), ShutdownExit)
     run.exit_reason = abi.KVM_EXIT_FAIL_ENTRY

@@ -49,7 +49,7 @@ KS_GUARD = 0x00  # the record ring 0 is working on (0 while ring 3 runs): a faul
 KS_STATUS = 0x08  # DOORBELL_UNEXPECTED after an unplanned exception
 KS_RFLAGS = 0x18  # RFLAGS of ring 0 while dispatching (carries AC for SMAP)
 KS_IRET_FRAME = 0x20  # RIP, CS, RFLAGS, RSP, SS of the ring-3 loop's entry, built by the loader
-KS_DUMP = 0x40  # unexpected-exception dump, `DUMP_FIELDS` u64 values
+KS_DUMP = 0x100  # unexpected-exception dump, `DUMP_FIELDS` u64 values
 DUMP_FIELDS = (
     "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
     "r14", "r15", "vector", "error_code", "rip", "cs", "rflags", "rsp", "ss",

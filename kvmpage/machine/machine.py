@@ -211,7 +211,10 @@ class Machine:
         regs.rsp = self.placement.va(L.KSTACK_TOP_OFF)
         regs.rflags = L.RFLAGS_DEFAULT
         self.vcpu.set_regs(regs)
-        self.memory.write_u64(self.placement.phys_of(L.KSTATE_OFF) + L.KS_RFLAGS, L.RFLAGS_DEFAULT)
+        kstate = self.placement.phys_of(L.KSTATE_OFF)
+        area = agent.build_small_area(self.placement)
+        offset = kstate - self.placement.small_phys
+        self.memory.write(kstate, area[offset : offset + L.PAGE])  # mailbox, iret frame, RFLAGS
 
     # -- running --------------------------------------------------------------------------
 

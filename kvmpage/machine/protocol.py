@@ -24,6 +24,7 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import overload
 
 RECORD_SIZE = 64
 C_ADDR = 0
@@ -285,7 +286,18 @@ class BatchResults(Sequence[Result]):
     def __len__(self) -> int:
         return self._n
 
-    def __getitem__(self, index: int) -> Result:  # type: ignore[override]
+    @overload
+    def __getitem__(self, index: int) -> Result: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Result]: ...
+
+    def __getitem__(self, index: int | slice) -> Result | list[Result]:
+        if isinstance(index, slice):
+            return [self._result(i) for i in range(*index.indices(self._n))]
+        return self._result(index)
+
+    def _result(self, index: int) -> Result:
         if not -self._n <= index < self._n:
             raise IndexError(index)
         index %= self._n
@@ -308,7 +320,7 @@ class BatchResults(Sequence[Result]):
 
     def __iter__(self) -> Iterator[Result]:
         for i in range(self._n):
-            yield self[i]
+            yield self._result(i)
 
     def statuses(self) -> list[int]:
         """Every record's status, fast (no `Result` objects)."""
