@@ -36,21 +36,39 @@ def resolve(memory: PhysMemory, p4_phys: int, addr: int) -> int:
     set), and `PhysMemoryError` when an entry points outside ``memory``.
     """
     q = memory._q
-    limit = memory.size
-    table = p4_phys
-    for level in (4, 3, 2, 1):
-        if table + 4096 > limit:
-            raise PhysMemoryError(
-                f"level-{level} table at {table:#x} (walking {addr:#x}) is outside memory "
-                f"[0, {limit:#x})"
-            )
-        raw = q[(table >> 3) + ((addr >> (3 + 9 * level)) & 511)]
-        if not raw & _PRESENT:
-            raise SoftPageFault(addr, level, "is not present")
-        if raw & _PS and level > 1:
-            if level == 4:
-                raise SoftPageFault(addr, level, "has the reserved PS bit set")
-            span = 1 << (12 + 9 * (level - 1))
-            return (raw & ADDRESS_MASK & ~(span - 1)) | (addr & (span - 1))
-        table = raw & ADDRESS_MASK
-    return table | (addr & 0xFFF)
+    limit = memory.size - 4096
+    if not 0 <= p4_phys <= limit:
+        _outside(memory, 4, p4_phys, addr)
+    raw = q[(p4_phys >> 3) + ((addr >> 39) & 511)]
+    if raw & 0x81 != _PRESENT:  # not present, or PS (reserved) in a level-4 entry
+        raise SoftPageFault(addr, 4, "is not present" if not raw & 1 else "has PS set (reserved)")
+    table = raw & ADDRESS_MASK
+    if table > limit:
+        _outside(memory, 3, table, addr)
+    raw = q[(table >> 3) + ((addr >> 30) & 511)]
+    if not raw & _PRESENT:
+        raise SoftPageFault(addr, 3, "is not present")
+    if raw & _PS:
+        return (raw & 0x000F_FFFF_C000_0000) | (addr & 0x3FFF_FFFF)
+    table = raw & ADDRESS_MASK
+    if table > limit:
+        _outside(memory, 2, table, addr)
+    raw = q[(table >> 3) + ((addr >> 21) & 511)]
+    if not raw & _PRESENT:
+        raise SoftPageFault(addr, 2, "is not present")
+    if raw & _PS:
+        return (raw & 0x000F_FFFF_FFE0_0000) | (addr & 0x1F_FFFF)
+    table = raw & ADDRESS_MASK
+    if table > limit:
+        _outside(memory, 1, table, addr)
+    raw = q[(table >> 3) + ((addr >> 12) & 511)]
+    if not raw & _PRESENT:
+        raise SoftPageFault(addr, 1, "is not present")
+    return (raw & ADDRESS_MASK) | (addr & 0xFFF)
+
+
+def _outside(memory: PhysMemory, level: int, table: int, addr: int) -> None:
+    raise PhysMemoryError(
+        f"level-{level} table at {table:#x} (walking {addr:#x}) is outside memory "
+        f"[0, {memory.size:#x})"
+    )

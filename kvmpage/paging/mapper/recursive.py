@@ -96,23 +96,29 @@ class RecursivePageTable(TableMapper):
         TableMapper.__init__(self, memory, tlb)
         self.recursive_index = r
         self.cr3 = cr3
+        # (r, r, ..., r) prefixes of the recursive addresses, by the level of the table reached
+        self._r_prefix = {level: sum(r << (9 * k) for k in range(level)) for level in (1, 2, 3, 4)}
 
     def table_address(self) -> VirtAddr:
         """The virtual address of the PML4: (r, r, r, r)."""
         return recursive_table_address(self.recursive_index)
 
-    def _words_at(self, va: VirtAddr) -> Table:
-        phys = resolve(self.memory, self.cr3._start, va._v)
-        self.memory.check(phys, 4096)
+    def _words_at(self, va: int) -> Table:
+        phys = resolve(self.memory, self.cr3._start, va)
+        if phys + 4096 > self.memory.size:
+            self.memory.check(phys, 4096)
         return (self.memory._q, phys >> 3)
 
     def _p4(self) -> Table:
-        return self._words_at(recursive_table_address(self.recursive_index))
+        return self._words_at(_sign_extend_47(self._r_prefix[4] << 12))
 
     def _child(self, raw: int, va: int, child_level: int) -> Table:
-        p4, p3, p2 = (va >> 39) & 511, (va >> 30) & 511, (va >> 21) & 511
-        indices = {3: (p4,), 2: (p4, p3), 1: (p4, p3, p2)}[child_level]
-        return self._words_at(recursive_table_address(self.recursive_index, *indices))
+        # the table of child_level for va sits at (r x child_level, then va's top indices)
+        used = 9 * (4 - child_level)
+        indices = (va >> (12 + 9 * child_level)) & ((1 << used) - 1)
+        return self._words_at(
+            _sign_extend_47(((self._r_prefix[child_level] << used) | indices) << 12)
+        )
 
     def _skip_in_clean_up(self, level: int, index: int) -> bool:
         return level == 4 and index == self.recursive_index  # C-11
