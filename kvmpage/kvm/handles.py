@@ -187,9 +187,17 @@ class Vm(_FdHandle):
             vcpu.close()
         self._vcpus.clear()
         self._close_fd()
+        pinned: list[GuestMemory] = []
+        first_error: BufferError | None = None
         for memory in self._memories:
-            memory.close()
-        self._memories.clear()
+            try:
+                memory.close()
+            except BufferError as e:  # a caller still holds a view; keep it for a later close
+                pinned.append(memory)
+                first_error = first_error or e
+        self._memories = pinned
+        if first_error is not None:
+            raise first_error
 
     def check_extension(self, cap: int) -> int:
         return self._ioctl(abi.KVM_CHECK_EXTENSION, cap)

@@ -48,7 +48,13 @@ class GuestMemory(PhysMemory):
     def close(self) -> None:
         """Release every view, then unmap (idempotent)."""
         super().close()
-        self._mmap.close()
+        try:
+            self._mmap.close()
+        except BufferError:
+            raise BufferError(
+                "guest memory cannot be unmapped while a view of it is alive (a memoryview from "
+                "view(), a ctypes from_buffer object, a numpy array): release it, then close again"
+            ) from None
 
     def __repr__(self) -> str:
         return f"GuestMemory(size={self.size:#x}, gpa={self.guest_phys_addr:#x})"

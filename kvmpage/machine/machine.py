@@ -123,11 +123,13 @@ class Machine:
     def close(self) -> None:
         """Destroy the VM and release every fd and mapping (idempotent)."""
         vm, self._vm = self._vm, None
-        if vm is not None:
-            vm.close()
-        kvm, self._kvm = self._kvm, None
-        if kvm is not None and self._owns_kvm:
-            kvm.close()
+        try:
+            if vm is not None:
+                vm.close()
+        finally:
+            kvm, self._kvm = self._kvm, None
+            if kvm is not None and self._owns_kvm:
+                kvm.close()
 
     @property
     def closed(self) -> bool:
