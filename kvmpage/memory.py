@@ -121,31 +121,49 @@ class PhysMemory:
         """Copy ``length`` bytes starting at ``addr``."""
         self.check(addr, length)
         addr = int(addr)
-        return bytes(self._bytes[addr : addr + length])
+        try:
+            return bytes(self._bytes[addr : addr + length])
+        except ValueError as e:
+            raise PhysMemoryError(f"physical memory is closed: {e}") from None
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         """Copy ``data`` to ``addr``; nothing is written if any byte would be out of range."""
         n = len(memoryview(data).cast("B"))
         self.check(addr, n)
         addr = int(addr)
-        self._bytes[addr : addr + n] = memoryview(data).cast("B")
+        try:
+            self._bytes[addr : addr + n] = memoryview(data).cast("B")
+        except ValueError as e:
+            raise PhysMemoryError(f"physical memory is closed: {e}") from None
 
     def zero(self, addr: int, length: int) -> None:
         """Set ``length`` bytes starting at ``addr`` to zero."""
         self.check(addr, length)
         addr = int(addr)
-        self._bytes[addr : addr + length] = bytes(length)
+        try:
+            self._bytes[addr : addr + length] = bytes(length)
+        except ValueError as e:
+            raise PhysMemoryError(f"physical memory is closed: {e}") from None
 
     def view(self, addr: int, length: int) -> memoryview:
-        """A live byte view of ``[addr, addr + length)`` (writes through to the memory)."""
+        """A live byte view of ``[addr, addr + length)`` (writes through to the memory).
+
+        Release it (``view.release()``) before closing an mmap buffer: while it lives, the mmap
+        refuses to close even after `close`.
+        """
         self.check(addr, length)
         addr = int(addr)
-        return self._bytes[addr : addr + length]
+        try:
+            return self._bytes[addr : addr + length]
+        except ValueError as e:
+            raise PhysMemoryError(f"physical memory is closed: {e}") from None
 
     def table(self, addr: int) -> PageTable:
         """The 512-entry `PageTable` stored in the 4 KiB frame at physical address ``addr``."""
         from kvmpage.paging.table import PageTable
 
+        if self.closed:
+            raise PhysMemoryError("physical memory is closed")
         return PageTable(self, addr)
 
     def __repr__(self) -> str:

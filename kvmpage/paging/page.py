@@ -78,6 +78,14 @@ class AddressNotAligned(ValueError):
         return "AddressNotAligned"
 
 
+def _bytes_of(count: int, size: int) -> int:
+    """``count * size`` as the crate's u64 multiply: a product past u64::MAX panics (P-10)."""
+    n = count * size
+    if n > U64_MAX:
+        raise Panic("attempt to multiply with overflow")
+    return n
+
+
 def _check_size(size: object) -> type[PageSize]:
     if not (isinstance(size, type) and size in PAGE_SIZES):
         raise TypeError(f"a page size must be Size4KiB, Size2MiB or Size1GiB, not {size!r}")
@@ -259,7 +267,7 @@ class Page(_Unit[S]):
     def __add__(self, n: int) -> Page[S]:
         if not isinstance(n, int):
             return NotImplemented
-        return type(self).containing_address(self.start_address() + n * self.SIZE)
+        return type(self).containing_address(self.start_address() + _bytes_of(n, self.SIZE))
 
     def __sub__(self, other: Any) -> Any:
         if isinstance(other, _Unit):
@@ -269,7 +277,9 @@ class Page(_Unit[S]):
             return (self._start - o._start) // self.SIZE
         if not isinstance(other, int):
             return NotImplemented
-        return type(self).containing_address(self.start_address().sub(other * self.SIZE))
+        return type(self).containing_address(
+            self.start_address().sub(_bytes_of(other, self.SIZE))
+        )
 
     # -- Step (P-20): jumps the hole ----------------------------------------------------
 
@@ -346,17 +356,18 @@ class PhysFrame(_Unit[S]):
     def __add__(self, n: int) -> PhysFrame[S]:
         if not isinstance(n, int):
             return NotImplemented
-        return type(self).containing_address(self.start_address() + n * self.SIZE)
+        return type(self).containing_address(self.start_address() + _bytes_of(n, self.SIZE))
 
     def __sub__(self, other: Any) -> Any:
         if isinstance(other, _Unit):
             o = self._same(other)
-            if o._start > self._start:
-                raise Panic("attempt to subtract with overflow")
-            return (self._start - o._start) // self.SIZE
+            # (PhysAddr - PhysAddr) / SIZE: PhysAddr's checked_sub().unwrap() panic (P-22)
+            return self.start_address().sub_addr(PhysAddr._raw(o._start)) // self.SIZE
         if not isinstance(other, int):
             return NotImplemented
-        return type(self).containing_address(self.start_address().sub(other * self.SIZE))
+        return type(self).containing_address(
+            self.start_address().sub(_bytes_of(other, self.SIZE))
+        )
 
     @staticmethod
     def range(start: PhysFrame[S], end: PhysFrame[S]) -> PhysFrameRange[S]:

@@ -25,7 +25,9 @@ class PageTableFlags(enum.IntFlag, boundary=enum.KEEP):
     """The 24 named bits of a page-table entry (T-01); bits 12..51 are the address field.
 
     An `int` subclass: ``|``, ``&``, ``^`` work and unnamed bits are kept (``from_bits_retain``).
-    Values are immutable, so the crate's ``insert`` / ``remove`` are ``f | x`` and ``f & ~x``.
+    ``~`` is bitflags' ``!``: the complement within the 24 named bits, so it never sets a bit of
+    the address field (to clear a flag in a raw entry value, use ``raw & ~int(x)``). Values are
+    immutable, so the crate's ``insert`` / ``remove`` are ``f | x`` and ``f & ~x``.
     """
 
     PRESENT = 1 << 0
@@ -112,6 +114,9 @@ class PageTableFlags(enum.IntFlag, boundary=enum.KEEP):
         """The named bits that are not set here (bitflags' ``!``)."""
         return PageTableFlags(~int(self) & ALL_FLAG_BITS)
 
+    def __invert__(self) -> PageTableFlags:
+        return self.complement()
+
     def names(self) -> list[str]:
         """Names of the set named bits, lowest first; unnamed bits as ``0x...``."""
         v = int(self)
@@ -122,7 +127,8 @@ class PageTableFlags(enum.IntFlag, boundary=enum.KEEP):
         return out
 
     def __repr__(self) -> str:
-        return f"PageTableFlags({' | '.join(self.names())})"
+        # bitflags 2 prints an empty set as ``0x0`` (T-03)
+        return f"PageTableFlags({' | '.join(self.names()) or '0x0'})"
 
     __str__ = __repr__
 

@@ -1,0 +1,668 @@
+"""Checklist section 2 (``page.rs``, ``frame.rs``): rules P-01..P-25 and the upstream unit tests
+of 6.2 and 6.3. Every test cites the rule it pins.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kvmpage import Panic, PhysAddr, VirtAddr
+from kvmpage.index import PageTableIndex, PageTableLevel
+from kvmpage.paging import (
+    PAGE_SIZES,
+    AddressNotAligned,
+    Page,
+    PageRange,
+    PageRangeInclusive,
+    PageSize,
+    PhysFrame,
+    PhysFrameRange,
+    PhysFrameRangeInclusive,
+    Size1GiB,
+    Size2MiB,
+    Size4KiB,
+)
+
+U64_MAX = (1 << 64) - 1
+KIB4, MIB2, GIB1 = 0x1000, 0x20_0000, 0x4000_0000
+SIZES = [(Size4KiB, KIB4, "4KiB"), (Size2MiB, MIB2, "2MiB"), (Size1GiB, GIB1, "1GiB")]
+
+NOT_APPLICABLE = {
+    "P-03": "a sealed trait has no Python equivalent; instead the three sizes refuse "
+    "instantiation and Page[...] / PhysFrame[...] accept only them (test_p03_*).",
+}
+
+
+def assert_panics(prefix: str, fn, *args):
+    """Call ``fn(*args)``; it must raise `Panic` whose message starts with ``prefix``."""
+    with pytest.raises(Panic) as info:
+        fn(*args)
+    assert str(info.value).startswith(prefix), str(info.value)
+    return info.value
+
+
+def page(addr: int, size=Size4KiB):
+    return Page[size].containing_address(VirtAddr(addr))
+
+
+def frame(addr: int, size=Size4KiB):
+    return PhysFrame[size].containing_address(PhysAddr(addr))
+
+
+def starts(it) -> list[int]:
+    return [p.start_address().as_u64() for p in it]
+
+
+# -- 2.1 PageSize ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size, nbytes, debug", SIZES)
+def test_p01_page_size_constants(size, nbytes, debug):
+    """P-01: SIZE and DEBUG_STR of the three sizes."""
+    assert nbytes == size.SIZE
+    assert debug == size.DEBUG_STR
+    assert issubclass(size, PageSize)
+    assert (Size4KiB, Size2MiB, Size1GiB) == PAGE_SIZES
+    assert Size2MiB.SIZE == 4096 * 512 and Size1GiB.SIZE == 4096 * 512 * 512
+
+
+def test_p02_not_giant_page_size_gates_p2_and_p1_index():
+    """P-02: p2_index only for 4KiB/2MiB pages; p1_index only for 4KiB (NotGiantPageSize)."""
+    assert int(page(0x40_0000, Size2MiB).p2_index()) == 2
+    assert int(page(0x40_1000).p2_index()) == 2
+    assert int(page(0x40_1000).p1_index()) == 1
+    with pytest.raises(TypeError):
+        page(0x4000_0000, Size1GiB).p2_index()
+    with pytest.raises(TypeError):
+        page(0x40_0000, Size2MiB).p1_index()
+    with pytest.raises(TypeError):
+        page(0x4000_0000, Size1GiB).p1_index()
+
+
+@pytest.mark.parametrize("size", [PageSize, Size4KiB, Size2MiB, Size1GiB])
+def test_p03_sizes_cannot_be_instantiated(size):
+    """P-03: the size types are uninhabited (here: instantiation is a TypeError)."""
+    with pytest.raises(TypeError):
+        size()
+
+
+@pytest.mark.parametrize("generic", [Page, PhysFrame])
+def test_p03_sizes_are_sealed(generic):
+    """P-03: users cannot add sizes: Page[...] / PhysFrame[...] accept only the three sizes."""
+
+    class Size8KiB(PageSize):
+        SIZE = 8192
+        DEBUG_STR = "8KiB"
+
+    for bad in (Size8KiB, PageSize, int, 4096, "4KiB", None):
+        with pytest.raises(TypeError):
+            generic[bad]
+
+
+def test_p03_pages_are_not_built_with_the_constructor():
+    """P-03 (and P-05/P-06): a page/frame only comes from the crate's constructors."""
+    with pytest.raises(TypeError):
+        Page(VirtAddr(0x1000))
+    with pytest.raises(TypeError):
+        PhysFrame(PhysAddr(0x1000))
+
+
+# -- 2.2 Page ----------------------------------------------------------------------------------
+
+
+def test_sized_types_identity():
+    """Page[Size4KiB] is Page and PhysFrame[Size4KiB] is PhysFrame; the others are subclasses."""
+    assert Page[Size4KiB] is Page
+    assert PhysFrame[Size4KiB] is PhysFrame
+    assert Page[Size2MiB] is Page[Size2MiB]
+    assert Page[Size2MiB] is not Page and issubclass(Page[Size2MiB], Page)
+    assert issubclass(PhysFrame[Size1GiB], PhysFrame)
+    assert type(page(0x1000)) is Page
+    assert type(page(0x20_0000, Size2MiB)) is Page[Size2MiB]
+    assert page(0x4000_0000, Size1GiB).SIZE_TYPE is Size1GiB
+
+
+@pytest.mark.parametrize("size, nbytes, _", SIZES)
+def test_p04_size_const_and_method(size, nbytes, _):
+    """P-04: Page::<S>::SIZE == S::SIZE and size() returns the same (also for frames)."""
+    assert nbytes == Page[size].SIZE
+    assert Page[size].size() == nbytes
+    assert page(0, size).size() == nbytes
+    assert nbytes == PhysFrame[size].SIZE
+    assert frame(0, size).size() == nbytes
+
+
+@pytest.mark.parametrize("size, nbytes, _", SIZES)
+def test_p05_from_start_address(size, nbytes, _):
+    """P-05: AddressNotAligned unless the address is SIZE-aligned."""
+    assert Page[size].from_start_address(VirtAddr(nbytes * 3)).start_address() == VirtAddr(
+        nbytes * 3
+    )
+    for bad in (nbytes * 3 + 0x1000 if nbytes > KIB4 else nbytes * 3 + 8, 1):
+        with pytest.raises(AddressNotAligned) as info:
+            Page[size].from_start_address(VirtAddr(bad))
+        assert info.value.addr == bad
+
+
+def test_p05_address_not_aligned_display_and_debug():
+    """P-05: Display ``the given address was not sufficiently aligned``; Debug is the unit name."""
+    e = AddressNotAligned()
+    assert str(e) == "the given address was not sufficiently aligned"
+    assert repr(e) == "AddressNotAligned"
+    assert not isinstance(e, Panic)
+
+
+def test_p06_unchecked_and_containing_address():
+    """P-06: from_start_address_unchecked does no check; containing_address aligns down."""
+    assert Page.from_start_address_unchecked(VirtAddr(0x1234)).start_address() == VirtAddr(0x1234)
+    assert page(0x1234).start_address() == VirtAddr(0x1000)
+    assert page(0x3F_FFFF, Size2MiB).start_address() == VirtAddr(0x20_0000)
+    assert page(0xFFFF_FFFF_FFFF_FFFF, Size1GiB).start_address() == VirtAddr(
+        0xFFFF_FFFF_C000_0000
+    )
+    assert page(0xFFFF_8000_0000_0fff).start_address() == VirtAddr(0xFFFF_8000_0000_0000)
+
+
+def test_p07_index_accessors():
+    """P-07: p4/p3 for all sizes, p2 for 4KiB/2MiB, p1 for 4KiB (octal vector of Appendix B)."""
+    addr = 0o123_456_701_234_0000
+    p = page(addr)
+    assert [int(i) for i in (p.p4_index(), p.p3_index(), p.p2_index(), p.p1_index())] == [
+        0o123, 0o456, 0o701, 0o234,
+    ]
+    p2 = page(addr, Size2MiB)
+    assert [int(i) for i in (p2.p4_index(), p2.p3_index(), p2.p2_index())] == [0o123, 0o456, 0o701]
+    p1g = page(addr, Size1GiB)
+    assert [int(i) for i in (p1g.p4_index(), p1g.p3_index())] == [0o123, 0o456]
+    assert all(isinstance(i, PageTableIndex) for i in (p.p1_index(), p2.p2_index()))
+
+
+def test_p07_page_table_index_all_levels():
+    """P-07: page_table_index works for every size and level; below a 1GiB page's level it is 0."""
+    p1g = page(0o123_456_701_234_0000, Size1GiB)
+    L = PageTableLevel
+    assert [int(p1g.page_table_index(lv)) for lv in (L.One, L.Two, L.Three, L.Four)] == [
+        0, 0, 0o456, 0o123,
+    ]
+    p2m = page(0o123_456_701_234_0000, Size2MiB)
+    assert int(p2m.page_table_index(L.One)) == 0
+    assert int(p2m.page_table_index(L.Two)) == 0o701
+    p = page(0o123_456_701_234_0000)
+    for lv, acc in ((L.One, p.p1_index), (L.Two, p.p2_index), (L.Three, p.p3_index),
+                    (L.Four, p.p4_index)):
+        assert p.page_table_index(lv) == acc()
+
+
+@pytest.mark.parametrize(
+    "indices, expected",
+    [((256, 0, 0, 1), 0xFFFF_8000_0000_1000), ((0, 0, 0, 1), 0x1000),
+     ((511, 511, 511, 511), 0xFFFF_FFFF_FFFF_F000), ((255, 511, 511, 511), 0x7FFF_FFFF_F000),
+     ((0o123, 0o456, 0o701, 0o234), 0o123_456_701_234_0000)],
+)
+def test_p08_from_page_table_indices(indices, expected):
+    """P-08 (PR #398): indices OR'ed at bits 39/30/21/12 then sign-extended."""
+    idx = [PageTableIndex(i) for i in indices]
+    p = Page.from_page_table_indices(*idx)
+    assert type(p) is Page
+    assert p.start_address().as_u64() == expected
+    assert (int(p.p4_index()), int(p.p3_index()), int(p.p2_index()), int(p.p1_index())) == indices
+
+
+def test_p08_from_page_table_indices_huge():
+    """P-08: the 2MiB and 1GiB variants (called on the sized type); wrong type is a TypeError."""
+    i = PageTableIndex
+    p2 = Page[Size2MiB].from_page_table_indices_2mib(i(256), i(1), i(2))
+    assert type(p2) is Page[Size2MiB]
+    assert p2.start_address().as_u64() == 0xFFFF_8000_4040_0000
+    p1 = Page[Size1GiB].from_page_table_indices_1gib(i(511), i(511))
+    assert type(p1) is Page[Size1GiB]
+    assert p1.start_address().as_u64() == 0xFFFF_FFFF_C000_0000
+    with pytest.raises(TypeError):
+        Page.from_page_table_indices_2mib(i(0), i(0), i(0))
+    with pytest.raises(TypeError):
+        Page[Size2MiB].from_page_table_indices(i(0), i(0), i(0), i(0))
+    with pytest.raises(TypeError):
+        Page.from_page_table_indices_1gib(i(0), i(0))
+
+
+@pytest.mark.parametrize(
+    "obj, text",
+    [(lambda: page(0x1000), "Page[4KiB](0x1000)"),
+     (lambda: page(0x4000_0000, Size1GiB), "Page[1GiB](0x40000000)"),
+     (lambda: page(0x20_0000, Size2MiB), "Page[2MiB](0x200000)"),
+     (lambda: page(0), "Page[4KiB](0x0)"),
+     (lambda: page(0xFFFF_8000_0000_0000), "Page[4KiB](0xffff800000000000)")],
+)
+def test_p09_debug(obj, text):
+    """P-09: Debug shows the size and the start address in {:#x}."""
+    assert repr(obj()) == text
+
+
+@pytest.mark.parametrize("size, nbytes, _", SIZES)
+def test_p10_page_arithmetic(size, nbytes, _):
+    """P-10: page + n / page - n / page - page, through VirtAddr arithmetic."""
+    p = page(nbytes * 4, size)
+    assert p + 3 == page(nbytes * 7, size)
+    assert p - 3 == page(nbytes, size)
+    assert (p + 3) - p == 3
+    assert p - p == 0
+    q = p
+    q += 2
+    q -= 1
+    assert q == page(nbytes * 5, size)
+    assert type(p + 1) is Page[size]
+    assert_panics("attempt to subtract with overflow", p.__sub__, p + 1)
+    assert_panics("attempt to subtract with overflow", page(0, size).__sub__, 1)
+
+
+def test_p10_page_arithmetic_never_jumps_the_hole():
+    """P-10: the last lower-half page + 1 panics (non-canonical); the last page + 1 overflows."""
+    assert_panics("attempt to add resulted in non-canonical virtual address",
+                  page(0x7FFF_FFFF_F000).__add__, 1)
+    assert_panics("attempt to subtract resulted in non-canonical virtual address",
+                  page(0xFFFF_8000_0000_0000).__sub__, 1)
+    assert_panics("attempt to add with overflow", page(0xFFFF_FFFF_FFFF_F000).__add__, 1)
+    assert_panics("attempt to add resulted in non-canonical virtual address",
+                  page(0x7FFF_C000_0000, Size1GiB).__add__, 1)
+    # the difference of two pages across the hole counts the hole (A-20)
+    assert page(0xFFFF_8000_0000_0000) - page(0x7FFF_FFFF_F000) == 0xF_FFF0_0000_0001
+
+
+def test_p10_page_count_times_size_overflow_panics():
+    """P-10: n * SIZE is a u64 multiply that panics on overflow (debug build semantics)."""
+    assert_panics("attempt to multiply with overflow", page(0).__add__, 1 << 52)
+    assert_panics("attempt to multiply with overflow", page(0, Size1GiB).__add__, 1 << 34)
+    assert_panics("attempt to multiply with overflow", page(0xFFFF_8000_0000_0000).__sub__, 1 << 52)
+    assert_panics("attempt to multiply with overflow", frame(0).__add__, 1 << 52)
+    assert_panics("attempt to multiply with overflow", frame(0).__sub__, 1 << 52)
+
+
+@pytest.mark.parametrize("size, nbytes, _", SIZES)
+def test_p11_ordering_equality_hash(size, nbytes, _):
+    """P-11 / 6.2 test_page_is_hash: Eq/Ord/Hash from the start address, for all sizes."""
+    a, b = page(nbytes, size), page(nbytes * 2, size)
+    assert a < b and a <= b and b > a and b >= a and a != b
+    assert a == page(nbytes, size)
+    assert hash(a) == hash(page(nbytes, size))
+    assert len({a, b, page(nbytes, size)}) == 2
+    assert page(0xFFFF_8000_0000_0000, size) > page(0, size)
+    f, g = frame(nbytes, size), frame(nbytes * 2, size)
+    assert f < g and hash(f) == hash(frame(nbytes, size)) and len({f, g, f}) == 2
+
+
+# -- sizes and kinds never mix --------------------------------------------------------------
+
+MIXES = [
+    (lambda: page(0), lambda: page(0, Size2MiB)),
+    (lambda: page(0, Size2MiB), lambda: page(0, Size1GiB)),
+    (lambda: frame(0), lambda: frame(0, Size1GiB)),
+    (lambda: page(0), lambda: frame(0)),
+    (lambda: page(0, Size2MiB), lambda: frame(0, Size2MiB)),
+]
+
+
+@pytest.mark.parametrize("mk_a, mk_b", MIXES)
+def test_sizes_and_kinds_never_mix(mk_a, mk_b):
+    """Pages and frames of different sizes (or a page and a frame) never mix: TypeError."""
+    a, b = mk_a(), mk_b()
+    assert a != b and b != a
+    for op in (lambda: a < b, lambda: a <= b, lambda: a > b, lambda: a >= b, lambda: a - b,
+               lambda: b - a):
+        with pytest.raises(TypeError):
+            op()
+    for ctor in (PageRange, PageRangeInclusive, PhysFrameRange, PhysFrameRangeInclusive):
+        with pytest.raises(TypeError):
+            ctor(a, b)
+    if isinstance(a, Page) and isinstance(b, Page):
+        with pytest.raises(TypeError):
+            Page.steps_between(a, b)
+        with pytest.raises(TypeError):
+            Page.range(a, b)
+    with pytest.raises(TypeError):
+        _ = a + 1.5
+
+
+def test_address_kinds_never_mix():
+    """Page constructors take a VirtAddr, frame constructors a PhysAddr; ints are refused."""
+    for bad in (PhysAddr(0x1000), 0x1000):
+        with pytest.raises(TypeError):
+            Page.containing_address(bad)
+        with pytest.raises(TypeError):
+            Page[Size2MiB].from_start_address(bad)
+    for bad in (VirtAddr(0x1000), 0x1000):
+        with pytest.raises(TypeError):
+            PhysFrame.containing_address(bad)
+        with pytest.raises(TypeError):
+            PhysFrame[Size1GiB].from_start_address_unchecked(bad)
+
+
+# -- 2.3 page ranges ----------------------------------------------------------------------------
+
+
+def test_p12_range_constructors_and_fields():
+    """P-12: plain structs with public start/end; Page.range / Page.range_inclusive."""
+    a, b = page(0x1000), page(0x5000)
+    r = Page.range(a, b)
+    assert isinstance(r, PageRange) and r.start == a and r.end == b
+    ri = Page.range_inclusive(a, b)
+    assert isinstance(ri, PageRangeInclusive) and ri.start == a and ri.end == b
+    assert PageRange(a, b) == r
+    assert PageRangeInclusive(a, b) == ri
+    assert r != ri
+    fr = PhysFrame.range(frame(0), frame(0x3000))
+    assert isinstance(fr, PhysFrameRange) and fr.start == frame(0) and fr.end == frame(0x3000)
+    fri = PhysFrame.range_inclusive(frame(0), frame(0x3000))
+    assert isinstance(fri, PhysFrameRangeInclusive)
+
+
+@pytest.mark.parametrize(
+    "s, e, empty, n",
+    [(0x1000, 0x5000, False, 4), (0x5000, 0x5000, True, 0), (0x6000, 0x1000, True, 0)],
+)
+def test_p13_exclusive_range_len_size_empty(s, e, empty, n):
+    """P-13: is_empty <=> start >= end; len = end - start or 0 (reversed: 0, no panic)."""
+    r = Page.range(page(s), page(e))
+    assert r.is_empty() is empty
+    assert r.len() == n == len(r)
+    assert r.size() == n * KIB4
+    assert len(list(r)) == n
+
+
+@pytest.mark.parametrize(
+    "s, e, empty, n",
+    [(0x1000, 0x5000, False, 5), (0x5000, 0x5000, False, 1), (0x6000, 0x1000, True, 0)],
+)
+def test_p14_inclusive_range_len_size_empty(s, e, empty, n):
+    """P-14: is_empty <=> start > end; len = end - start + 1 or 0."""
+    r = Page.range_inclusive(page(s), page(e))
+    assert r.is_empty() is empty
+    assert r.len() == n == len(r)
+    assert r.size() == n * KIB4
+    assert len(list(r)) == n
+
+
+def test_p13_p14_huge_range_size():
+    """P-13/P-14: size = SIZE * len for huge pages too."""
+    r = Page.range(page(0, Size1GiB), page(3 * GIB1, Size1GiB))
+    assert r.len() == 3 and r.size() == 3 * GIB1
+    ri = Page.range_inclusive(page(0, Size2MiB), page(3 * MIB2, Size2MiB))
+    assert ri.len() == 4 and ri.size() == 4 * MIB2
+
+
+def test_p15_p16_upstream_test_page_ranges():
+    """P-15, P-16 / 6.2 test_page_ranges: 1000 pages from 0xdead_beaf, then None."""
+    number = 1000
+    start_addr = VirtAddr(0xDEAD_BEAF)
+    start = Page.containing_address(start_addr)
+    end = start + number
+    it = iter(Page.range(start, end))
+    for i in range(number):
+        assert next(it) == Page.containing_address(start_addr + KIB4 * i)
+    assert next(it, None) is None
+    it = iter(Page.range_inclusive(start, end))
+    for i in range(number + 1):
+        assert next(it) == Page.containing_address(start_addr + KIB4 * i)
+    assert next(it, None) is None
+
+
+def test_p16_upstream_test_page_range_inclusive_overflow():
+    """P-16 / 6.2 test_page_range_inclusive_overflow: the last 1001 pages of the space."""
+    number = 1000
+    start_addr = VirtAddr(0xFFFF_FFFF_FFFF_FFFF - number * KIB4)
+    start = Page.containing_address(start_addr)
+    end = start + number
+    assert end == page(0xFFFF_FFFF_FFFF_F000)
+    it = iter(Page.range_inclusive(start, end))
+    for i in range(number + 1):
+        assert next(it) == Page.containing_address(start_addr + KIB4 * i)
+    assert next(it, None) is None
+
+
+@pytest.mark.parametrize("size, nbytes, _", SIZES)
+def test_p16_inclusive_range_ending_at_last_page_terminates(size, nbytes, _):
+    """P-16 (issue #346 / PR #351): a range ending at the very last page stops without panic."""
+    last = U64_MAX - (nbytes - 1)
+    r = Page.range_inclusive(page(last - 2 * nbytes, size), page(last, size))
+    assert starts(r) == [last - 2 * nbytes, last - nbytes, last]
+    assert starts(Page.range_inclusive(page(last, size), page(last, size))) == [last]
+    # iterating does not consume the range (a Rust for-loop iterates a copy)
+    assert r.len() == 3 and len(list(r)) == 3
+
+
+def test_p15_exclusive_range_to_last_page():
+    """P-15: the exclusive range never steps past end, so it can end at the last page."""
+    last = 0xFFFF_FFFF_FFFF_F000
+    assert starts(Page.range(page(last - 0x2000), page(last))) == [last - 0x2000, last - 0x1000]
+
+
+@pytest.mark.parametrize("ctor", [Page.range, Page.range_inclusive])
+def test_p17_ranges_cannot_be_iterated_across_the_hole(ctor):
+    """P-17: next() steps with Page + 1, which panics at the hole before anything is yielded."""
+    r = ctor(page(0x7FFF_FFFF_F000), page(0xFFFF_8000_0000_1000))
+    it = iter(r)
+    assert_panics("attempt to add resulted in non-canonical virtual address", next, it)
+
+
+def test_p17_len_counts_the_hole_and_later_pages_iterate():
+    """P-17: len() of a range across the hole counts the hole; the page before it iterates."""
+    r = Page.range(page(0x7FFF_FFFF_F000), page(0xFFFF_8000_0000_1000))
+    assert r.len() == 0xF_FFF0_0000_0002
+    it = iter(Page.range(page(0x7FFF_FFFF_E000), page(0xFFFF_8000_0000_0000)))
+    assert next(it) == page(0x7FFF_FFFF_E000)
+    assert_panics("attempt to add resulted in non-canonical", next, it)
+
+
+def test_p17_step_does_jump_the_hole():
+    """P-17: Step for Page jumps the hole where ranges cannot."""
+    assert Page.forward_checked(page(0x7FFF_FFFF_F000), 1) == page(0xFFFF_8000_0000_0000)
+
+
+def test_p18_as_4kib_page_range():
+    """P-18: a 2MiB page range re-expressed as 4KiB pages (512x len)."""
+    r = Page.range(page(MIB2, Size2MiB), page(3 * MIB2, Size2MiB))
+    r4 = r.as_4kib_page_range()
+    assert isinstance(r4, PageRange)
+    assert r4.start == page(MIB2) and r4.end == page(3 * MIB2)
+    assert type(r4.start) is Page
+    assert r4.len() == 512 * r.len() == 1024
+    assert r4.size() == r.size()
+
+
+def test_p19_range_debug():
+    """P-19: Debug of the two page range types."""
+    assert repr(Page.range(page(0), page(0x1000))) == (
+        "PageRange { start: Page[4KiB](0x0), end: Page[4KiB](0x1000) }"
+    )
+    assert repr(Page.range_inclusive(page(0), page(0x1000))) == (
+        "PageRangeInclusive { start: Page[4KiB](0x0), end: Page[4KiB](0x1000) }"
+    )
+    assert repr(PhysFrame.range(frame(0), frame(0x1000))) == (
+        "PhysFrameRange { start: PhysFrame[4KiB](0x0), end: PhysFrame[4KiB](0x1000) }"
+    )
+    assert repr(PhysFrame.range_inclusive(frame(0, Size2MiB), frame(MIB2, Size2MiB))) == (
+        "PhysFrameRangeInclusive { start: PhysFrame[2MiB](0x0), end: PhysFrame[2MiB](0x200000) }"
+    )
+
+
+# -- P-20 Step for Page ---------------------------------------------------------------------------
+
+PAGE_FORWARD = [
+    # 6.2 page_step_forward
+    (0, 0, 0),
+    (0, 1, 0x1000),
+    (0x7FFF_FFFF_F000, 1, 0xFFFF_8000_0000_0000),
+    (0xFFFF_FFFF_FFFF_F000, 1, None),
+    (0x7FFF_FFFF_F000, 0x1_2345_6789, 0xFFFF_9234_5678_8000),
+    (0x7FFF_FFFF_F000, 0x8_0000_0000, 0xFFFF_FFFF_FFFF_F000),
+    (0x7FFF_FFF0_0000, 0x8_0000_00FF, 0xFFFF_FFFF_FFFF_F000),
+    (0x7FFF_FFF0_0000, 0x8_0000_0100, None),
+    (0x7FFF_FFFF_F000, 0x8_0000_0001, None),
+    (0, 0x10_0000, 0x1_0000_0000),
+    # more: count * SIZE overflowing u64 is None, not a panic
+    (0, 1 << 52, None),
+    (0, U64_MAX, None),
+]
+
+
+@pytest.mark.parametrize("start, n, expected", PAGE_FORWARD)
+def test_p20_page_forward_checked(start, n, expected):
+    """P-20 / 6.2 page_step_forward."""
+    r = Page.forward_checked(page(start), n)
+    assert (None if r is None else r.start_address().as_u64()) == expected
+    if r is not None:
+        assert type(r) is Page
+
+
+PAGE_BACKWARD = [
+    # 6.2 page_step_backwards
+    (0, 0, 0),
+    (0, 1, None),
+    (0x1000, 1, 0),
+    (0xFFFF_8000_0000_0000, 1, 0x7FFF_FFFF_F000),
+    (0xFFFF_8000_0000_0000, 0x7_FFFF_FF01, 0xFF000),
+    (0xFFFF_8000_0000_0000, 0x8_0000_0001, None),
+    # more
+    (0xFFFF_8000_0000_0000, 0x8_0000_0000, 0),
+    (0xFFFF_8000_0000_0000, 1 << 52, None),
+]
+
+
+@pytest.mark.parametrize("start, n, expected", PAGE_BACKWARD)
+def test_p20_page_backward_checked(start, n, expected):
+    """P-20 / 6.2 page_step_backwards."""
+    r = Page.backward_checked(page(start), n)
+    assert (None if r is None else r.start_address().as_u64()) == expected
+
+
+@pytest.mark.parametrize(
+    "a, b, expected",
+    [
+        # 6.2 page_steps_between
+        (0x7FFF_FFFF_F000, 0xFFFF_8000_0000_0000, (1, 1)),
+        (0, 0x1000_0000_0000, (0x1_0000_0000, 0x1_0000_0000)),
+        # more
+        (0, 0, (0, 0)),
+        (0x1000, 0, (0, None)),
+        (0xFFFF_8000_0000_0000, 0x7FFF_FFFF_F000, (0, None)),
+    ],
+)
+def test_p20_page_steps_between(a, b, expected):
+    """P-20 / 6.2 page_steps_between: VirtAddr steps / SIZE."""
+    assert Page.steps_between(page(a), page(b)) == expected
+
+
+def test_p20_step_for_huge_pages():
+    """P-20: the count is multiplied by SIZE, so huge pages step by their own size."""
+    p = page(0x7FFF_C000_0000, Size1GiB)
+    assert Page.forward_checked(p, 1) == page(0xFFFF_8000_0000_0000, Size1GiB)
+    assert Page.backward_checked(page(0xFFFF_8000_0000_0000, Size1GiB), 1) == p
+    assert Page.steps_between(p, page(0xFFFF_8000_4000_0000, Size1GiB)) == (2, 2)
+    p2 = page(0x7FFF_FFE0_0000, Size2MiB)
+    r = Page.forward_checked(p2, 2)
+    assert r == page(0xFFFF_8000_0020_0000, Size2MiB)
+    assert type(r) is Page[Size2MiB]
+
+
+# -- 2.4 PhysFrame ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size, nbytes, _", SIZES)
+def test_p21_phys_frame_constructors(size, nbytes, _):
+    """P-21: from_start_address (AddressNotAligned), unchecked, containing_address, size()."""
+    F = PhysFrame[size]
+    f = F.from_start_address(PhysAddr(nbytes * 5))
+    assert f.start_address() == PhysAddr(nbytes * 5)
+    assert isinstance(f.start_address(), PhysAddr)
+    with pytest.raises(AddressNotAligned):
+        F.from_start_address(PhysAddr(nbytes * 5 + 0x800))
+    assert F.from_start_address_unchecked(PhysAddr(0x1234)).start_address() == PhysAddr(0x1234)
+    assert F.containing_address(PhysAddr(nbytes * 5 + 7)) == f
+    assert f.size() == nbytes == F.SIZE
+
+
+def test_p21_phys_frame_has_no_indices_or_step():
+    """P-21: no p1..p4 accessors, no from_page_table_indices, no Step on PhysFrame."""
+    for name in ("p1_index", "p2_index", "p3_index", "p4_index", "page_table_index",
+                 "from_page_table_indices", "from_page_table_indices_2mib",
+                 "from_page_table_indices_1gib", "forward_checked", "backward_checked",
+                 "steps_between"):
+        assert not hasattr(PhysFrame, name), name
+        assert not hasattr(PhysFrame[Size2MiB], name), name
+        assert hasattr(Page, name), name
+
+
+def test_p22_phys_frame_debug_and_arithmetic():
+    """P-22: Debug ``PhysFrame[4KiB](0x2000)``; arithmetic follows PhysAddr rules (52 bits)."""
+    assert repr(frame(0x2000)) == "PhysFrame[4KiB](0x2000)"
+    assert repr(frame(GIB1, Size1GiB)) == "PhysFrame[1GiB](0x40000000)"
+    f = frame(0x2000)
+    assert f + 2 == frame(0x4000)
+    assert f - 2 == frame(0)
+    assert frame(0x5000) - f == 3
+    g = f
+    g += 1
+    assert g == frame(0x3000)
+    last = frame((1 << 52) - KIB4)
+    assert_panics("physical addresses must not have any bits in the range 52 to 64 set",
+                  last.__add__, 1)
+    unwrap = "called `Option::unwrap()` on a `None` value"
+    assert_panics(unwrap, frame(0).__sub__, 1)
+    # PhysFrame - PhysFrame is (PhysAddr - PhysAddr) / SIZE: PhysAddr's unwrap panic
+    assert_panics(unwrap, frame(0).__sub__, frame(0x1000))
+
+
+@pytest.mark.parametrize(
+    "ctor, s, e, empty, n",
+    [(PhysFrame.range, 0x1000, 0x5000, False, 4), (PhysFrame.range, 0x5000, 0x5000, True, 0),
+     (PhysFrame.range, 0x6000, 0x1000, True, 0),
+     (PhysFrame.range_inclusive, 0x1000, 0x5000, False, 5),
+     (PhysFrame.range_inclusive, 0x5000, 0x5000, False, 1),
+     (PhysFrame.range_inclusive, 0x6000, 0x1000, True, 0)],
+)
+def test_p23_frame_range_formulas(ctor, s, e, empty, n):
+    """P-23: frame ranges use the page-range is_empty/len/size formulas."""
+    r = ctor(frame(s), frame(e))
+    assert r.is_empty() is empty
+    assert r.len() == n == len(r) == len(list(r))
+    assert r.size() == n * KIB4
+    assert [f.start_address().as_u64() for f in r] == [s + KIB4 * i for i in range(n)]
+
+
+def test_p24_frame_range_inclusive_has_no_top_guard():
+    """P-24: PhysFrameRangeInclusive increments start past the last frame below 2^52 and
+    panics (PhysAddr::new of 2^52) inside the next() that would yield that last frame."""
+    last = frame((1 << 52) - KIB4)
+    it = iter(PhysFrame.range_inclusive(last - 1, last))
+    assert next(it) == last - 1
+    assert_panics("physical addresses must not have any bits in the range 52 to 64 set", next, it)
+    assert_panics("physical addresses must not have any bits", list,
+                  PhysFrame.range_inclusive(last, last))
+    # the exclusive range never increments past end
+    assert list(PhysFrame.range(last - 2, last)) == [last - 2, last - 1]
+    # a 1 GiB inclusive range ending at the top panics the same way
+    top = frame((1 << 52) - GIB1, Size1GiB)
+    with pytest.raises(Panic):
+        list(PhysFrame.range_inclusive(top, top))
+
+
+def test_p25_upstream_test_frame_range_len():
+    """P-25 / 6.3 test_frame_range_len: frame containing 0xdead_beaf, +50 -> len 50 / 51."""
+    start = PhysFrame.containing_address(PhysAddr(0xDEAD_BEAF))
+    end = start + 50
+    assert PhysFrameRange(start, end).len() == 50
+    assert PhysFrameRangeInclusive(start, end).len() == 51
+
+
+def test_upstream_test_page_range_len():
+    """P-13, P-14 / 6.2 test_page_range_len: page containing 0xdead_beaf, +50 -> 50 / 51."""
+    start = Page.containing_address(VirtAddr(0xDEAD_BEAF))
+    end = start + 50
+    assert PageRange(start, end).len() == 50
+    assert PageRangeInclusive(start, end).len() == 51
+
+
+def test_p16_inclusive_iteration_with_2mib_pages_at_top():
+    """P-16: the top-of-space guard uses the page size (0xffff_ffff_ffe0_0000 for 2MiB)."""
+    last = 0xFFFF_FFFF_FFE0_0000
+    r = Page.range_inclusive(page(last - MIB2, Size2MiB), page(last, Size2MiB))
+    assert starts(r) == [last - MIB2, last]
