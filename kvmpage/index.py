@@ -68,17 +68,22 @@ class PageTableIndex:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PageTableIndex) and other._i == self._i
 
-    def __lt__(self, other: PageTableIndex) -> bool:
-        return self._i < other._i
+    def _other(self, other: object) -> int:
+        if not isinstance(other, PageTableIndex):
+            raise TypeError(f"cannot compare PageTableIndex with {type(other).__name__}")
+        return other._i
 
-    def __le__(self, other: PageTableIndex) -> bool:
-        return self._i <= other._i
+    def __lt__(self, other: object) -> bool:
+        return self._i < self._other(other)
 
-    def __gt__(self, other: PageTableIndex) -> bool:
-        return self._i > other._i
+    def __le__(self, other: object) -> bool:
+        return self._i <= self._other(other)
 
-    def __ge__(self, other: PageTableIndex) -> bool:
-        return self._i >= other._i
+    def __gt__(self, other: object) -> bool:
+        return self._i > self._other(other)
+
+    def __ge__(self, other: object) -> bool:
+        return self._i >= self._other(other)
 
     def __hash__(self) -> int:
         return hash(("PageTableIndex", self._i))
@@ -118,8 +123,22 @@ class PageOffset:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PageOffset) and other._o == self._o
 
-    def __lt__(self, other: PageOffset) -> bool:
-        return self._o < other._o
+    def _other(self, other: object) -> int:
+        if not isinstance(other, PageOffset):
+            raise TypeError(f"cannot compare PageOffset with {type(other).__name__}")
+        return other._o
+
+    def __lt__(self, other: object) -> bool:
+        return self._o < self._other(other)
+
+    def __le__(self, other: object) -> bool:
+        return self._o <= self._other(other)
+
+    def __gt__(self, other: object) -> bool:
+        return self._o > self._other(other)
+
+    def __ge__(self, other: object) -> bool:
+        return self._o >= self._other(other)
 
     def __hash__(self) -> int:
         return hash(("PageOffset", self._o))

@@ -456,3 +456,17 @@ def test_t20_no_level_five():
         L(0)
     assert "Five" not in L.__members__
     assert L.Four.next_higher_level() is None
+
+
+def test_t15_t17_indices_and_offsets_are_fully_ordered_and_refuse_other_types() -> None:
+    """T-15, T-17: Ord on PageTableIndex / PageOffset; comparing with an int is a TypeError."""
+    from kvmpage.paging import PageOffset, PageTableIndex
+
+    a, b = PageTableIndex(3), PageTableIndex(7)
+    assert a < b and a <= b and b > a and b >= a and a <= PageTableIndex(3)
+    o, p = PageOffset(1), PageOffset(4095)
+    assert o < p and o <= p and p > o and p >= o
+    with pytest.raises(TypeError):
+        _ = a < 5  # type: ignore[operator]
+    with pytest.raises(TypeError):
+        _ = o >= 5  # type: ignore[operator]
