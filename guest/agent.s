@@ -13,7 +13,8 @@
 #   kernel_entry (CPL0) -> dispatch each 64-byte command record in order:
 #     - op 0: write DOORBELL_DONE to the doorbell page (an MMIO exit) and start over;
 #     - a CPL3 probe: iretq into the ring-3 loop, which runs consecutive CPL3 probes natively
-#       and comes back with `ud2` at user_exit_ud2 when it meets anything else;
+#       and comes back with `int3` at user_exit when it meets anything else (a #BP trap through
+#       a DPL3 gate: the cheapest ring-3 to ring-0 transition measured on PVM);
 #     - a CPL0 probe or a service: done here under a guard; a fault is recorded, not fatal.
 #   Any exception the agent did not expect: the registers are dumped to the kernel state page,
 #   DOORBELL_UNEXPECTED is written and the vCPU halts.
@@ -34,7 +35,7 @@ header:
         .long   user_code - header
         .long   isr_stubs - header
         .long   16                              # bytes per exception stub
-        .long   user_exit_ud2 - header
+        .long   user_exit - header
         .long   agent_end - header
         .long   0
 
@@ -226,7 +227,7 @@ from_user:
         lea     user_read_insn(%rip), %rax
         cmp     %rax, F_RIP(%rsp)
         je      user_fault
-        lea     user_exit_ud2(%rip), %rax
+        lea     user_exit+1(%rip), %rax
         cmp     %rax, F_RIP(%rsp)
         je      user_yield
         lea     user_write_insn(%rip), %rax
@@ -251,7 +252,7 @@ user_fault:
         iretq
 # the ring-3 loop handed back the record it stopped at (rsi); ring 0 gets its RFLAGS back
 user_yield:
-        cmpq    $6, F_VECTOR(%rsp)
+        cmpq    $3, F_VECTOR(%rsp)
         jne     unexpected
         lea     KSTACK_TOP_OFF(%rbx), %rsp
         pushq   KSTATE_OFF+KS_RFLAGS(%rbx)
@@ -331,7 +332,7 @@ user_write_insn:
         add     $RECORD_SIZE, %rsi
         jmp     user_loop
 2:      cmp     $(OP_CPL3 + OP_FETCH), %eax
-        jne     user_exit_ud2
+        jne     user_exit
         mov     C_ADDR(%rsi), %rdx
 user_call_insn:
         call    *%rdx
@@ -343,7 +344,7 @@ user_call_insn:
         movl    $ST_OK, R_STATUS(%rsi)
         add     $RECORD_SIZE, %rsi
         jmp     user_loop
-user_exit_ud2:
-        ud2
+user_exit:
+        int3
         .balign 16
 agent_end:

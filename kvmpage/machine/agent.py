@@ -227,13 +227,14 @@ def _build_small_area(pl: Placement) -> bytes:
     ]
     for i, desc in enumerate(gdt):
         put(_VA_AREA + L.GDT_OFF + 8 * i, desc)
-    # IDT: 32 interrupt gates to the stubs
+    # IDT: 32 interrupt gates to the stubs; #BP is DPL3: the ring-3 loop yields with int3
     for vec in range(32):
         handler = pl.va(L.CODE_OFF + img.isr_stubs + vec * img.isr_stride)
+        gate = 0xEE if vec == 3 else 0x8E
         lo = (
             (handler & 0xFFFF)
             | (L.KERNEL_CS << 16)
-            | (0x8E << 40)
+            | (gate << 40)
             | ((handler >> 16) & 0xFFFF) << 48
         )
         put(_VA_AREA + L.IDT_OFF + 16 * vec, lo)
