@@ -12,7 +12,7 @@ quirk of the crate comes out the same way: a parent that is not present makes th
 from __future__ import annotations
 
 from kvmpage.addr import VirtAddr, _sign_extend_47
-from kvmpage.memory import PhysMemory
+from kvmpage.memory import PhysMemory, PhysMemoryError
 from kvmpage.paging.mapper.base import ADDRESS_MASK, HUGE_PAGE, PRESENT, Table, TableMapper
 from kvmpage.paging.mapper.errors import NotActive, NotRecursive
 from kvmpage.paging.mapper.flush import Tlb
@@ -33,7 +33,9 @@ class RecursivePageTable(TableMapper):
     ``RecursivePageTable(memory, table_addr, cr3)`` is the crate's ``new``: ``table_addr`` is the
     virtual address of the PML4 and must be (r, r, r, r, offset 0) (else `NotRecursive`); entry
     ``r`` of the table found there must point at ``cr3`` (else `NotActive`). The crate reads CR3
-    itself; here you pass the value the CPU would hold.
+    itself; here you pass the value the CPU would hold. Where the crate would hold a reference
+    that cannot exist (``table_addr`` does not resolve under ``cr3``, or resolves outside the
+    memory), the result is `NotActive` too.
     """
 
     RECURSIVE_CHECKS = True
@@ -56,12 +58,14 @@ class RecursivePageTable(TableMapper):
             int(page.p3_index()) == r and int(page.p2_index()) == r and int(page.p1_index()) == r
         ):
             raise NotRecursive()
-        # The table the crate would dereference is whatever the MMU finds at table_addr.
+        # The table the crate would dereference is whatever the MMU finds at table_addr. If the
+        # walk faults or leaves the memory, no table at table_addr can hold a recursive entry
+        # pointing at CR3 (e.g. entry r holds the table's virtual address, issue #209).
         try:
             table_phys = resolve(memory, cr3._start, page._start)
-        except SoftPageFault as fault:
+            raw = memory.read_u64(table_phys + 8 * r)
+        except (SoftPageFault, PhysMemoryError) as fault:
             raise NotActive(f"{table_addr!r} does not resolve under CR3: {fault}") from None
-        raw = memory.read_u64(table_phys + 8 * r)
         if not raw & PRESENT or raw & HUGE_PAGE or raw & ADDRESS_MASK != cr3._start:
             raise NotActive(f"entry {r} is {raw:#x}, CR3 frame is {cr3._start:#x}")
         self._init(memory, r, cr3, tlb)
