@@ -266,6 +266,18 @@ class Batch:
         """Set or clear RFLAGS.AC for the following CPL0 probes (SMAP override)."""
         return self._add(Op.SET_AC, 0, int(on))
 
+    def _take_from(self, index: int) -> bytes:
+        """Remove and return the encoded records from ``index`` on (bookkeeping is kept)."""
+        raw = bytes(self._buf[index * RECORD_SIZE :])
+        del self._buf[index * RECORD_SIZE :]
+        self._count = min(self._count, index)
+        return raw
+
+    def _extend(self, raw: bytes) -> None:
+        """Append records previously returned by `_take_from`."""
+        self._buf += raw
+        self._count += len(raw) // RECORD_SIZE
+
     def commands(self) -> Iterator[tuple[int, int, int]]:
         """Decode the records back to ``(op, addr, arg)`` triples."""
         for i in range(self._count):
