@@ -291,6 +291,39 @@ def test_host_rewrite_of_a_walked_table_matches_the_profile(lab: Lab, profile: H
     assert measured.works == profile.host_writes_visible_after_walk, measured.evidence
 
 
+def test_host_rewrite_is_seen_after_dropping_shadow_tables(lab: Lab) -> None:
+    va, old, leaf = lab.page(P | W | U)
+    new = lab.frames.alloc()
+    lab.machine.memory.write_u64(new, TAG | new)
+    b = lab.batch()
+    b.read(va)
+    lab.machine.run(b)
+    lab.machine.memory.write_u64(leaf, new | P | W | U)
+    lab.machine.drop_shadow_tables()
+    b = Batch()
+    b.invlpg(va)
+    i = b.read(va)
+    assert_ok(lab.machine.run(b)[i], TAG | new)
+
+
+def test_probe_beyond_ram_reads_open_bus(lab: Lab) -> None:
+    m = lab.machine
+    gpa = m.memory.size + 0x10_0000  # no memslot there
+    va = lab.next_va
+    lab.space.map(va, gpa, P | W | U)
+    b = lab.batch()
+    r3, w3, r0 = b.read(va), b.write(va, 7), b.read(va, cpl=0)
+    res = m.run(b)
+    assert_ok(res[r3], (1 << 64) - 1)
+    assert res[w3].ok
+    assert_ok(res[r0], (1 << 64) - 1)
+    assert [(e.phys_addr, e.is_write) for e in m.mmio_log] == [
+        (gpa, False),
+        (gpa, True),
+        (gpa, False),
+    ]
+
+
 # -- agent slot rules -----------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import functools
 import time
+from collections import deque
 from typing import Any, ClassVar, Final, Self
 
 from kvmpage.kvm import abi
@@ -63,6 +64,18 @@ class _CpuidCache:
 
     buffers: ClassVar[dict[str, ctypes.Structure]] = {}
     granted: ClassVar[dict[str, CpuidSummary]] = {}
+    nx: ClassVar[dict[str, bool]] = {}
+
+    @classmethod
+    def supports_nx(cls, kvm: Kvm) -> bool:
+        """Whether the CPUID given to guests has NX (then EFER.NXE is on and NX bits are legal)."""
+        nx = cls.nx.get(kvm.path)
+        if nx is None:
+            buf: Any = cls.buffer(kvm)
+            entries = buf.entries[: buf.nent]
+            nx = any(e.function == 0x8000_0001 and e.edx >> 20 & 1 for e in entries)
+            cls.nx[kvm.path] = nx
+        return nx
 
     @classmethod
     def buffer(cls, kvm: Kvm) -> ctypes.Structure:
@@ -100,10 +113,11 @@ class Machine:
         self._owns_kvm = kvm is None
         self.device = kvm.path if kvm is not None else device
         self.timeout = timeout
-        self.placement = agent.Placement(memory_size, capacity, agent_slot, nx=True)
-        self.placement.validate()
         try:
             self._kvm = kvm if kvm is not None else Kvm(device)
+            nx = _CpuidCache.supports_nx(self._kvm)
+            self.placement = agent.Placement(memory_size, capacity, agent_slot, nx=nx)
+            self.placement.validate()
             self._vm = self._kvm.create_vm()
             self.memory: GuestMemory = self._vm.add_memory(memory_size)
             self.vcpu: Vcpu = self._vm.create_vcpu(0)
@@ -113,6 +127,8 @@ class Machine:
         except BaseException:
             self.close()
             raise
+        #: MMIO exits of probes that reached no RAM (reads returned all-ones), most recent last.
+        self.mmio_log: deque[MmioExit] = deque(maxlen=4096)
         #: Wall time of the last batch's KVM_RUN loop (excludes encoding and decoding), in ns.
         self.last_run_ns = 0
         #: Oracle label of CPL0 probe results on this host.
@@ -273,6 +289,9 @@ class Machine:
                     if ex.value == DOORBELL_UNEXPECTED:
                         self._crash("the guest took an exception the agent did not expect",
                                     self._agent_dump())  # fmt: skip
+                if isinstance(ex, MmioExit):
+                    self._open_bus(ex)
+                    continue
                 if isinstance(ex, InterruptedExit):
                     if arming is not None and arming.fired:
                         break
@@ -289,6 +308,27 @@ class Machine:
             f"the guest did not finish its batch within {timeout} s and was stopped at "
             f"rip={dump.get('rip', 0):#x}; the CPU was reset to its boot state"
         )
+
+    def _open_bus(self, ex: MmioExit) -> None:
+        """A probe reached a guest-physical address with no RAM: log it, reads see all-ones."""
+        self.mmio_log.append(ex)
+        if not ex.is_write:
+            mmio = self.vcpu.run_struct.exit.mmio
+            for i in range(min(ex.length, 8)):
+                mmio.data[i] = 0xFF
+
+    def drop_shadow_tables(self) -> None:
+        """Make KVM forget every shadow page table (delete and re-add the RAM memslot).
+
+        After this, host-side edits of tables the guest already walked are seen on a shadow-
+        paging host too (about 0.1-6 ms here, growing with the number of shadowed pages). On a
+        TDP host it is harmless. `kvmpage.machine.bridge.agent_writes` is the cheaper remedy.
+        """
+        self._check_open()
+        assert self._vm is not None
+        mem = self.memory
+        self._vm.set_memory_region(0, mem.guest_phys_addr, 0, mem.host_address)
+        self._vm.set_memory_region(0, mem.guest_phys_addr, mem.size, mem.host_address)
 
     def _crash(self, message: str, dump: dict[str, int]) -> None:
         recovered = self._recover()
