@@ -163,7 +163,7 @@ enter_user:
         iretq
 
 batch_done:
-        movl    $DOORBELL_DONE, DOORBELL_OFF(%rbx)
+        movq    $DOORBELL_DONE, DOORBELL_OFF(%rbx)
         jmp     kernel_entry
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +295,7 @@ unexpected:
         mov     %rax, 25*8(%rbx)
         BASE    %rbx
         movq    $DOORBELL_UNEXPECTED, KSTATE_OFF+KS_STATUS(%rbx)
-        movl    $DOORBELL_UNEXPECTED, DOORBELL_OFF(%rbx)
+        movq    $DOORBELL_UNEXPECTED, DOORBELL_OFF(%rbx)
 3:      hlt
         jmp     3b
 

@@ -324,6 +324,17 @@ def test_probe_beyond_ram_reads_open_bus(lab: Lab) -> None:
     ]
 
 
+def test_a_probe_writing_the_doorbell_page_does_not_end_the_batch(lab: Lab) -> None:
+    m = lab.machine
+    va = lab.next_va
+    lab.space.map(va, m.placement.doorbell_gpa, P | W | U)
+    b = lab.batch()
+    w = b.write(va, 1)
+    after = b.read(va)
+    res = m.run(b)
+    assert res[w].ok and res[after].ok and res[after].value == (1 << 64) - 1
+
+
 # -- agent slot rules -----------------------------------------------------------------------------
 
 

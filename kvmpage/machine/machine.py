@@ -283,7 +283,11 @@ class Machine:
         try:
             while True:
                 ex = self.vcpu.run()
-                if isinstance(ex, MmioExit) and ex.phys_addr == self.placement.doorbell_gpa:
+                if (
+                    isinstance(ex, MmioExit)
+                    and ex.phys_addr == self.placement.doorbell_gpa
+                    and ex.length == 8
+                ):
                     if ex.value == DOORBELL_DONE:
                         return
                     if ex.value == DOORBELL_UNEXPECTED:

@@ -44,8 +44,9 @@ ST_OK = 1
 ST_FAULT = 2
 ST_BAD_OP = 3
 
-DOORBELL_DONE = 1
-DOORBELL_UNEXPECTED = 2
+# 8-byte doorbell values: a magic no probe writes by accident ("KVM" + code)
+DOORBELL_DONE = 0x4B56_4D01
+DOORBELL_UNEXPECTED = 0x4B56_4D02
 
 #: What a fetch probe's target must hold: ``movabs $tag, %rax; ret`` (see `fetch_stub`).
 FETCH_STUB_LEN = 11
