@@ -280,10 +280,17 @@ def test_kvm_handles_and_capabilities() -> None:
         first = kvm.supported_cpuid()
         assert len(first) > 5
         assert [bytes(e) for e in kvm.supported_cpuid()] == [bytes(e) for e in first]
+        kvm.require_machine_capabilities()
         with kvm.create_vm() as vm:
             vm.add_memory(2 << 20)
             vcpu = vm.create_vcpu()
             assert vcpu.get_regs().rip == 0xFFF0  # reset vector
+            efer = 0xC000_0080
+            assert vcpu.set_msrs({efer: 0}) == 1
+            assert vcpu.get_msrs([efer]) == {efer: vcpu.get_sregs().efer}
+            assert vcpu.translate(0x1000).valid == 1  # paging off: identity
+            vcpu.set_cpuid(first)
+            assert len(vcpu.get_cpuid()) >= len(first) // 2
         assert vm.closed and vcpu.closed
         vm.close()
     assert len(os.listdir("/proc/self/fd")) == before

@@ -33,6 +33,15 @@ DEFAULT_DEVICE = "/dev/kvm"
 #: KVM_GET_SUPPORTED_CPUID costs ~0.3 ms and never changes while the module is loaded.
 _SUPPORTED_CPUID_CACHE: dict[str, bytes] = {}
 
+#: What a machine needs: guest RAM from user memory, CPUID control, and `immediate_exit` so
+#: the watchdog cannot lose a kick.
+REQUIRED_CAPABILITIES = (
+    (abi.KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"),
+    (abi.KVM_CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID"),
+    (abi.KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"),
+)
+_CAPABILITIES_CHECKED: set[str] = set()
+
 
 class _FdHandle:
     """A file descriptor plus the ioctl helper shared by all handles."""
@@ -139,6 +148,14 @@ class Kvm(_FdHandle):
                 "KVM_CHECK_EXTENSION", 0, f"this KVM lacks the capability {name} ({cap})"
             )
         return value
+
+    def require_machine_capabilities(self) -> None:
+        """Check (once per device) the capabilities a kvmpage machine relies on."""
+        if self.path in _CAPABILITIES_CHECKED:
+            return
+        for cap, name in REQUIRED_CAPABILITIES:
+            self.require_extension(cap, name)
+        _CAPABILITIES_CHECKED.add(self.path)
 
     def vcpu_mmap_size(self) -> int:
         if self._vcpu_mmap_size is None:

@@ -115,6 +115,7 @@ class Machine:
         self.timeout = timeout
         try:
             self._kvm = kvm if kvm is not None else Kvm(device)
+            self._kvm.require_machine_capabilities()
             nx = _CpuidCache.supports_nx(self._kvm)
             self.placement = agent.Placement(memory_size, capacity, agent_slot, nx=nx)
             self.placement.validate()
