@@ -12,6 +12,8 @@ Flush tokens are always consumed; a dropped one fails the test (see ``pytestmark
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from kvmpage import Panic, PhysAddr, PhysMemory, VirtAddr
+from kvmpage import Panic, PhysAddr, PhysMemory, PhysMemoryError, VirtAddr
 from kvmpage.paging import (
     ADDRESS_MASK,
     CleanUp,
@@ -1089,3 +1091,115 @@ def test_mp30_translate_never_panics_except_huge_p4() -> None:
         key = type(results[0]).__name__ if results[0] != "panic" else "panic"
         outcomes[key] = outcomes.get(key, 0) + 1
     assert set(outcomes) == {"Mapped", "NotMapped", "panic"}, outcomes
+
+
+def _call(e: Any, op: int, page: Any, frame: Any, f1: F, f2: F, va: int) -> Any:
+    """Operation number ``op`` of the differential tests on ``e.mapper``."""
+    m = e.mapper
+    if op == 0:
+        return m.map_to(page, frame, f1, e.alloc)
+    if op == 1:
+        return m.map_to_with_table_flags(page, frame, f1, f2, e.alloc)
+    if op == 2:
+        return m.unmap(page)
+    if op == 3:
+        return m.update_flags(page, f1)
+    if op == 4:
+        return m.set_flags_p4_entry(page, f1)
+    if op == 5:
+        return m.set_flags_p3_entry(page, f1)
+    if op == 6:
+        return m.set_flags_p2_entry(page, f1)
+    if op == 7:
+        return m.translate_page(page)
+    if op == 8:
+        return m.translate(VirtAddr(va + 0x123))
+    if op == 9:
+        return m.translate_addr(VirtAddr(va + 0x123))
+    raise AssertionError(op)
+
+
+def _edit(e: Env, va: int, level: int, raw: int) -> None:
+    """Overwrite the entry of ``level`` on the walk of ``va`` when the walk stays in memory."""
+    with contextlib.suppress(PhysMemoryError):
+        e.set_entry(va, level, raw)
+
+
+def _outcome(fn: Any) -> Any:
+    """What a call did: its value (tokens consumed and reduced to their page) or its exception."""
+    try:
+        v = fn()
+    except (Panic, MapToError, UnmapError, FlagUpdateError, TranslateError, TypeError) as e:
+        return ("raised", type(e).__name__, str(e))
+    if isinstance(v, MapperFlush):
+        v.ignore()
+        return ("flush", v.page())
+    if isinstance(v, MapperFlushAll):
+        v.ignore()
+        return ("flush_all",)
+    if isinstance(v, tuple) and len(v) == 2 and isinstance(v[1], MapperFlush):
+        v[1].ignore()
+        return ("unmapped", v[0], v[1].page())
+    return ("value", v)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_m01_mp_differential_mapped_vs_offset(seed: int) -> None:
+    """M-01 / MP-01..MP-30: a random sequence of every Mapper operation (and raw entry edits)
+    gives the same results, errors, panics and memory on MappedPageTable (shared engine) and
+    OffsetPageTable (with its fast paths for map_to and translate_addr)."""
+    rng = random.Random(seed)
+    envs = [make_env("mapped"), make_env("offset")]
+    vas = [
+        0x1000 * rng.randrange(0, 8)
+        + (1 << 21) * rng.randrange(0, 3)
+        + (1 << 30) * rng.randrange(0, 3)
+        for _ in range(24)
+    ] + [0xFFFF_8000_0000_0000, 0xFFFF_FFFF_FFE0_0000]
+    flag_bits = [P, W, U, NX, F.GLOBAL, F.BIT_9, F.BIT_11, H]
+
+    def flags() -> F:
+        f = F(0)
+        for b in flag_bits:
+            if rng.random() < (0.8 if b in (P, W) else 0.15):
+                f |= b
+        return f
+
+    seen: set[str] = set()
+    for _ in range(300):
+        op = rng.randrange(11)
+        va = rng.choice(vas)
+        size = rng.choice(["4KiB", "2MiB", "1GiB"])
+        pg = {"4KiB": Page, "2MiB": Page[Size2MiB], "1GiB": Page[Size1GiB]}[size]
+        fr = {"4KiB": PhysFrame, "2MiB": PhysFrame[Size2MiB], "1GiB": PhysFrame[Size1GiB]}[size]
+        page = pg.containing_address(VirtAddr(va))
+        frame = fr.containing_address(PhysAddr(rng.randrange(0, 1 << 40)))
+        f1, f2 = flags(), flags()
+        level = rng.choice([1, 2, 3, 4])
+        raw_edit = (
+            rng.choice([0, int(F.BIT_11), int(P | W)])
+            | rng.choice([0x2000, 0x3000, 0x20_0000, 0])
+            | rng.choice([0, int(H)])
+        )
+        results = []
+        for e in envs:
+            if op < 10:
+                call = functools.partial(_call, e, op, page, frame, f1, f2, va)
+            else:
+                call = functools.partial(_edit, e, va, level, raw_edit)
+            try:
+                results.append(_outcome(call))
+            except Exception as exc:  # memory outside: both must agree on it too
+                results.append(("other", type(exc).__name__))
+        assert results[0] == results[1], (op, hex(va), size)
+        seen.add(results[0][0] if results[0][0] != "raised" else results[0][1])
+        assert envs[0].memory._buf == envs[1].memory._buf  # bytearrays: a fast compare
+    assert "flush" in seen and "PageNotMapped" in seen and len(seen) >= 5, seen
+    ends = []
+    for e in envs:
+        try:
+            e.mapper.clean_up(e.alloc)
+            ends.append(("ok", e.alloc.deallocated))
+        except Exception as exc:  # e.g. a table pointer to a frame outside the memory
+            ends.append(("raised", type(exc).__name__, e.alloc.deallocated))
+    assert ends[0] == ends[1]
