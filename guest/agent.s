@@ -12,6 +12,8 @@
 # Flow of one KVM_RUN:
 #   kernel_entry (CPL0) -> dispatch each 64-byte command record in order:
 #     - op 0: write DOORBELL_DONE to the doorbell page (an MMIO exit) and start over;
+#       the ring-3 loop does the same when it reaches op 0 itself, and then starts over in
+#       ring 3 (a batch of CPL3 probes costs one exit and no ring-0 work);
 #     - a CPL3 probe: iretq into the ring-3 loop, which runs consecutive CPL3 probes natively
 #       and comes back with `int3` at user_exit when it meets anything else (a #BP trap through
 #       a DPL3 gate: the cheapest ring-3 to ring-0 transition measured on PVM);
@@ -332,7 +334,7 @@ user_write_insn:
         add     $RECORD_SIZE, %rsi
         jmp     user_loop
 2:      cmp     $(OP_CPL3 + OP_FETCH), %eax
-        jne     user_exit
+        jne     3f
         mov     C_ADDR(%rsi), %rdx
 user_call_insn:
         call    *%rdx
@@ -343,6 +345,17 @@ user_call_insn:
         mov     %rax, R_VALUE(%rsi)
         movl    $ST_OK, R_STATUS(%rsi)
         add     $RECORD_SIZE, %rsi
+        jmp     user_loop
+3:      test    %eax, %eax
+        jnz     user_exit
+        # the end of the batch, reached in ring 3: ring the doorbell from here. The next
+        # KVM_RUN resumes right after the write, still in ring 3, at the new batch's first
+        # record, so a batch of ring-3 probes never visits ring 0.
+        movq    $DOORBELL_DONE, (USER_DOORBELL_OFF - USTATE_U_OFF)(%rbx)
+        BASE    %rbx
+        lea     USTACK_TOP_OFF(%rbx), %rsp
+        lea     CMD_USER_OFF(%rbx), %rsi
+        add     $USTATE_U_OFF, %rbx
         jmp     user_loop
 user_exit:
         int3

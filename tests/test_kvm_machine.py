@@ -189,6 +189,36 @@ def test_bad_opcode_is_reported_not_fatal(lab: Lab) -> None:
     assert_ok(res[i], TAG | frame)
 
 
+def test_batches_may_end_in_either_ring(lab: Lab) -> None:
+    """A batch that ends in ring 3 leaves the vCPU there; the next one must still run in order."""
+    va, frame, _ = lab.page(P | U | A)
+    sva, sframe, _ = lab.page(P | W | A)
+    lab.machine.run(lab.batch())
+    plans = [
+        [("r", va, 3)],
+        [("r", va, 3), ("r", sva, 3)],  # ends in ring 3 after a fault
+        [("r", sva, 0), ("r", va, 3)],
+        [("r", sva, 0)],
+        [],
+        [("r", va, 3)],
+        [],
+        [("r", NON_CANONICAL, 3), ("r", va, 0), ("r", va, 3)],
+    ]
+    for plan in plans * 2:
+        b = Batch()
+        idx = [b.read(addr, cpl) for _, addr, cpl in plan]
+        res = lab.machine.run(b)
+        for i, (_, addr, cpl) in zip(idx, plan, strict=True):
+            if addr == va:
+                assert_ok(res[i], TAG | frame)
+            elif addr == sva and cpl == 0:
+                assert_ok(res[i], TAG | sframe)
+            elif addr == sva:
+                assert_pf(res[i], 0x5, sva)
+            else:
+                assert res[i].fault is not None and res[i].fault.vector == 13
+
+
 # -- tagged frames --------------------------------------------------------------------------------
 
 

@@ -191,6 +191,7 @@ def _build_small_area(pl: Placement) -> bytes:
     for off in range(L.USTATE_U_OFF, L.USTACK_TOP_OFF, L.PAGE):
         map4k(off, pl.phys_of(off), kdata | pte.U)
     map4k(L.DOORBELL_OFF, pl.doorbell_gpa, kdata)
+    map4k(L.USER_DOORBELL_OFF, pl.doorbell_gpa, kdata | pte.U)
 
     # the command array, twice: user view and supervisor alias
     large = pte.P | pte.W | pte.A | pte.D | pte.PS | nx

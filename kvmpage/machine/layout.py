@@ -27,7 +27,8 @@ KSTACK_TOP_OFF = 0x0002_0000
 USTATE_U_OFF = 0x0002_0000  # user view of the user state page (the CPL3 loop's cursor)
 USTACK_OFF = 0x0002_1000
 USTACK_TOP_OFF = 0x0002_5000
-SMALL_AREA_END = 0x0002_5000
+USER_DOORBELL_OFF = 0x0002_5000  # the doorbell again, user-accessible: ring 3 ends batches
+SMALL_AREA_END = 0x0002_6000
 
 # -- large regions (2 MiB pages) ------------------------------------------------------------------
 CMD_USER_OFF = 0x4000_0000  # the command array as ring 3 sees it (U=1)
@@ -77,7 +78,7 @@ def asm_constants() -> dict[str, int]:
     """The layout constants the assembler needs (``--defsym``)."""
     names = [
         "CODE_OFF", "GDT_OFF", "IDT_OFF", "TSS_OFF", "KSTATE_OFF", "USTATE_S_OFF",
-        "DOORBELL_OFF", "KSTACK_TOP_OFF", "USTATE_U_OFF", "USTACK_TOP_OFF", "CMD_USER_OFF",
+        "DOORBELL_OFF", "USER_DOORBELL_OFF", "KSTACK_TOP_OFF", "USTATE_U_OFF", "USTACK_TOP_OFF", "CMD_USER_OFF",
         "CMD_SUPER_OFF", "PHYSMAP_OFF", "USER_CS", "USER_DS", "KS_STATUS", "KS_GUARD",
         "KS_RFLAGS", "KS_IRET_FRAME", "KS_DUMP", "US_CURSOR", "RFLAGS_DEFAULT", "RFLAGS_AC",
     ]  # fmt: skip
