@@ -78,8 +78,9 @@ def asm_constants() -> dict[str, int]:
     """The layout constants the assembler needs (``--defsym``)."""
     names = [
         "CODE_OFF", "GDT_OFF", "IDT_OFF", "TSS_OFF", "KSTATE_OFF", "USTATE_S_OFF",
-        "DOORBELL_OFF", "USER_DOORBELL_OFF", "KSTACK_TOP_OFF", "USTATE_U_OFF", "USTACK_TOP_OFF", "CMD_USER_OFF",
-        "CMD_SUPER_OFF", "PHYSMAP_OFF", "USER_CS", "USER_DS", "KS_STATUS", "KS_GUARD",
-        "KS_RFLAGS", "KS_IRET_FRAME", "KS_DUMP", "US_CURSOR", "RFLAGS_DEFAULT", "RFLAGS_AC",
+        "DOORBELL_OFF", "USER_DOORBELL_OFF", "KSTACK_TOP_OFF", "USTATE_U_OFF", "USTACK_TOP_OFF",
+        "CMD_USER_OFF", "CMD_SUPER_OFF", "PHYSMAP_OFF", "USER_CS", "USER_DS", "KS_STATUS",
+        "KS_GUARD", "KS_RFLAGS", "KS_IRET_FRAME", "KS_DUMP", "US_CURSOR", "RFLAGS_DEFAULT",
+        "RFLAGS_AC",
     ]  # fmt: skip
     return {name: globals()[name] for name in names}
