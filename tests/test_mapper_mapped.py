@@ -363,6 +363,41 @@ def test_mp01_mapping_may_place_tables_elsewhere() -> None:
     assert m.translate_addr(VirtAddr(0x1000)) == PhysAddr(0x7_0000)
 
 
+def test_mp01_mapping_into_a_larger_memory() -> None:
+    """MP-01: the mapping may hold tables in another memory than the level-4 table's, at frames
+    beyond that memory's size; creating them must not be refused by a check against the
+    level-4 table's memory (fixed in mapped.py / base.py)."""
+    small = PhysMemory(0x2000)
+    big = PhysMemory(0x80_0000)
+
+    class Elsewhere:
+        def frame_to_pointer(self, frame: PhysFrame[Size4KiB]) -> PageTable:
+            return big.table(frame.start_address())
+
+    alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(0x40_0000, 0x50_0000)
+    m = MappedPageTable(small.table(P4_PHYS), Elsewhere())
+    m.map_to(page4k(0x1000), frame4k(0x9000), P | W, alloc).ignore()
+    assert small.read_u64(P4_PHYS) == 0x40_0000 | int(P | W)
+    assert big.read_u64(0x40_0000) == 0x40_1000 | int(P | W)
+    assert m.translate_addr(VirtAddr(0x1000)) == PhysAddr(0x9000)
+    _, tok = m.unmap(page4k(0x1000))
+    tok.ignore()
+    m.clean_up(alloc)
+    assert [int(f.start_address()) for f in alloc.deallocated] == [0x40_2000, 0x40_1000, 0x40_0000]
+
+
+@pytest.mark.parametrize("kind", ["mapped", "offset"])
+def test_mp04_table_frame_outside_memory(kind: str) -> None:
+    """MP-04 / FA-01: an allocator that breaks its contract with a frame the mapper cannot reach
+    gives PhysMemoryError. MappedPageTable trusts its mapping like the crate, so the entry is
+    linked before frame_to_pointer fails; OffsetPageTable refuses the frame before linking."""
+    e = make_env(kind)
+    bad: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(MEM_SIZE, MEM_SIZE + 0x1000)
+    with pytest.raises(PhysMemoryError):
+        e.mapper.map_to(page4k(0x1000), frame4k(0x9000), P | W, bad)
+    assert e.memory.read_u64(P4_PHYS) == (MEM_SIZE | int(P | W) if kind == "mapped" else 0)
+
+
 def test_mp02_offset_page_table_phys_offset() -> None:
     """MP-02: OffsetPageTable(l4, offset).phys_offset(); it behaves as a MappedPageTable."""
     e = make_env("offset")

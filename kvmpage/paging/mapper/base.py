@@ -142,6 +142,10 @@ class TableMapper:
     def _skip_in_clean_up(self, level: int, index: int) -> bool:
         return False
 
+    def _check_new_table(self, phys: int) -> None:
+        """Refuse, before anything is linked, a new table frame this mapper cannot reach."""
+        self.memory.check(phys, 4096)
+
     # -- walking helpers ------------------------------------------------------------------
 
     def _descend(self, table: Table, va: int, level: int, loose: bool) -> Table:
@@ -183,7 +187,7 @@ class TableMapper:
                 raise FrameAllocationFailed()
             if type(frame) is not PhysFrame:
                 raise TypeError(f"the allocator returned {frame!r}, not a 4 KiB PhysFrame")
-            self.memory.check(frame._start, 4096)
+            self._check_new_table(frame._start)
             new_flags = insert | PRESENT | WRITABLE if self.RECURSIVE_CHECKS else insert
             if new_flags & HUGE_PAGE:
                 raise Panic("assertion failed: !flags.contains(PageTableFlags::HUGE_PAGE)")

@@ -71,6 +71,9 @@ class OffsetPageTable(MappedPageTable):
     def _child(self, raw: int, va: int, child_level: int) -> Table:
         return self._offset_mapping.table_words(raw & ADDRESS_MASK)
 
+    def _check_new_table(self, phys: int) -> None:
+        self.memory.check(phys, 4096)  # all tables live in the level-4 table's memory
+
     # -- fast paths -----------------------------------------------------------------------
     # The two hottest operations, inlined for the common case. Each falls back to the shared
     # engine as soon as anything is unusual, and writes nothing before it is sure not to.
