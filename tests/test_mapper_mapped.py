@@ -430,6 +430,35 @@ def test_mp02_offset_plus_phys_panics_like_virtaddr_add(offset: int, message: st
         m.translate_addr(VirtAddr(0x1000))
 
 
+@pytest.mark.parametrize(
+    ("offset", "message"),
+    [
+        (0x7FFF_FFFF_0000, r"^attempt to add resulted in non-canonical virtual address"),
+        (0xFFFF_FFFF_FFFF_0000, r"^attempt to add with overflow"),
+    ],
+    ids=["non-canonical", "overflow"],
+)
+def test_mp02_offset_boundary_is_exact(offset: int, message: str) -> None:
+    """MP-02: with offset + 0x1_0000 the first bad table address, tables at 0xe000 and 0xf000
+    work and the one at 0x1_0000 panics, in the general and the fast paths alike."""
+    memory = PhysMemory(MEM_SIZE)
+    alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(0xE000, 0x2_0000)
+    m = OffsetPageTable(memory.table(P4_PHYS), VirtAddr(offset))
+    m.map_to(page2m(0x20_0000), frame2m(0x4000_0000), P | W, alloc).ignore()  # P3 e000, P2 f000
+    assert m.translate_addr(VirtAddr(0x20_0001)) == PhysAddr(0x4000_0001)
+    assert m.translate(VirtAddr(0x20_0001)) == Mapped(
+        MappedFrame(frame2m(0x4000_0000)), 1, P | W | H
+    )
+    with pytest.raises(Panic, match=message):
+        m.map_to(page4k(0x1000), frame4k(0x9000), P | W, alloc)  # P1 at 0x1_0000
+    assert memory.read_u64(0xF000) == 0x1_0000 | int(P | W)
+    for op in (m.translate, m.translate_addr):
+        with pytest.raises(Panic, match=message):
+            op(VirtAddr(0x1000))
+    with pytest.raises(Panic, match=message):
+        m.map_to(page4k(0x2000), frame4k(0x9000), P | W, alloc)
+
+
 # -- MP-03, MP-04: the walker and create_next_table ---------------------------------------------
 
 
@@ -1238,3 +1267,48 @@ def test_m01_mp_differential_mapped_vs_offset(seed: int) -> None:
         except Exception as exc:  # e.g. a table pointer to a frame outside the memory
             ends.append(("raised", type(exc).__name__, e.alloc.deallocated))
     assert ends[0] == ends[1]
+
+
+# -- 6.5: the crate's doc-tests (compile-only upstream), run here ---------------------------------
+
+
+def test_doc_6_5_map_to_user_accessible(env: Env) -> None:
+    """6.5 / M-02: the Mapper::map_to doc-test: PRESENT|WRITABLE|USER_ACCESSIBLE, then flush()."""
+    tlb = env.mapper.tlb
+    env.mapper.map_to(page4k(0x40_0000), frame4k(0x9000), P | W | U, env.alloc).flush()
+    assert tlb.log == [("invlpg", VirtAddr(0x40_0000))]
+    for level in (4, 3, 2):
+        assert env.entry(0x40_0000, level) & ~ADDRESS_MASK == int(P | W | U)
+    assert env.entry(0x40_0000, 1) == 0x9000 | int(P | W | U)
+
+
+def test_doc_6_5_map_to_with_table_flags_user_only(env: Env) -> None:
+    """6.5 / MP-05 / I-06: the map_to_with_table_flags doc-test (leaf P|W|U|NX|NO_CACHE, parents
+    USER_ACCESSIBLE only) is compile-only upstream: run on a fresh hierarchy it panics 'entry
+    should be mapped at this point'; under existing present parents it works and adds U."""
+    leaf = P | W | U | NX | F.NO_CACHE
+    with pytest.raises(Panic, match=r"^entry should be mapped at this point"):
+        env.mapper.map_to_with_table_flags(page4k(0x40_0000), frame4k(0x9000), leaf, U, env.alloc)
+    e = make_env(env.kind)
+    e.map(page4k(0x40_1000), frame4k(0x8000), P | W)
+    e.mapper.map_to_with_table_flags(page4k(0x40_0000), frame4k(0x9000), leaf, U, e.alloc).flush()
+    for level in (4, 3, 2):
+        assert e.entry(0x40_0000, level) & ~ADDRESS_MASK == int(P | W | U)
+    assert e.entry(0x40_0000, 1) == 0x9000 | int(leaf)
+
+
+def test_doc_6_5_clean_up_lower_half(env: Env) -> None:
+    """6.5 / C-10: the clean_up_addr_range doc-test: the lower half 0 ..= 0x7fff_ffff_ffff frees
+    the empty lower-half tables and keeps upper-half ones."""
+    env.map(page4k(0x1000), frame4k(0x9000))
+    env.map(page4k(0xFFFF_8000_0000_0000), frame4k(0xA000))
+    for va in (0x1000, 0xFFFF_8000_0000_0000):
+        _, tok = env.mapper.unmap(page4k(va))
+        tok.ignore()
+    lower_half = Page.range_inclusive(
+        Page.containing_address(VirtAddr(0)), Page.containing_address(VirtAddr(0x7FFF_FFFF_FFFF))
+    )
+    env.mapper.clean_up_addr_range(lower_half, env.alloc)
+    assert [int(f.start_address()) for f in env.alloc.deallocated] == [0x4000, 0x3000, 0x2000]
+    assert env.memory.read_u64(P4_PHYS) == 0
+    assert env.memory.read_u64(P4_PHYS + 8 * 256) == 0x5000 | int(P | W)

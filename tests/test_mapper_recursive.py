@@ -302,6 +302,25 @@ def test_r03_child_tables_resolve_to_the_created_frames(env: Env) -> None:
     assert resolve(env.memory, cr3, va + 0x123) == 0x7000_0123
 
 
+@pytest.mark.parametrize("kind", ["mapped", "recursive"])
+def test_r03_recursive_addresses_translate_to_the_tables(kind: str) -> None:
+    """R-03: translating the recursive addresses themselves gives the table frames (4KiB
+    mappings whose flags are the last entry's on the walk), for the recursive mapper and for a
+    mapped one over the same tables."""
+    e = make_env(kind)
+    va = 0o123_456_701_234_0000
+    e.map(page4k(va), frame4k(0x7000_0000), P | W | U)
+    p4, p3, p2 = idx(va, 4), idx(va, 3), idx(va, 2)
+    for indices, table, flags in (
+        ((), P4_PHYS, P | W),
+        ((p4,), 0x2000, P | W | U),
+        ((p4, p3), 0x3000, P | W | U),
+        ((p4, p3, p2), 0x4000, P | W | U),
+    ):
+        addr = recursive_table_address(R, *indices)
+        assert e.mapper.translate(addr + 8) == Mapped(MappedFrame(frame4k(table)), 8, flags)
+
+
 def test_r04_soft_page_fault_through_non_present_parent(env: Env) -> None:
     """R-04: an access through a non-present entry on the recursive path is SoftPageFault (a
     Panic); translate (raw==0 checks only, R-14) reaches it for a non-zero non-present P4."""
