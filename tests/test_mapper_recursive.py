@@ -15,6 +15,7 @@ Flush tokens are always consumed; a dropped one fails the test (see ``pytestmark
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 from collections.abc import Callable, Iterator
@@ -943,3 +944,44 @@ def test_r16_differential_recursive_agrees_with_mapped_elsewhere(seed: int) -> N
     ends = [_outcome(lambda e=e: e.mapper.clean_up(e.alloc)) for e in envs]
     assert ends[0] == ends[1]
     assert envs[0].alloc.deallocated == envs[1].alloc.deallocated
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_r04_software_walk_agrees_with_translate_on_present_mappings(seed: int) -> None:
+    """R-04: the MMU walk the recursive mapper relies on resolves every address of a hierarchy
+    built with present flags exactly as translate_addr does, and faults (SoftPageFault) exactly
+    where translate_addr says None; pages of all three sizes, lower and upper half."""
+    import random
+
+    rng = random.Random(seed)
+    e = make_env("recursive")
+    sizes = [
+        (Page, PhysFrame),
+        (Page[Size2MiB], PhysFrame[Size2MiB]),
+        (Page[Size1GiB], PhysFrame[Size1GiB]),
+    ]
+    probes = []
+    for _ in range(60):
+        pg, fr = rng.choice(sizes)
+        va = VirtAddr.new_truncate(
+            rng.choice([0, 1, 2, 256, 300, 511]) << 39
+            | rng.randrange(0, 4) << 30
+            | rng.randrange(0, 4) << 21
+            | rng.randrange(0, 4) << 12
+        )
+        frame = fr.containing_address(PhysAddr(rng.randrange(0, 1 << 45)))
+        with contextlib.suppress(PageAlreadyMapped, ParentEntryHugePage):
+            e.mapper.map_to(pg.containing_address(va), frame, P | W, e.alloc).ignore()
+        probes.append(va.as_u64() + rng.randrange(0, 1 << 12))
+        probes.append(va.as_u64() + rng.randrange(0, 1 << 21))
+    hits = 0
+    for a in probes:
+        a = VirtAddr.new_truncate(a).as_u64()
+        expected = e.mapper.translate_addr(VirtAddr(a))
+        try:
+            got: int | None = resolve(e.memory, P4_PHYS, a)
+        except SoftPageFault:
+            got = None
+        assert got == (None if expected is None else expected.as_u64()), hex(a)
+        hits += got is not None
+    assert hits > len(probes) // 2
