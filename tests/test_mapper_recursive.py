@@ -985,3 +985,38 @@ def test_r04_software_walk_agrees_with_translate_on_present_mappings(seed: int) 
         assert got == (None if expected is None else expected.as_u64()), hex(a)
         hits += got is not None
     assert hits > len(probes) // 2
+
+
+# -- follow-ups: stricter construction and reserved bits on the recursive path ---------------
+
+
+def test_r01_table_address_with_an_offset_is_not_recursive() -> None:
+    """R-01: the form is (r, r, r, r, offset 0); a table reference is always page aligned."""
+    memory = recursive_memory()
+    try:
+        addr = VirtAddr(int(recursive_table_address(R)) + 8)
+        with pytest.raises(NotRecursive):
+            RecursivePageTable(memory, addr, frame4k(P4_PHYS))
+    finally:
+        memory.close()
+
+
+def test_r02_new_unchecked_rejects_an_index_of_512() -> None:
+    """R-02 / T-15: the recursive index is a PageTableIndex; 512 panics instead of wrapping."""
+    memory = recursive_memory()
+    try:
+        with pytest.raises(Panic):
+            RecursivePageTable.new_unchecked(memory, 512, frame4k(P4_PHYS))
+    finally:
+        memory.close()
+
+
+def test_r04_soft_walk_faults_on_reserved_bits_of_a_misaligned_huge_leaf(env: Env) -> None:
+    """R-04: the software MMU that resolves recursive addresses treats bits 13..20 of a 2 MiB
+    leaf (a misaligned huge address) as reserved, as hardware does, instead of aligning down."""
+    va = 0x4000_0000
+    env.map(page2m(va), frame2m(0x20_0000))
+    assert resolve(env.memory, P4_PHYS, va + 0x1234) == 0x20_1234
+    env.set_entry(va, 2, env.entry(va, 2) | 0x2000)
+    with pytest.raises(SoftPageFault, match=r"reserved bits 13\.\.20"):
+        resolve(env.memory, P4_PHYS, va + 0x1234)

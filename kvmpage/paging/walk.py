@@ -2,8 +2,9 @@
 
 Used where the crate relies on the MMU itself: `RecursivePageTable` reaches every table through
 its recursive virtual address, and this walk is what turns that address into a physical one.
-Only presence and page size are modelled here (the permission model lives in
-``kvmpage.paging.access``); a level-4 entry with PS set is a reserved-bit fault, as on hardware.
+Only presence, page size and the reserved bits that page size implies are modelled here (PS in
+a level-4 entry, bits 13..20 of a 2 MiB and 13..29 of a 1 GiB leaf, which is also what a
+misaligned huge-page address sets); the full permission model is ``kvmpage.paging.access``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def resolve(memory: PhysMemory, p4_phys: int, addr: int) -> int:
     if not raw & _PRESENT:
         raise SoftPageFault(addr, 3, "is not present")
     if raw & _PS:
+        if raw & 0x3FFF_E000:  # bits 13..29 of a 1 GiB leaf are reserved
+            raise SoftPageFault(addr, 3, "maps a 1 GiB page with reserved bits 13..29 set")
         return (raw & 0x000F_FFFF_C000_0000) | (addr & 0x3FFF_FFFF)
     table = raw & ADDRESS_MASK
     if table > limit:
@@ -57,6 +60,8 @@ def resolve(memory: PhysMemory, p4_phys: int, addr: int) -> int:
     if not raw & _PRESENT:
         raise SoftPageFault(addr, 2, "is not present")
     if raw & _PS:
+        if raw & 0x1F_E000:  # bits 13..20 of a 2 MiB leaf are reserved
+            raise SoftPageFault(addr, 2, "maps a 2 MiB page with reserved bits 13..20 set")
         return (raw & 0x000F_FFFF_FFE0_0000) | (addr & 0x1F_FFFF)
     table = raw & ADDRESS_MASK
     if table > limit:

@@ -12,6 +12,7 @@ quirk of the crate comes out the same way: a parent that is not present makes th
 from __future__ import annotations
 
 from kvmpage.addr import VirtAddr, _sign_extend_47
+from kvmpage.index import PageTableIndex
 from kvmpage.memory import PhysMemory, PhysMemoryError
 from kvmpage.paging.mapper.base import ADDRESS_MASK, HUGE_PAGE, PRESENT, Table, TableMapper
 from kvmpage.paging.mapper.errors import NotActive, NotRecursive
@@ -55,7 +56,10 @@ class RecursivePageTable(TableMapper):
         page: Page[Size4KiB] = Page.containing_address(table_addr)
         r = int(page.p4_index())
         if not (
-            int(page.p3_index()) == r and int(page.p2_index()) == r and int(page.p1_index()) == r
+            int(page.p3_index()) == r
+            and int(page.p2_index()) == r
+            and int(page.p1_index()) == r
+            and table_addr._v & 0xFFF == 0  # a table reference is always page aligned
         ):
             raise NotRecursive()
         # The table the crate would dereference is whatever the MMU finds at table_addr. If the
@@ -93,7 +97,7 @@ class RecursivePageTable(TableMapper):
     ) -> RecursivePageTable:
         """No checks (R-02): the caller promises entry ``recursive_index`` is the recursive one."""
         self = object.__new__(cls)
-        self._init(memory, int(recursive_index) % 512, cr3, tlb)
+        self._init(memory, int(PageTableIndex(recursive_index)), cr3, tlb)
         return self
 
     def _init(self, memory: PhysMemory, r: int, cr3: PhysFrame[Size4KiB], tlb: Tlb | None) -> None:
