@@ -98,3 +98,23 @@ def test_later_edits_reach_the_guest_through_the_agent(setup: Setup) -> None:
     assert m.memory.read_u64(leaf) & ADDR == 0x80_0000  # old entry until the agent writes it
     again = b.read(BASE)
     assert m.run(b)[again].value == TAG | 0x80_1000
+
+
+def test_new_tables_after_the_first_run_are_linked_by_the_agent(setup: Setup) -> None:
+    m, mapper, tables, tlb, p4 = setup
+    first = _tagged_frame(m, 0x80_0000)
+    mapper.map_to(Page.containing_address(VirtAddr(BASE)), first, USER_RW, tables).ignore()
+    b = Batch()
+    b.load_cr3(p4)
+    b.read(BASE)
+    m.run(b)
+    walked = [int(f.start_address()) for f in tables.allocated]
+    far = BASE + 0x20_0000 * 7  # same PD, a new page table
+    frame = _tagged_frame(m, 0x80_2000)
+    tlb.batch = b = Batch()
+    with agent_writes(m.memory, b, walked):
+        mapper.map_to(Page.containing_address(VirtAddr(far)), frame, USER_RW, tables).flush()
+    tlb.flush_all()
+    assert [op for op, _, _ in b.commands()] == [Op.WRITE_PHYS, Op.INVLPG, Op.LOAD_CR3]
+    i = b.read(far)
+    assert m.run(b)[i].value == TAG | 0x80_2000
