@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from kvmpage.kvm.errors import KvmUnavailableError
 from kvmpage.kvm.handles import Kvm
 from kvmpage.machine import Batch, Machine, MachineClosedError, WatchdogTimeout, pte
 
@@ -123,3 +124,14 @@ def test_a_live_view_keeps_guest_memory_and_says_so() -> None:
         m.close()
     assert m.closed
     view.release()
+
+
+def test_failed_construction_leaks_nothing(tmp_path: os.PathLike[str]) -> None:
+    fds = _fd_count()
+    with pytest.raises(ValueError, match="2 MiB"):
+        Machine(3 << 20)
+    with pytest.raises(ValueError, match="no room"):
+        Machine(4 << 20, capacity=1 << 16)
+    with pytest.raises(KvmUnavailableError):
+        Machine(device=os.path.join(tmp_path, "kvm"))
+    assert _fd_count() == fds
