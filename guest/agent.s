@@ -175,10 +175,8 @@ batch_done:
 isr_stubs:
         .irp    vec, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
         .balign 16
-        .if     (\vec == 8) || (\vec >= 10 && \vec <= 14) || (\vec == 17) || (\vec == 21) || (\vec == 29) || (\vec == 30)
-        nop
-        nop
-        .else
+        # the CPU pushes an error code for these vectors; the others get a 0 in its place
+        .if     !((\vec == 8) || (\vec >= 10 && \vec <= 14) || (\vec == 17) || (\vec == 21) || (\vec == 29) || (\vec == 30))
         pushq   $0
         .endif
         pushq   $\vec
