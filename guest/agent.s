@@ -139,7 +139,7 @@ dispatch:
         mov     %rax, R_VALUE(%rsi)
         jmp     k_ok
 1:      cmp     $OP_SET_AC, %eax
-        jne     bad_op
+        jne     1f
         mov     $RFLAGS_DEFAULT, %eax
         test    %rcx, %rcx
         jz      2f
@@ -148,6 +148,21 @@ dispatch:
         mov     %rax, R_VALUE(%rsi)
         push    %rax
         popfq                                   # AC stays live while ring 0 dispatches
+        jmp     k_ok
+1:      cmp     $OP_SET_NXE, %eax
+        jne     bad_op
+        mov     %rcx, %rdi                      # rdmsr/wrmsr need ecx, eax and edx
+        mov     $MSR_EFER, %ecx
+        rdmsr
+        btr     $11, %eax
+        test    %rdi, %rdi
+        jz      2f
+        bts     $11, %eax
+2:      wrmsr
+        rdmsr
+        shl     $32, %rdx
+        or      %rdx, %rax
+        mov     %rax, R_VALUE(%rsi)
         jmp     k_ok
 bad_op:
         movl    $ST_BAD_OP, R_STATUS(%rsi)

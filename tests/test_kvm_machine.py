@@ -94,6 +94,10 @@ CASES = [
     ("cpl3 fetch nx", P | W | U | NX, "fetch", 3, {}, 0x15),
     ("cpl3 fetch executable", P | W | U, "fetch", 3, {}, None),
     ("cpl3 read reserved bit 51", P | W | U | RSVD51, "read", 3, {}, 0xD),
+    ("cpl3 read nx page with nxe=0", P | W | U | NX, "read", 3, {"nxe": False}, 0xD),
+    ("cpl3 fetch nx page with nxe=0", P | W | U | NX, "fetch", 3, {"nxe": False}, 0xD),
+    ("cpl3 fetch with nxe=0", P | W | U, "fetch", 3, {"nxe": False}, None),
+    ("cpl0 read nx page with nxe=0", P | W | NX, "read", 0, {"nxe": False}, 0x9),
     ("cpl3 read user", P | U, "read", 3, {}, None),
     ("cpl3 write user", P | W | U, "write", 3, {}, None),
     ("cpl0 read not-present", 0, "read", 0, {}, 0x0),
@@ -140,7 +144,13 @@ def test_fault_matrix(
     else:
         va, frame, _ = lab.page(leaf | (A | D if leaf & P else 0))
     b = lab.batch()
-    setters = {"wp": b.set_wp, "smep": b.set_smep, "smap": b.set_smap, "ac": b.set_ac}
+    setters = {
+        "wp": b.set_wp,
+        "smep": b.set_smep,
+        "smap": b.set_smap,
+        "ac": b.set_ac,
+        "nxe": b.set_nxe,
+    }
     for name, on in cpu.items():
         setters[name](on)
     if access == "read":
@@ -171,10 +181,12 @@ def test_services_report_control_registers(lab: Lab, profile: HostProfile) -> No
     b = lab.batch()
     wp_off, wp_on = b.set_wp(False), b.set_wp(True)
     ac_on, ac_off = b.set_ac(True), b.set_ac(False)
+    nxe_off, nxe_on = b.set_nxe(False), b.set_nxe(True)
     res = lab.machine.run(b)
     assert res[0].value == lab.space.p4  # CR3 read back
     assert not res[wp_off].value & 1 << 16 and res[wp_on].value & 1 << 16
     assert res[ac_on].value & 1 << 18 and not res[ac_off].value & 1 << 18
+    assert not res[nxe_off].value & 1 << 11 and res[nxe_on].value & 1 << 11
     assert all(r.oracle == "agent" for r in res)
 
 

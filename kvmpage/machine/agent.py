@@ -74,6 +74,7 @@ class Placement:
     memory_size: int
     capacity: int
     slot: int
+    #: Whether EFER.NXE is on at boot (the guest's CPUID grants NX).
     nx: bool
 
     @property
@@ -164,7 +165,6 @@ def _build_small_area(pl: Placement) -> bytes:
     pl.validate()
     img = agent_image()
     area = bytearray(SMALL_AREA)
-    nx = pte.NX if pl.nx else 0
     small = pl.small_phys
 
     def put(off: int, value: int) -> None:
@@ -183,7 +183,8 @@ def _build_small_area(pl: Placement) -> bytes:
     for off in range(0, len(img.code), L.PAGE):
         user = pte.U if off >= img.user_code else 0
         map4k(L.CODE_OFF + off, pl.phys_of(L.CODE_OFF + off), user)
-    kdata = pte.W | pte.D | nx
+    # no NX anywhere in the agent's tables: EFER.NXE may then be switched off by a service
+    kdata = pte.W | pte.D
     for off in (L.GDT_OFF, L.IDT_OFF, L.TSS_OFF, L.KSTATE_OFF, L.USTATE_S_OFF):
         map4k(off, pl.phys_of(off), kdata)
     for off in range(L.KSTACK_OFF, L.KSTACK_TOP_OFF, L.PAGE):
@@ -194,7 +195,7 @@ def _build_small_area(pl: Placement) -> bytes:
     map4k(L.USER_DOORBELL_OFF, pl.doorbell_gpa, kdata | pte.U)
 
     # the command array, twice: user view and supervisor alias
-    large = pte.P | pte.W | pte.A | pte.D | pte.PS | nx
+    large = pte.P | pte.W | pte.A | pte.D | pte.PS
     first_user = (L.CMD_USER_OFF >> 21) & 511
     first_super = (L.CMD_SUPER_OFF >> 21) & 511
     for i in range(pl.cmd_bytes // L.LARGE_PAGE):

@@ -38,6 +38,7 @@ R_STATUS = 56
 R_VECTOR = 60
 
 OP_CPL3 = 0x100
+MSR_EFER = 0xC000_0080
 
 ST_NOT_RUN = 0
 ST_OK = 1
@@ -73,6 +74,7 @@ class Op(IntEnum):
     SET_SMEP = 0x15
     SET_SMAP = 0x16
     SET_AC = 0x17
+    SET_NXE = 0x18
 
 
 PROBE_OPS = (Op.READ, Op.WRITE, Op.FETCH)
@@ -85,7 +87,7 @@ def asm_constants() -> dict[str, int]:
         "R_RIP": R_RIP, "R_VALUE": R_VALUE, "R_CR2": R_CR2, "R_ERROR": R_ERROR,
         "R_STATUS": R_STATUS, "R_VECTOR": R_VECTOR, "OP_CPL3": OP_CPL3, "ST_OK": ST_OK,
         "ST_FAULT": ST_FAULT, "ST_BAD_OP": ST_BAD_OP, "DOORBELL_DONE": DOORBELL_DONE,
-        "DOORBELL_UNEXPECTED": DOORBELL_UNEXPECTED,
+        "DOORBELL_UNEXPECTED": DOORBELL_UNEXPECTED, "MSR_EFER": MSR_EFER,
     }  # fmt: skip
     consts.update({f"OP_{op.name}": int(op) for op in Op})
     return consts
@@ -278,6 +280,11 @@ class Batch:
         """Append records previously returned by `_take_from`."""
         self._buf += raw
         self._count += len(raw) // RECORD_SIZE
+
+    def set_nxe(self, on: bool) -> int:
+        """Set or clear EFER.NXE (with it clear, bit 63 of an entry is reserved); the result
+        value is EFER. The agent's own tables never use NX, so this is always safe."""
+        return self._add(Op.SET_NXE, 0, int(on))
 
     def commands(self) -> Iterator[tuple[int, int, int]]:
         """Decode the records back to ``(op, addr, arg)`` triples."""
