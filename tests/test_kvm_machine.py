@@ -253,6 +253,21 @@ def test_reads_through_4k_pages_land_on_tagged_frames(lab: Lab) -> None:
         assert lab.machine.translate(BASE_VA + i * pte.SIZE_4K) == frame
 
 
+@pytest.mark.parametrize("cpl", [3, 0])
+def test_walks_set_accessed_and_dirty_bits(lab: Lab, cpl: int) -> None:
+    flags = P | W | (U if cpl == 3 else 0)
+    (rva, _, rleaf), (wva, _, wleaf) = lab.page(flags), lab.page(flags)
+    b = lab.batch()
+    b.read(rva, cpl)
+    b.write(wva, 1, cpl)
+    assert all(r.ok for r in lab.machine.run(b))
+    mem = lab.machine.memory
+    assert mem.read_u64(rleaf) & (A | D) == A
+    assert mem.read_u64(wleaf) & (A | D) == A | D
+    for level in (4, 3, 2):  # every upper entry on the path was accessed
+        assert mem.read_u64(lab.space.entry_address(rva, level)) & A
+
+
 def test_reads_through_2m_pages_land_on_tagged_frames(lab: Lab) -> None:
     huge = [lab.frames.alloc(pte.SIZE_2M) for _ in range(3)]
     offsets = [0, 0x1000, 0x12_3008, 0x1F_F000]
