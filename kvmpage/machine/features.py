@@ -22,7 +22,6 @@ _LOCK = threading.Lock()
 
 _TAG = 0x7A67_FEA7_0000_0000
 _USER_VA = 0x0000_0040_0000_0000  # slot 0 .. keep probes away from the agent
-_SUPER_VA = _USER_VA + 0x1000
 _NX_VA = _USER_VA + 0x2000
 _REWRITE_VA = _USER_VA + 0x3000
 _HUGE_VA = 0x0000_0080_0000_0000  # a 1 GiB-aligned address in slot 1
@@ -55,14 +54,13 @@ def _probe(device: str) -> HostProfile:
         mem = m.memory
         frames = pte.FrameBump(mem, pte.SIZE_4K, m.reserved[0])
         space = pte.SimpleSpace(mem, frames)
-        user, sup, nx_page, old, new = (frames.alloc() for _ in range(5))
-        for f in (user, sup, nx_page, old, new):
+        user, nx_page, old, new = (frames.alloc() for _ in range(4))
+        for f in (user, nx_page, old, new):
             mem.write_u64(f, _TAG | f)
         mem.write(user + _STUB_OFF, fetch_stub(_TAG | user))
         mem.write(nx_page + _STUB_OFF, fetch_stub(_TAG | nx_page))
         rw_user = pte.P | pte.W | pte.U | pte.A | pte.D
         space.map(_USER_VA, user, rw_user)
-        space.map(_SUPER_VA, sup, pte.P | pte.W | pte.A | pte.D)
         space.map(_NX_VA, nx_page, rw_user | (pte.NX if cpuid.nx else 0))
         rewrite_pte = space.map(_REWRITE_VA, old, rw_user)
         mem.write_u64(0, _TAG)  # what a 1 GiB page at physical 0 would read
