@@ -58,18 +58,22 @@ k_next:
         add     $RECORD_SIZE, %rsi
 dispatch:
         mov     C_OP(%rsi), %eax
-        cmp     $OP_CPL3, %eax
+        cmp     $OP_READ, %eax                  # the ring-0 read: ten instructions a probe
+        jne     1f
+        mov     %rsi, KSTATE_OFF+KS_GUARD(%rbx)
+        mov     C_ADDR(%rsi), %rdx
+        mov     (%rdx), %rax
+        mov     %rax, R_VALUE(%rsi)
+        movl    $ST_OK, R_STATUS(%rsi)
+        add     $RECORD_SIZE, %rsi
+        jmp     dispatch
+1:      cmp     $OP_CPL3, %eax
         jae     enter_user
         test    %eax, %eax
         jz      batch_done
         mov     %rsi, KSTATE_OFF+KS_GUARD(%rbx)
         mov     C_ADDR(%rsi), %rdx
-        cmp     $OP_READ, %eax
-        jne     1f
-        mov     (%rdx), %rax
-        mov     %rax, R_VALUE(%rsi)
-        jmp     k_ok
-1:      mov     C_ARG(%rsi), %rcx
+        mov     C_ARG(%rsi), %rcx
         cmp     $OP_WRITE, %eax
         jne     1f
         mov     %rcx, (%rdx)
