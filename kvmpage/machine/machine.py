@@ -96,6 +96,10 @@ class Machine:
     ``memory_size`` bytes of RAM start at guest-physical 0 (a multiple of 2 MiB); the agent keeps
     ``reserved`` at the top of it, so user tables and frames go below ``reserved[0]``. Batches
     hold up to ``capacity`` commands. ``timeout`` (seconds, None for no limit) bounds each run.
+
+    CPU state set by services (CR3, CR0.WP, SMEP, SMAP, AC, NXE) persists from batch to batch
+    until `reset_cpu` or a failure resets it. A machine is used by one thread at a time; several
+    machines may run in parallel threads.
     """
 
     def __init__(
