@@ -47,6 +47,7 @@ class Leaf:
     raw: int  #: the leaf entry, exactly as stored
     rights: Rights
     entries: tuple[int, ...]  #: raw entries of the walk, level 4 first
+    entry_addrs: tuple[int, ...]  #: physical addresses of those entries
 
 
 def scan(
@@ -57,7 +58,7 @@ def scan(
     ``skip_p4``: level-4 indices not to descend into (a recursive slot, the agent's slot).
     Tables outside ``memory`` are reported by `kvmpage.memory.PhysMemoryError`.
     """
-    yield from _scan_table(memory, p4_phys, 4, 0, _W | _U, False, (), skip_p4)
+    yield from _scan_table(memory, p4_phys, 4, 0, _W | _U, False, (), (), skip_p4)
 
 
 def _scan_table(
@@ -68,6 +69,7 @@ def _scan_table(
     rights: int,
     nx: bool,
     path: tuple[int, ...],
+    addrs: tuple[int, ...],
     skip_p4: frozenset[int],
 ) -> Iterator[Leaf]:
     memory.check(table, 4096)
@@ -80,6 +82,7 @@ def _scan_table(
         r = rights & raw
         x = nx or bool(raw & _NX)
         walk = (*path, raw)
+        where = (*addrs, table + 8 * i)
         if level == 1 or (raw & _PS and level in (2, 3)):
             yield Leaf(
                 virt=va,
@@ -89,6 +92,27 @@ def _scan_table(
                 raw=raw,
                 rights=Rights(writable=bool(r & _W), user=bool(r & _U), executable=not x),
                 entries=walk,
+                entry_addrs=where,
             )
         else:
-            yield from _scan_table(memory, raw & ADDRESS_MASK, level - 1, va, r, x, walk, skip_p4)
+            yield from _scan_table(
+                memory, raw & ADDRESS_MASK, level - 1, va, r, x, walk, where, skip_p4
+            )
+
+
+def table_frames(
+    memory: PhysMemory, p4_phys: int, *, skip_p4: frozenset[int] = frozenset()
+) -> list[int]:
+    """Physical addresses of every table reachable from the level-4 table, itself included."""
+    frames = [p4_phys]
+    todo = [(p4_phys, 4)]
+    while todo:
+        table, level = todo.pop()
+        memory.check(table, 4096)
+        for i, raw in enumerate(memory._q[table >> 3 : (table >> 3) + 512].tolist()):
+            if not raw & _P or raw & _PS or level == 1 or (level == 4 and i in skip_p4):
+                continue
+            child = raw & ADDRESS_MASK
+            frames.append(child)
+            todo.append((child, level - 1))
+    return frames

@@ -128,8 +128,13 @@ def _check(spec: LayoutSpec) -> None:
         seen.append((m.virt, last._v, m.name))
 
 
-def build(spec: LayoutSpec, memory: PhysMemory | None = None) -> BuiltLayout:
+def build(
+    spec: LayoutSpec, memory: PhysMemory | None = None, *, alloc_end: int | None = None
+) -> BuiltLayout:
     """Write the layout's tables into ``memory`` (a new zeroed one by default).
+
+    Tables and allocated leaf memory come from ``[spec.alloc_start, alloc_end)`` (default: the
+    end of memory; a machine passes the start of the agent's reserved memory).
 
     Raises `LayoutError` before writing anything when the layout is inconsistent, and when the
     memory runs out of frames (then the memory is released if it was created here).
@@ -138,16 +143,16 @@ def build(spec: LayoutSpec, memory: PhysMemory | None = None) -> BuiltLayout:
     own = memory is None
     mem = PhysMemory(spec.memory_size) if memory is None else memory
     try:
-        return _build(spec, mem)
+        return _build(spec, mem, mem.size if alloc_end is None else alloc_end)
     except BaseException:
         if own:
             mem.close()
         raise
 
 
-def _build(spec: LayoutSpec, memory: PhysMemory) -> BuiltLayout:
+def _build(spec: LayoutSpec, memory: PhysMemory, alloc_end: int) -> BuiltLayout:
     alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(
-        spec.alloc_start, memory.size, memory=memory
+        spec.alloc_start, alloc_end, memory=memory
     )
     p4 = alloc.allocate_frame()
     if p4 is None:

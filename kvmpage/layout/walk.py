@@ -59,15 +59,37 @@ def walk(memory: PhysMemory, p4_phys: int, va: int) -> Walk:
     raise AssertionError("unreachable")
 
 
+def format_steps(steps: tuple[WalkStep, ...] | list[WalkStep]) -> list[str]:
+    """One text line per level: index, entry address, raw value, flags, rights so far."""
+    lines = []
+    for s in steps:
+        flags = flag_names(s.raw & ~ADDRESS_MASK & ((1 << 64) - 1)) or "-"
+        rights = str(s.rights) if s.raw & 1 else "-"
+        lines.append(
+            f"  {_LEVEL_NAME[s.level]:<4} [{s.index:3d}] @ {s.entry_addr:#012x} = {s.raw:#018x}  "
+            f"{flags:<28} so far: {rights}"
+        )
+    return lines
+
+
+def steps_of(va: int, entries: tuple[int, ...], addrs: tuple[int, ...]) -> list[WalkStep]:
+    """`WalkStep` records for a walk given as raw entries and their addresses (PML4E first)."""
+    steps = []
+    writable = user = executable = True
+    for i, (raw, addr) in enumerate(zip(entries, addrs, strict=True)):
+        level = 4 - i
+        writable &= bool(raw & 2)
+        user &= bool(raw & 4)
+        executable &= not raw >> 63
+        index = (va >> (3 + 9 * level)) & 511
+        steps.append(WalkStep(level, index, addr, raw, Rights(writable, user, executable)))
+    return steps
+
+
 def format_walk(memory: PhysMemory, p4_phys: int, va: int) -> list[str]:
     """The walk of ``va`` as text lines, one per level, then the result."""
     w = walk(memory, p4_phys, va)
-    lines = [f"walk of {va:#018x}"]
-    for s in w.steps:
-        lines.append(
-            f"  {_LEVEL_NAME[s.level]:<4} [{s.index:3d}] @ {s.entry_addr:#012x} = {s.raw:#018x}  "
-            f"{flag_names(s.raw & ~ADDRESS_MASK & ((1 << 64) - 1)) or '-':<28} so far: {s.rights}"
-        )
+    lines = [f"walk of {va:#018x}", *format_steps(w.steps)]
     if w.phys is None:
         lines.append(f"  -> not mapped: {w.stop} (an access faults with #PF)")
     else:

@@ -1,0 +1,312 @@
+"""Verify a mapper's tables against the CPU: ``report = verify(mapper, machine)``.
+
+The mapper must write into the machine's memory (build it over ``machine.memory``, with tables
+below ``machine.reserved[0]``). `Verifier` keeps one address space in step with the machine
+across several verifications, so that changes made between them (unmap, remap,
+``update_flags``, ``clean_up``...) reach the guest the way a kernel would apply them, followed
+by exactly the flushes the mapper's tokens asked for.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kvmpage.layout.scan import Leaf, scan, table_frames
+from kvmpage.layout.walk import format_steps, format_walk, steps_of
+from kvmpage.machine import Machine, fetch_stub
+from kvmpage.machine.protocol import Result
+from kvmpage.memory import PhysMemory
+from kvmpage.paging.access import AccessKind, CpuState, Features
+from kvmpage.paging.mapper import RecursivePageTable, TableMapper
+from kvmpage.verify.compare import (
+    OPEN_BUS,
+    EntryExpectation,
+    check_ad,
+    compare,
+    describe_outcome,
+    describe_result,
+    expect_ad,
+)
+from kvmpage.verify.predict import Expectation, Predictor
+from kvmpage.verify.probes import Plan, PlanOptions, Probe, make_plan, tag
+from kvmpage.verify.report import Disagreement, Report
+from kvmpage.verify.session import MachineTlb, Session
+
+__all__ = [
+    "CpuState",
+    "MachineTlb",
+    "PlanOptions",
+    "Predictor",
+    "Report",
+    "Session",
+    "Verifier",
+    "verify",
+]
+
+PredictorFactory = Callable[[PhysMemory, int, CpuState, Features], Predictor]
+TRANSLATE_SAMPLE = 256
+_FEATURES_REPORTED = ("nx", "smep", "smap", "1gib-pages", "pcid", "pku", "la57")
+
+
+class Verifier:
+    """One mapper's address space on one machine; call `verify` as often as needed."""
+
+    def __init__(
+        self,
+        mapper: TableMapper,
+        machine: Machine,
+        *,
+        cpu: CpuState = CpuState(),  # noqa: B008 (frozen)
+        predictor: PredictorFactory = Predictor,
+    ) -> None:
+        if mapper.memory is not machine.memory:
+            raise ValueError(
+                "the mapper's tables must live in the machine's memory: build them over "
+                "machine.memory, below machine.reserved[0]"
+            )
+        self.mapper = mapper
+        self.machine = machine
+        self.cpu = cpu
+        self.profile = machine.host_profile()
+        self.p4_phys = mapper.level_4_table().phys
+        skip = {machine.agent_slot}
+        if isinstance(mapper, RecursivePageTable):
+            skip.add(mapper.recursive_index)
+        self.skip_p4 = frozenset(skip)
+        self.session = Session(machine, self.p4_phys, skip_p4=self.skip_p4)
+        mapper.tlb = self.session.tlb
+        self.features = Features(
+            maxphyaddr=self.profile.maxphyaddr, gbpages=self.profile.supports("1gib-pages")
+        )
+        self._predictor_factory = predictor
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def verify(self, options: PlanOptions = PlanOptions()) -> Report:  # noqa: B008 (frozen)
+        """Probe every mapping (and the holes next to them), compare, report."""
+        t0 = time.perf_counter()
+        report = Report(host=self._host_line())
+        self._note_unavailable(report)
+        memory = self.machine.memory
+        leaves = list(scan(memory, self.p4_phys, skip_p4=self.skip_p4))
+        plan = make_plan(leaves, options, excluded_p4=self.skip_p4)
+        report.coverage = plan.coverage
+        self._note_unverified(report, leaves)
+        predictor = self._predictor_factory(memory, self.p4_phys, self.cpu, self.features)
+        probes, expectations, values = self._prepare(plan, predictor)
+        before = {a: memory.read_u64(a) for e in expectations for a in e.entry_addrs}
+        t1 = time.perf_counter()
+        results = self.session.run(probes, self.cpu)
+        t2 = time.perf_counter()
+        self._compare_probes(report, probes, expectations, values, results)
+        self._compare_ad(report, list(zip(probes, expectations, strict=True)), before, results)
+        self._compare_translate(report, leaves, options.seed)
+        t3 = time.perf_counter()
+        report.seconds = {"plan+predict": t1 - t0, "run": t2 - t1, "compare": t3 - t2}
+        return report
+
+    def _prepare(
+        self, plan: Plan, predictor: Predictor
+    ) -> tuple[list[Probe], list[Expectation], list[int | None]]:
+        """Predict every probe, tag the frames it should reach, drop the unsafe ones."""
+        memory = self.machine.memory
+        protected = set(table_frames(memory, self.p4_phys, skip_p4=self.skip_p4))
+        protected |= self.session.walked_frames()
+        reserved_start = self.machine.reserved[0]
+        probes: list[Probe] = []
+        expectations: list[Expectation] = []
+        values: list[int | None] = []
+        for probe in plan.probes:
+            exp = predictor.expect(probe)
+            phys = exp.outcome.phys
+            value: int | None = None
+            if phys is not None:
+                if phys >= memory.size:
+                    if probe.access is AccessKind.FETCH:
+                        plan.coverage.skip("fetch from unbacked guest-physical memory")
+                        continue
+                    value = OPEN_BUS
+                elif phys >= reserved_start:
+                    plan.coverage.skip("reaches the agent's own memory")
+                    continue
+                elif phys & ~0xFFF in protected:
+                    plan.coverage.skip("reaches a page-table frame")
+                    continue
+                else:
+                    value = tag(phys)
+                    if probe.access is AccessKind.FETCH:
+                        memory.write(phys, fetch_stub(value))
+                    else:
+                        memory.write_u64(phys, value)
+            probes.append(probe)
+            expectations.append(exp)
+            values.append(value)
+        return probes, expectations, values
+
+    # -- comparisons --------------------------------------------------------------------------
+
+    def _compare_probes(
+        self,
+        report: Report,
+        probes: list[Probe],
+        expectations: list[Expectation],
+        values: list[int | None],
+        results: list[Result],
+    ) -> None:
+        for probe, exp, value, result in zip(probes, expectations, values, results, strict=True):
+            verdict = compare(probe, exp.outcome, value, result)
+            report.count(result.oracle, verdict.agree)
+            if not verdict.agree:
+                report.disagreements.append(
+                    Disagreement(
+                        kind="probe",
+                        va=probe.va,
+                        access=probe.access.value,
+                        cpl=probe.cpl,
+                        oracle=result.oracle,
+                        expected=describe_outcome(exp.outcome, value),
+                        actual=describe_result(result),
+                        why=verdict.why,
+                        software_walk=self._software_walk(probe.va, exp),
+                        hardware_walk=self._hardware_walk(probe.va),
+                        note=self._flush_note(probe.va),
+                    )
+                )
+
+    def _compare_ad(
+        self,
+        report: Report,
+        pairs: list[tuple[Probe, Expectation]],
+        before: dict[int, int],
+        results: list[Result],
+    ) -> None:
+        memory = self.machine.memory
+        oracle_of: dict[int, str] = {}
+        for (_, exp), result in zip(pairs, results, strict=True):
+            for addr in exp.entry_addrs:
+                if oracle_of.get(addr) != "mmu":
+                    oracle_of[addr] = result.oracle
+        expected = expect_ad(pairs, before)
+        for addr, e in expected.items():
+            problem = check_ad(addr, e, memory.read_u64(addr))
+            oracle = oracle_of.get(addr, "mmu")
+            report.entries_checked += 1
+            if problem is None:
+                continue
+            report.disagreements.append(
+                Disagreement(
+                    kind="accessed-dirty",
+                    va=0,
+                    access="entry",
+                    cpl=None,
+                    oracle=oracle,
+                    expected=_ad_expectation(e),
+                    actual=f"after {memory.read_u64(addr):#x}",
+                    why=f"entry at {addr:#x}: {problem}",
+                    software_walk=[f"  probes through this entry: {', '.join(e.probes)}"],
+                    hardware_walk=[],
+                )
+            )
+
+    def _compare_translate(self, report: Report, leaves: list[Leaf], seed: int) -> None:
+        """KVM_TRANSLATE as a third opinion on addresses (no permissions) for a sample of pages."""
+        if not leaves:
+            return
+        rng = random.Random(seed)
+        sample = leaves if len(leaves) <= TRANSLATE_SAMPLE else rng.sample(leaves, TRANSLATE_SAMPLE)
+        no_rights = CpuState(wp=False, smep=False, smap=False, nxe=self.cpu.nxe)
+        predictor = Predictor(self.machine.memory, self.p4_phys, no_rights, self.features)
+        for leaf in sample:
+            va = leaf.virt + (leaf.size >> 1) + 0x18
+            exp = predictor.expect(Probe(va, AccessKind.READ, 0, leaf))
+            got = self.machine.translate(va)
+            agree = got == exp.outcome.phys
+            report.count("kvm-translate", agree)
+            if not agree:
+                report.disagreements.append(
+                    Disagreement(
+                        kind="translate",
+                        va=va,
+                        access="translate",
+                        cpl=None,
+                        oracle="kvm-translate",
+                        expected=describe_outcome(exp.outcome, None),
+                        actual="no translation" if got is None else f"physical {got:#x}",
+                        why="KVM_TRANSLATE disagrees with the software walk",
+                        software_walk=self._software_walk(va, exp),
+                        hardware_walk=self._hardware_walk(va),
+                    )
+                )
+
+    # -- explanations -----------------------------------------------------------------------
+
+    def _software_walk(self, va: int, exp: Expectation) -> list[str]:
+        lines = [f"walk of {va:#018x}"]
+        lines += format_steps(steps_of(va, exp.entries, exp.entry_addrs))
+        lines.append(f"  -> {describe_outcome(exp.outcome, None)}")
+        return lines
+
+    def _hardware_walk(self, va: int) -> list[str]:
+        lines = format_walk(self.machine.memory, self.p4_phys, va)
+        got = self.machine.translate(va)
+        lines.append("  KVM_TRANSLATE: " + ("no valid translation" if got is None else f"{got:#x}"))
+        return lines
+
+    def _flush_note(self, va: int) -> str:
+        if any(kind == "invlpg" and v >> 12 == va >> 12 for kind, v in self.session.last_flushes):
+            return ""
+        if self.session.last_replayed:
+            return (
+                "tables changed since the last run and no flush covered this page"
+                if not any(k == "flush_all" for k, _ in self.session.last_flushes)
+                else ""
+            )
+        return ""
+
+    def _host_line(self) -> str:
+        p = self.profile
+        return (
+            f"{p.kind.value} (CPL3: {p.cpl3_oracle}, CPL0: {p.cpl0_oracle}), "
+            f"MAXPHYADDR {p.maxphyaddr}"
+        )
+
+    def _note_unavailable(self, report: Report) -> None:
+        for name in _FEATURES_REPORTED:
+            result = self.profile.features.get(name)
+            if result is not None and not result.works:
+                report.unavailable[name] = result.evidence
+        if not self.cpu.nxe:
+            report.unavailable["efer.nxe=0"] = "the machine runs with EFER.NXE set"
+        for flag, feature in ((self.cpu.smep, "smep"), (self.cpu.smap, "smap")):
+            if flag and not self.profile.supports(feature):
+                raise ValueError(f"CR4.{feature.upper()} was asked for but the host lacks it")
+
+    def _note_unverified(self, report: Report, leaves: list[Leaf]) -> None:
+        if not self.features.gbpages:
+            n = sum(1 for leaf in leaves if leaf.size == 1 << 30)
+            if n:
+                report.unverified[
+                    "1 GiB mappings: this host faults on 1 GiB pages (reserved bit); they were "
+                    "predicted and checked as such, not as mappings"
+                ] = n
+
+
+def verify(
+    mapper: TableMapper,
+    machine: Machine,
+    *,
+    cpu: CpuState = CpuState(),  # noqa: B008 (frozen)
+    options: PlanOptions = PlanOptions(),  # noqa: B008 (frozen)
+    **kwargs: Any,
+) -> Report:
+    """Verify ``mapper``'s tables on ``machine`` once (see `Verifier` for repeated runs)."""
+    return Verifier(mapper, machine, cpu=cpu, **kwargs).verify(options)
+
+
+def _ad_expectation(e: EntryExpectation) -> str:
+    a = "must" if e.must_a else "may" if e.may_a else "must not"
+    d = "must" if e.must_d else "must not"
+    return f"before {e.before:#x}: A {a} be set, D {d} be set"

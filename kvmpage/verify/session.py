@@ -1,0 +1,147 @@
+"""Keeping a machine in step with a mapper: the live-update rule and the TLB.
+
+On a shadow-paging host the guest never sees a host-side rewrite of a table it has already
+walked (see docs/kvm.md). So a `Session` remembers the bytes of every table frame as the guest
+last saw them; before the next run it puts those bytes back and has the agent write each changed
+entry at CPL0, as a kernel would, followed by exactly the flushes the mapper's tokens asked for
+(`MachineTlb`). New tables the guest never walked are written by the host directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kvmpage.addr import VirtAddr
+from kvmpage.layout.scan import table_frames
+from kvmpage.machine import Batch, BatchResults, Machine
+from kvmpage.machine.protocol import Result
+from kvmpage.paging.access import AccessKind, CpuState
+from kvmpage.verify.probes import Probe
+
+
+class MachineTlb:
+    """A mapper's `Tlb` on a machine: flushes are queued and run by the agent before the next
+    probes (``invlpg`` for `MapperFlush`, a CR3 reload for `MapperFlushAll`)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, int]] = []
+        #: every flush ever requested, in order (for reports and tests)
+        self.log: list[tuple[str, int]] = []
+
+    def invlpg(self, addr: VirtAddr) -> None:
+        self.pending.append(("invlpg", addr.as_u64()))
+        self.log.append(("invlpg", addr.as_u64()))
+
+    def flush_all(self) -> None:
+        self.pending.append(("flush_all", 0))
+        self.log.append(("flush_all", 0))
+
+
+class Session:
+    """One address space (the PML4 at ``p4_phys``) running on ``machine``."""
+
+    def __init__(
+        self, machine: Machine, p4_phys: int, *, skip_p4: frozenset[int] = frozenset()
+    ) -> None:
+        self.machine = machine
+        self.memory = machine.memory
+        self.p4_phys = p4_phys
+        self.skip_p4 = skip_p4 | {machine.agent_slot}
+        self.tlb = MachineTlb()
+        machine.install_agent_slot(p4_phys)
+        self._walked: dict[int, bytes] = {}
+        self._cpu: CpuState | None = None
+        self._cr3_loaded = False
+        #: entries the agent wrote in the last prologue: (physical address, value)
+        self.last_replayed: list[tuple[int, int]] = []
+        #: flushes the agent executed in the last prologue
+        self.last_flushes: list[tuple[str, int]] = []
+
+    def walked_frames(self) -> set[int]:
+        """Frames the guest has used as page tables (their writes go through the agent)."""
+        return set(self._walked)
+
+    def _prologue(self, batch: Batch, cpu: CpuState) -> None:
+        """Replay table changes through the agent, then the queued flushes, then CPU state."""
+        self.last_replayed = []
+        for frame, seen in self._walked.items():
+            now = self.memory.read(frame, 4096)
+            if now == seen:
+                continue
+            old = memoryview(seen).cast("Q")
+            new = memoryview(now).cast("Q")
+            for i in range(512):
+                if old[i] != new[i]:
+                    self.memory.write_u64(frame + 8 * i, old[i])
+                    batch.write_entry(frame + 8 * i, new[i])
+                    self.last_replayed.append((frame + 8 * i, new[i]))
+        if not self._cr3_loaded:
+            batch.load_cr3(self.p4_phys)
+            self._cr3_loaded = True
+        self.last_flushes = list(self.tlb.pending)
+        for kind, va in self.tlb.pending:
+            if kind == "invlpg":
+                batch.invlpg(va)
+            else:
+                batch.load_cr3(self.p4_phys)
+        self.tlb.pending.clear()
+        if cpu != self._cpu:
+            batch.set_wp(cpu.wp)
+            batch.set_smep(cpu.smep)
+            batch.set_smap(cpu.smap)
+            batch.set_ac(cpu.ac)
+            self._cpu = cpu
+
+    def run(self, probes: Sequence[Probe], cpu: CpuState) -> list[Result]:
+        """Run ``probes`` (in as few KVM_RUNs as the machine's capacity allows)."""
+        results: list[Result] = []
+        start = 0
+        capacity = self.machine.capacity
+        while True:
+            batch = Batch()
+            self._prologue(batch, cpu)
+            first = len(batch)
+            if first >= capacity:
+                raise RuntimeError(
+                    f"{first} table updates do not fit in one batch of {capacity} commands"
+                )
+            chunk = probes[start : start + capacity - first]
+            for p in chunk:
+                if p.access is AccessKind.READ:
+                    batch.read(p.va, p.cpl)
+                elif p.access is AccessKind.WRITE:
+                    batch.write(p.va, _write_value(p), p.cpl)
+                else:
+                    batch.fetch(p.va, p.cpl)
+            out: BatchResults = self.machine.run(batch)
+            self._check_services(out, first)
+            results.extend(out[first:])
+            self._snapshot()
+            start += len(chunk)
+            if start >= len(probes):
+                return results
+
+    def _check_services(self, out: BatchResults, count: int) -> None:
+        for r in out[:count]:
+            if not r.ok:
+                raise RuntimeError(f"the agent could not apply a table update or flush: {r}")
+
+    def _snapshot(self) -> None:
+        for frame in table_frames(self.memory, self.p4_phys, skip_p4=self.skip_p4):
+            self._walked[frame] = self.memory.read(frame, 4096)
+        for frame in list(self._walked):
+            self._walked[frame] = self.memory.read(frame, 4096)
+
+    def sync(self, cpu: CpuState = CpuState()) -> None:  # noqa: B008 (frozen)
+        """Apply pending table changes and flushes now, without probing."""
+        self.run([], cpu)
+
+
+def _write_value(probe: Probe) -> int:
+    """A write probe stores the tag that is already there: memory is left as it was."""
+    from kvmpage.verify.probes import tag
+
+    if probe.leaf is None:
+        return 0
+    span = probe.leaf.size
+    return tag((probe.leaf.phys & ~(span - 1)) | (probe.va & (span - 1)))
