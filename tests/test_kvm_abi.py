@@ -8,6 +8,7 @@ import errno
 import os
 import shutil
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -258,6 +259,11 @@ def test_fetch_stub_shape() -> None:
 def test_reassembling_the_agent_reproduces_agent_bin() -> None:
     assert build.assemble() == build.AGENT_BIN.read_bytes()
     assert build.main(["--check"]) == 0
+
+
+def test_build_without_source_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(build.BuildError, match="source checkout"):
+        build.assemble(tmp_path / "agent.s")
 
 
 def test_text_section_rejects_non_elf() -> None:

@@ -49,6 +49,8 @@ def defsyms() -> list[str]:
 
 def assemble(source: Path = SOURCE) -> bytes:
     """Assemble ``source`` and return the flat bytes of its ``.text`` section."""
+    if not source.is_file():
+        raise BuildError(f"agent source {source} not found: building needs a source checkout")
     with tempfile.TemporaryDirectory(prefix="kvmpage-agent-") as tmp:
         obj = Path(tmp) / "agent.o"
         cmd = [assembler(), "--64", *defsyms(), "-o", str(obj), str(source)]
