@@ -194,6 +194,14 @@ def test_fake_fd_gives_ebadf_with_ioctl_name() -> None:
         Vcpu.from_fd(unused)
 
 
+def test_vcpu_owns_its_fd_even_when_mapping_fails() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    fd = os.open("/dev/null", os.O_RDWR)
+    with pytest.raises(KvmError, match="kvm_run"):
+        Vcpu.from_fd(fd)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_guest_memory_is_phys_memory() -> None:
     mem = GuestMemory(1 << 20)
     assert isinstance(mem, PhysMemory)

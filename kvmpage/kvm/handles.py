@@ -246,11 +246,7 @@ class Vm(_FdHandle):
     def create_vcpu(self, vcpu_id: int = 0) -> Vcpu:
         size = self.kvm.vcpu_mmap_size()
         fd = self._ioctl(abi.KVM_CREATE_VCPU, vcpu_id)
-        try:
-            vcpu = Vcpu(fd, size)
-        except BaseException:
-            os.close(fd)
-            raise
+        vcpu = Vcpu(fd, size)  # owns fd from here on, also when it fails
         self._vcpus.append(vcpu)
         return vcpu
 
@@ -259,12 +255,15 @@ class Vcpu(_FdHandle):
     """A virtual CPU and its mapped kvm_run page."""
 
     def __init__(self, fd: int, mmap_size: int) -> None:
+        """Take ownership of ``fd`` (closed here if the kvm_run page cannot be mapped)."""
         super().__init__(fd)
         self._mmap: mmap.mmap | None = None
         self._run: abi.kvm_run | None = None
         try:
             self._mmap = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as e:
+            with contextlib.suppress(OSError):
+                self.close()
             raise KvmError(
                 "mmap(kvm_run)", e.errno or 0, "cannot map the vCPU's kvm_run page"
             ) from None
@@ -273,7 +272,7 @@ class Vcpu(_FdHandle):
 
     @classmethod
     def from_fd(cls, fd: int, mmap_size: int = 4096) -> Vcpu:
-        """Adopt a vCPU descriptor (mostly for error-path tests)."""
+        """Adopt (and own) a vCPU descriptor (mostly for error-path tests)."""
         return cls(fd, mmap_size)
 
     def close(self) -> None:
