@@ -16,7 +16,7 @@ writes its tables itself; `agent_writes` makes the machine do the same. It works
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import SupportsInt
 
@@ -59,12 +59,29 @@ def agent_writes(memory: PhysMemory, batch: Batch, tables: Iterable[int]) -> Ite
     mark = len(batch)
     yield
     after_block = batch._take_from(mark)
-    for frame in frames:
-        old, new = before[frame], memory.read(frame, _PAGE)
+    replay_through_agent(memory, batch, before)
+    batch._extend(after_block)
+
+
+def replay_through_agent(
+    memory: PhysMemory, batch: Batch, seen: Mapping[int, bytes]
+) -> list[tuple[int, int]]:
+    """Have the agent write every u64 that changed since the guest saw the frames ``seen``.
+
+    ``seen`` maps a 4 KiB frame to its bytes as the guest last saw them. Each changed u64 is
+    put back to its old value in memory and a `Batch.write_entry` with the new value is
+    appended. Returns the ``(address, new value)`` pairs, in order.
+    """
+    written: list[tuple[int, int]] = []
+    for frame, old in seen.items():
+        new = memory.read(frame, _PAGE)
         if old == new:
             continue
-        for off in range(0, _PAGE, 8):
-            if old[off : off + 8] != new[off : off + 8]:
-                memory.write(frame + off, old[off : off + 8])
-                batch.write_entry(frame + off, int.from_bytes(new[off : off + 8], "little"))
-    batch._extend(after_block)
+        old_words = memoryview(old).cast("Q")
+        new_words = memoryview(new).cast("Q")
+        for i in range(_PAGE // 8):
+            if old_words[i] != new_words[i]:
+                memory.write_u64(frame + 8 * i, old_words[i])
+                batch.write_entry(frame + 8 * i, new_words[i])
+                written.append((frame + 8 * i, new_words[i]))
+    return written

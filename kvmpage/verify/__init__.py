@@ -24,6 +24,7 @@ from kvmpage.paging.mapper import RecursivePageTable, TableMapper
 from kvmpage.verify.compare import (
     OPEN_BUS,
     EntryExpectation,
+    Verdict,
     check_ad,
     compare,
     describe_outcome,
@@ -61,7 +62,9 @@ class Verifier:
         *,
         cpu: CpuState = CpuState(),  # noqa: B008 (frozen)
         predictor: PredictorFactory = Predictor,
+        keep_results: bool = False,
     ) -> None:
+        """``keep_results``: keep every probe's outcome of the last run in `last_results`."""
         if mapper.memory is not machine.memory:
             raise ValueError(
                 "the mapper's tables must live in the machine's memory: build them over "
@@ -82,6 +85,9 @@ class Verifier:
             maxphyaddr=self.profile.maxphyaddr, gbpages=self.profile.supports("1gib-pages")
         )
         self._predictor_factory = predictor
+        self.keep_results = keep_results
+        #: (probe, expectation, result, verdict) of the last run, when ``keep_results``
+        self.last_results: list[tuple[Probe, Expectation, Result, Verdict]] = []
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -156,8 +162,11 @@ class Verifier:
         values: list[int | None],
         results: list[Result],
     ) -> None:
+        self.last_results = []
         for probe, exp, value, result in zip(probes, expectations, values, results, strict=True):
             verdict = compare(probe, exp.outcome, value, result)
+            if self.keep_results:
+                self.last_results.append((probe, exp, result, verdict))
             report.count(result.oracle, verdict.agree)
             if not verdict.agree:
                 report.disagreements.append(
@@ -212,13 +221,17 @@ class Verifier:
             )
 
     def _compare_translate(self, report: Report, leaves: list[Leaf], seed: int) -> None:
-        """KVM_TRANSLATE as a third opinion on addresses (no permissions) for a sample of pages."""
+        """KVM_TRANSLATE as a third opinion on addresses for a sample of pages.
+
+        KVM translates as an implicit supervisor read: presence, reserved bits and SMAP decide,
+        not U/S for reads, R/W or NX."""
         if not leaves:
             return
         rng = random.Random(seed)
         sample = leaves if len(leaves) <= TRANSLATE_SAMPLE else rng.sample(leaves, TRANSLATE_SAMPLE)
-        no_rights = CpuState(wp=False, smep=False, smap=False, nxe=self.cpu.nxe)
-        predictor = Predictor(self.machine.memory, self.p4_phys, no_rights, self.features)
+        # KVM_TRANSLATE walks as an implicit supervisor read: SMAP applies whatever RFLAGS.AC
+        implicit = CpuState(wp=False, smep=False, smap=self.cpu.smap, ac=False, nxe=self.cpu.nxe)
+        predictor = Predictor(self.machine.memory, self.p4_phys, implicit, self.features)
         for leaf in sample:
             va = leaf.virt + (leaf.size >> 1) + 0x18
             exp = predictor.expect(Probe(va, AccessKind.READ, 0, leaf))

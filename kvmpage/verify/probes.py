@@ -67,6 +67,8 @@ class PlanOptions:
     holes: bool = True
     #: probe at CPL0 too (emulated, so about a thousand times slower on a PVM host)
     cpl0: bool = True
+    #: more addresses to probe (full set), mapped or not: e.g. a page just unmapped
+    extra: tuple[int, ...] = ()
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Coverage:
     pages_full: int = 0
     pages_read_only: int = 0
     holes: int = 0
+    extra: int = 0
     strategy: str = ""
     skipped: dict[str, int] = field(default_factory=dict)
 
@@ -132,6 +135,18 @@ def make_plan(
         elif options.every_page:
             probes.append(Probe(leaf.virt + READ_OFFSET, AccessKind.READ, 3, leaf))
             cov.pages_read_only += 1
+    if options.extra:
+        starts = [leaf.virt for leaf in leaves]
+        for va in options.extra:
+            i = bisect.bisect_right(starts, va) - 1
+            owner = leaves[i] if i >= 0 and va < leaves[i].virt + leaves[i].size else None
+            base = va & ~0xFFF
+            cov.extra += 1
+            probes.extend(
+                Probe(base + ACCESS_OFFSETS[a], a, cpl, owner)
+                for a, cpl in FULL_SET
+                if cpl == 3 or options.cpl0
+            )
     if options.holes:
         for va in _holes(leaves, frozenset(excluded_p4)):
             cov.holes += 1

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from kvmpage.addr import VirtAddr
 from kvmpage.layout.scan import table_frames
 from kvmpage.machine import Batch, BatchResults, Machine
+from kvmpage.machine.bridge import replay_through_agent
 from kvmpage.machine.protocol import Result
 from kvmpage.paging.access import AccessKind, CpuState
 from kvmpage.verify.probes import Probe
@@ -63,18 +64,7 @@ class Session:
 
     def _prologue(self, batch: Batch, cpu: CpuState) -> None:
         """Replay table changes through the agent, then the queued flushes, then CPU state."""
-        self.last_replayed = []
-        for frame, seen in self._walked.items():
-            now = self.memory.read(frame, 4096)
-            if now == seen:
-                continue
-            old = memoryview(seen).cast("Q")
-            new = memoryview(now).cast("Q")
-            for i in range(512):
-                if old[i] != new[i]:
-                    self.memory.write_u64(frame + 8 * i, old[i])
-                    batch.write_entry(frame + 8 * i, new[i])
-                    self.last_replayed.append((frame + 8 * i, new[i]))
+        self.last_replayed = replay_through_agent(self.memory, batch, self._walked)
         if not self._cr3_loaded:
             batch.load_cr3(self.p4_phys)
             self._cr3_loaded = True
