@@ -136,24 +136,27 @@ def test_recursive_table_reads_back_the_table_bytes_through_the_recursive_addres
 class IgnoresUserBit(Predictor):
     """A broken software walk: it believes every entry is user accessible."""
 
-    def evaluate(self, entries: tuple[int, ...], probe: Probe) -> Outcome:
-        return super().evaluate(tuple(e | int(U) for e in entries), probe)
+    def walk_of(self, probe: Probe) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        entries, addrs = super().walk_of(probe)
+        return tuple(e | int(U) for e in entries), addrs
 
 
 class ShiftedFrame(Predictor):
     """A broken software walk: every leaf points one frame further."""
 
-    def evaluate(self, entries: tuple[int, ...], probe: Probe) -> Outcome:
+    def walk_of(self, probe: Probe) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        entries, addrs = super().walk_of(probe)
         if entries and entries[-1] & 1:
             entries = (*entries[:-1], entries[-1] + 0x1000)
-        return super().evaluate(entries, probe)
+        return entries, addrs
 
 
 class IgnoresNx(Predictor):
     """A broken software walk: NX is never honoured."""
 
-    def evaluate(self, entries: tuple[int, ...], probe: Probe) -> Outcome:
-        return super().evaluate(tuple(e & ~(1 << 63) for e in entries), probe)
+    def walk_of(self, probe: Probe) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        entries, addrs = super().walk_of(probe)
+        return tuple(e & ~(1 << 63) for e in entries), addrs
 
 
 @pytest.mark.parametrize(

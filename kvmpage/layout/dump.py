@@ -43,26 +43,31 @@ class Run:
 
 def coalesce(leaves: Iterable[Leaf]) -> Iterator[Run]:
     """Merge consecutive leaves into runs (leaves must come in ascending virtual order)."""
-    run: Run | None = None
+    start: Leaf | None = None
+    count = 0
+    flags = 0
+    next_virt = next_phys = 0
     for leaf in leaves:
-        flags = leaf.raw & _FLAG_MASK
+        leaf_flags = leaf.raw & _FLAG_MASK
         if (
-            run is not None
-            and run.virt_end == leaf.virt
-            and run.level == leaf.level
-            and run.phys + run.size == leaf.phys
-            and run.rights == leaf.rights
-            and (run.flags ^ flags) & ~_ACCESSED_DIRTY == 0
+            start is not None
+            and next_virt == leaf.virt
+            and start.level == leaf.level
+            and next_phys == leaf.phys
+            and start.rights == leaf.rights
+            and (flags ^ leaf_flags) & ~_ACCESSED_DIRTY == 0
         ):
-            run = Run(
-                run.virt, run.phys, run.page_size, run.level, run.count + 1, run.flags, run.rights
-            )
-            continue
-        if run is not None:
-            yield run
-        run = Run(leaf.virt, leaf.phys, leaf.size, leaf.level, 1, flags, leaf.rights)
-    if run is not None:
-        yield run
+            count += 1
+        else:
+            if start is not None:
+                yield Run(
+                    start.virt, start.phys, start.size, start.level, count, flags, start.rights
+                )
+            start, count, flags = leaf, 1, leaf_flags
+        next_virt = leaf.virt + leaf.size
+        next_phys = leaf.phys + leaf.size
+    if start is not None:
+        yield Run(start.virt, start.phys, start.size, start.level, count, flags, start.rights)
 
 
 def human_size(n: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from kvmpage.addr import _sign_extend_47
 from kvmpage.memory import PhysMemory
@@ -36,9 +37,11 @@ class Rights:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Leaf:
-    """One mapped page: virtual start, size, the level of its leaf entry, where it goes."""
+class Leaf(NamedTuple):
+    """One mapped page: virtual start, size, the level of its leaf entry, where it goes.
+
+    A named tuple: a large scan makes hundreds of thousands of them.
+    """
 
     virt: int
     size: int
@@ -48,6 +51,10 @@ class Leaf:
     rights: Rights
     entries: tuple[int, ...]  #: raw entries of the walk, level 4 first
     entry_addrs: tuple[int, ...]  #: physical addresses of those entries
+
+
+#: the eight possible `Rights`, indexed by writable | user << 1 | executable << 2
+_RIGHTS = tuple(Rights(bool(i & 1), bool(i & 2), bool(i & 4)) for i in range(8))
 
 
 def scan(
@@ -75,6 +82,9 @@ def _scan_table(
     memory.check(table, 4096)
     words = memory._q[table >> 3 : (table >> 3) + 512].tolist()
     span = 1 << (12 + 9 * (level - 1))
+    if level == 1:  # the hot case: up to 512 leaves, no recursion
+        yield from _scan_leaf_table(words, table, prefix, rights, nx, path, addrs)
+        return
     for i, raw in enumerate(words):
         if not raw & _P or (level == 4 and (i in skip_p4 or raw & _PS)):
             continue  # a PS bit at level 4 is reserved: the CPU faults, nothing is mapped
@@ -83,21 +93,40 @@ def _scan_table(
         x = nx or bool(raw & _NX)
         walk = (*path, raw)
         where = (*addrs, table + 8 * i)
-        if level == 1 or (raw & _PS and level in (2, 3)):
-            yield Leaf(
-                virt=va,
-                size=span,
-                level=level,
-                phys=raw & ADDRESS_MASK & ~(span - 1),
-                raw=raw,
-                rights=Rights(writable=bool(r & _W), user=bool(r & _U), executable=not x),
-                entries=walk,
-                entry_addrs=where,
-            )
+        if raw & _PS and level in (2, 3):
+            rights_of = _RIGHTS[bool(r & _W) | bool(r & _U) << 1 | (not x) << 2]
+            phys = raw & ADDRESS_MASK & ~(span - 1)
+            yield Leaf(va, span, level, phys, raw, rights_of, walk, where)
         else:
             yield from _scan_table(
                 memory, raw & ADDRESS_MASK, level - 1, va, r, x, walk, where, skip_p4
             )
+
+
+def _scan_leaf_table(
+    words: list[int],
+    table: int,
+    prefix: int,
+    rights: int,
+    nx: bool,
+    path: tuple[int, ...],
+    addrs: tuple[int, ...],
+) -> Iterator[Leaf]:
+    for i, raw in enumerate(words):
+        if not raw & _P:
+            continue
+        r = rights & raw
+        rights_of = _RIGHTS[bool(r & _W) | bool(r & _U) << 1 | (not (nx or raw >> 63)) << 2]
+        yield Leaf(
+            prefix | (i << 12),
+            4096,
+            1,
+            raw & ADDRESS_MASK,
+            raw,
+            rights_of,
+            (*path, raw),
+            (*addrs, table + 8 * i),
+        )
 
 
 def table_frames(

@@ -342,6 +342,15 @@ class BatchResults(Sequence[Result]):
         for i in range(self._n):
             yield self._result(i)
 
+    def raw(self) -> list[tuple[int, ...]]:
+        """Every record as ``(addr, arg, op, pad, rip, value, cr2, error, status, vector)``,
+        decoded in one pass (no `Result` objects): for large batches."""
+        return list(_RESULT.iter_unpack(self._data[: self._n * RECORD_SIZE]))
+
+    def result(self, index: int) -> Result:
+        """The `Result` of one record (same as ``self[index]``)."""
+        return self._result(index)
+
     def statuses(self) -> list[int]:
         """Every record's status, fast (no `Result` objects)."""
         words = memoryview(self._data).cast("I")

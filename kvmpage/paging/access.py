@@ -76,6 +76,10 @@ class Fault:
     error_code: int
     cr2: int | None
 
+    def at(self, va: int) -> Fault:
+        """The same fault for an access at ``va`` (CR2 is the address for a #PF)."""
+        return Fault(self.vector, self.error_code, va if self.vector == VECTOR_PF else None)
+
     def describe(self) -> str:
         """``#PF(P|W|U) at 0x...`` style text."""
         if self.vector != VECTOR_PF:

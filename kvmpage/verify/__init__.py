@@ -23,18 +23,17 @@ from kvmpage.paging.access import AccessKind, CpuState, Features
 from kvmpage.paging.mapper import RecursivePageTable, TableMapper
 from kvmpage.verify.compare import (
     OPEN_BUS,
-    EntryExpectation,
+    AccessedDirty,
     Verdict,
-    check_ad,
+    agrees,
     compare,
-    describe_outcome,
+    describe_expectation,
     describe_result,
-    expect_ad,
 )
 from kvmpage.verify.predict import Expectation, Predictor
 from kvmpage.verify.probes import Plan, PlanOptions, Probe, make_plan, tag
 from kvmpage.verify.report import Disagreement, Report
-from kvmpage.verify.session import MachineTlb, Session
+from kvmpage.verify.session import MachineTlb, RunResults, Session
 
 __all__ = [
     "CpuState",
@@ -103,12 +102,13 @@ class Verifier:
         self._note_unverified(report, leaves)
         predictor = self._predictor_factory(memory, self.p4_phys, self.cpu, self.features)
         probes, expectations, values = self._prepare(plan, predictor)
-        before = {a: memory.read_u64(a) for e in expectations for a in e.entry_addrs}
+        frames = table_frames(memory, self.p4_phys, skip_p4=self.skip_p4)
+        before = {f: memory._q[f >> 3 : (f >> 3) + 512].tolist() for f in frames}
         t1 = time.perf_counter()
         results = self.session.run(probes, self.cpu)
         t2 = time.perf_counter()
         self._compare_probes(report, probes, expectations, values, results)
-        self._compare_ad(report, list(zip(probes, expectations, strict=True)), before, results)
+        self._compare_ad(report, probes, expectations, before)
         self._compare_translate(report, leaves, options.seed)
         t3 = time.perf_counter()
         report.seconds = {"plan+predict": t1 - t0, "run": t2 - t1, "compare": t3 - t2}
@@ -119,19 +119,22 @@ class Verifier:
     ) -> tuple[list[Probe], list[Expectation], list[int | None]]:
         """Predict every probe, tag the frames it should reach, drop the unsafe ones."""
         memory = self.machine.memory
+        words = memory._q
+        size = memory.size
         protected = set(table_frames(memory, self.p4_phys, skip_p4=self.skip_p4))
         protected |= self.session.walked_frames()
         reserved_start = self.machine.reserved[0]
         probes: list[Probe] = []
         expectations: list[Expectation] = []
         values: list[int | None] = []
+        fetch = AccessKind.FETCH
         for probe in plan.probes:
             exp = predictor.expect(probe)
-            phys = exp.outcome.phys
+            phys = exp.phys
             value: int | None = None
             if phys is not None:
-                if phys >= memory.size:
-                    if probe.access is AccessKind.FETCH:
+                if phys >= size:
+                    if probe.access is fetch:
                         plan.coverage.skip("fetch from unbacked guest-physical memory")
                         continue
                     value = OPEN_BUS
@@ -143,10 +146,10 @@ class Verifier:
                     continue
                 else:
                     value = tag(phys)
-                    if probe.access is AccessKind.FETCH:
+                    if probe.access is fetch:
                         memory.write(phys, fetch_stub(value))
                     else:
-                        memory.write_u64(phys, value)
+                        words[phys >> 3] = value
             probes.append(probe)
             expectations.append(exp)
             values.append(value)
@@ -160,62 +163,86 @@ class Verifier:
         probes: list[Probe],
         expectations: list[Expectation],
         values: list[int | None],
-        results: list[Result],
+        results: RunResults,
     ) -> None:
+        oracle = {3: self.profile.cpl3_oracle, 0: self.machine.cpl0_oracle}
+        counts = {(o, ok): 0 for o in set(oracle.values()) for ok in (True, False)}
         self.last_results = []
-        for probe, exp, value, result in zip(probes, expectations, values, results, strict=True):
-            verdict = compare(probe, exp.outcome, value, result)
+        for i, (probe, exp, value, rec) in enumerate(
+            zip(probes, expectations, values, results.raw, strict=True)
+        ):
+            ok = agrees(probe, exp.outcome, value, rec)
+            counts[oracle[probe.cpl], ok] += 1
+            if ok and not self.keep_results:
+                continue
+            result = results.result(i)
+            verdict = compare(probe, exp, value, result)
             if self.keep_results:
                 self.last_results.append((probe, exp, result, verdict))
-            report.count(result.oracle, verdict.agree)
-            if not verdict.agree:
-                report.disagreements.append(
-                    Disagreement(
-                        kind="probe",
-                        va=probe.va,
-                        access=probe.access.value,
-                        cpl=probe.cpl,
-                        oracle=result.oracle,
-                        expected=describe_outcome(exp.outcome, value),
-                        actual=describe_result(result),
-                        why=verdict.why,
-                        software_walk=self._software_walk(probe.va, exp),
-                        hardware_walk=self._hardware_walk(probe.va),
-                        note=self._flush_note(probe.va),
-                    )
+            if verdict.agree:
+                continue
+            report.disagreements.append(
+                Disagreement(
+                    kind="probe",
+                    va=probe.va,
+                    access=probe.access.value,
+                    cpl=probe.cpl,
+                    oracle=result.oracle,
+                    expected=describe_expectation(exp, value, probe.va),
+                    actual=describe_result(result),
+                    why=verdict.why,
+                    software_walk=self._software_walk(probe.va, exp),
+                    hardware_walk=self._hardware_walk(probe.va),
+                    note=self._flush_note(probe.va),
                 )
+            )
+        for (name, ok), n in counts.items():
+            report.add_count(name, ok, n)
 
     def _compare_ad(
         self,
         report: Report,
-        pairs: list[tuple[Probe, Expectation]],
-        before: dict[int, int],
-        results: list[Result],
+        probes: list[Probe],
+        expectations: list[Expectation],
+        before: dict[int, list[int]],
     ) -> None:
+        """Every entry's A and D bits after the run against what the probes required."""
         memory = self.machine.memory
-        oracle_of: dict[int, str] = {}
-        for (_, exp), result in zip(pairs, results, strict=True):
-            for addr in exp.entry_addrs:
-                if oracle_of.get(addr) != "mmu":
-                    oracle_of[addr] = result.oracle
-        expected = expect_ad(pairs, before)
-        for addr, e in expected.items():
-            problem = check_ad(addr, e, memory.read_u64(addr))
-            oracle = oracle_of.get(addr, "mmu")
-            report.entries_checked += 1
+        pairs = list(zip(probes, expectations, strict=True))
+        ad = AccessedDirty.of(pairs)
+        watched = ad.entries()
+        report.entries_checked = len(watched)
+        suspects = set(ad.must_a) | set(ad.must_d)
+        for frame, old in before.items():
+            new = memory._q[frame >> 3 : (frame >> 3) + 512].tolist()
+            if new != old:
+                suspects.update(frame + 8 * i for i in range(512) if new[i] != old[i])
+        for addr in sorted(suspects):
+            frame = addr & ~0xFFF
+            if frame not in before:
+                continue
+            old_value = before[frame][(addr & 0xFFF) >> 3]
+            problem = ad.check(addr, old_value, memory.read_u64(addr))
             if problem is None:
                 continue
+            users = [p for p, e in pairs if addr in e.entry_addrs]
+            oracle = self.profile.cpl3_oracle
+            if users and all(p.cpl == 0 for p in users):
+                oracle = self.machine.cpl0_oracle
             report.disagreements.append(
                 Disagreement(
                     kind="accessed-dirty",
-                    va=0,
+                    va=users[0].va if users else 0,
                     access="entry",
                     cpl=None,
                     oracle=oracle,
-                    expected=_ad_expectation(e),
+                    expected=ad.describe(addr, old_value),
                     actual=f"after {memory.read_u64(addr):#x}",
                     why=f"entry at {addr:#x}: {problem}",
-                    software_walk=[f"  probes through this entry: {', '.join(e.probes)}"],
+                    software_walk=[
+                        "  probes through this entry: "
+                        + (", ".join(p.describe() for p in users[:3]) or "none")
+                    ],
                     hardware_walk=[],
                 )
             )
@@ -236,8 +263,8 @@ class Verifier:
             va = leaf.virt + (leaf.size >> 1) + 0x18
             exp = predictor.expect(Probe(va, AccessKind.READ, 0, leaf))
             got = self.machine.translate(va)
-            agree = got == exp.outcome.phys
-            report.count("kvm-translate", agree)
+            agree = got == exp.phys
+            report.add_count("kvm-translate", agree, 1)
             if not agree:
                 report.disagreements.append(
                     Disagreement(
@@ -246,7 +273,7 @@ class Verifier:
                         access="translate",
                         cpl=None,
                         oracle="kvm-translate",
-                        expected=describe_outcome(exp.outcome, None),
+                        expected=describe_expectation(exp, None, va),
                         actual="no translation" if got is None else f"physical {got:#x}",
                         why="KVM_TRANSLATE disagrees with the software walk",
                         software_walk=self._software_walk(va, exp),
@@ -259,7 +286,7 @@ class Verifier:
     def _software_walk(self, va: int, exp: Expectation) -> list[str]:
         lines = [f"walk of {va:#018x}"]
         lines += format_steps(steps_of(va, exp.entries, exp.entry_addrs))
-        lines.append(f"  -> {describe_outcome(exp.outcome, None)}")
+        lines.append(f"  -> {describe_expectation(exp, None, va)}")
         return lines
 
     def _hardware_walk(self, va: int) -> list[str]:
@@ -317,9 +344,3 @@ def verify(
 ) -> Report:
     """Verify ``mapper``'s tables on ``machine`` once (see `Verifier` for repeated runs)."""
     return Verifier(mapper, machine, cpu=cpu, **kwargs).verify(options)
-
-
-def _ad_expectation(e: EntryExpectation) -> str:
-    a = "must" if e.must_a else "may" if e.may_a else "must not"
-    d = "must" if e.must_d else "must not"
-    return f"before {e.before:#x}: A {a} be set, D {d} be set"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from kvmpage.machine.protocol import Result
+from kvmpage.machine.protocol import ST_FAULT, ST_OK, Result
 from kvmpage.paging.access import AccessKind, Outcome
 from kvmpage.verify.predict import Expectation
 from kvmpage.verify.probes import Probe
 
-_A, _D = 0x20, 0x40
+A, D = 0x20, 0x40
 OPEN_BUS = (1 << 64) - 1  #: what a read of unbacked guest-physical memory returns
+
+# fields of a raw record (`kvmpage.machine.protocol.BatchResults.raw`)
+_VALUE, _CR2, _ERROR, _STATUS, _VECTOR = 5, 6, 7, 8, 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,12 +25,13 @@ class Verdict:
     why: str = ""
 
 
-def describe_outcome(outcome: Outcome, value: int | None) -> str:
+def describe_expectation(exp: Expectation, value: int | None, va: int) -> str:
     """The software's expectation in words."""
-    if outcome.fault is not None:
-        return f"{outcome.fault.describe()} ({outcome.reason})"
+    o = exp.outcome
+    if o.fault is not None:
+        return f"{o.fault.at(va).describe()} ({o.reason})"
     got = f", value {value:#x}" if value is not None else ""
-    return f"ok: physical {outcome.phys:#x}{got}"
+    return f"ok: physical {exp.phys:#x}{got}"
 
 
 def describe_result(result: Result) -> str:
@@ -40,9 +45,24 @@ def describe_result(result: Result) -> str:
     return "not run" if not result.ran else "bad opcode"
 
 
-def compare(probe: Probe, expected: Outcome, value: int | None, result: Result) -> Verdict:
-    """Whether ``result`` is what ``expected`` (and the expected ``value``) says."""
-    fault = expected.fault
+def agrees(probe: Probe, outcome: Outcome, value: int | None, rec: Sequence[int]) -> bool:
+    """The fast test on a raw record: does the CPU's result match the expectation?"""
+    fault = outcome.fault
+    if fault is None:
+        return rec[_STATUS] == ST_OK and (
+            value is None or probe.access is AccessKind.WRITE or rec[_VALUE] == value
+        )
+    return (
+        rec[_STATUS] == ST_FAULT
+        and rec[_VECTOR] == fault.vector
+        and rec[_ERROR] == fault.error_code
+        and (fault.vector != 14 or rec[_CR2] == probe.va)
+    )
+
+
+def compare(probe: Probe, exp: Expectation, value: int | None, result: Result) -> Verdict:
+    """Whether ``result`` is what ``exp`` (and the expected ``value``) says, and if not why."""
+    fault = exp.outcome.fault
     if fault is None:
         if result.fault is not None:
             return Verdict(False, f"the CPU faulted ({describe_result(result)}), software says ok")
@@ -54,69 +74,69 @@ def compare(probe: Probe, expected: Outcome, value: int | None, result: Result) 
                 f"the CPU reached a different frame: value {result.value:#x}, expected {value:#x}",
             )
         return Verdict(True)
+    want = fault.at(probe.va)
     actual = result.fault
     if actual is None:
-        return Verdict(False, f"the access completed ({describe_result(result)}), software "
-                              f"says {fault.describe()}")  # fmt: skip
-    if actual.vector != fault.vector:
-        return Verdict(False, f"vector {actual.name}, software says {fault.describe()}")
-    if actual.error_code != fault.error_code:
         return Verdict(
-            False, f"error code {actual.error_code:#x}, software says {fault.error_code:#x}"
+            False, f"the access completed ({describe_result(result)}), software says "
+            f"{want.describe()}"
+        )  # fmt: skip
+    if actual.vector != want.vector:
+        return Verdict(False, f"vector {actual.name}, software says {want.describe()}")
+    if actual.error_code != want.error_code:
+        return Verdict(
+            False, f"error code {actual.error_code:#x}, software says {want.error_code:#x}"
         )
-    if fault.vector == 14 and actual.cr2 != fault.cr2:
-        return Verdict(False, f"CR2 {actual.cr2:#x}, software says {fault.cr2:#x}")
+    if want.vector == 14 and actual.cr2 != want.cr2:
+        return Verdict(False, f"CR2 {actual.cr2:#x}, software says {want.cr2:#x}")
     return Verdict(True)
 
 
 @dataclass
-class EntryExpectation:
-    """What the probes of a run require of one entry's A and D bits."""
+class AccessedDirty:
+    """What the probes of a run require of the A and D bits, as sets of entry addresses."""
 
-    before: int
-    must_a: bool = False
-    may_a: bool = False
-    must_d: bool = False
-    leaf: bool = False
-    probes: list[str] = field(default_factory=list)
+    must_a: set[int]
+    may_a: set[int]
+    must_d: set[int]
 
+    @classmethod
+    def of(cls, pairs: Sequence[tuple[Probe, Expectation]]) -> AccessedDirty:
+        must_a: set[int] = set()
+        may_a: set[int] = set()
+        must_d: set[int] = set()
+        for _, exp in pairs:
+            o, addrs = exp.outcome, exp.entry_addrs
+            if len(o.a_must) == len(addrs):
+                must_a.update(addrs)
+            else:
+                must_a.update(addrs[4 - level] for level in o.a_must)
+            if o.a_may:
+                may_a.update(addrs[4 - level] for level in o.a_may)
+            if o.d_must:
+                must_d.update(addrs[4 - level] for level in o.d_must)
+        return cls(must_a, may_a, must_d)
 
-def expect_ad(
-    expectations: list[tuple[Probe, Expectation]], read: dict[int, int]
-) -> dict[int, EntryExpectation]:
-    """Aggregate the A/D requirements of all probes per entry address (``read``: values before)."""
-    out: dict[int, EntryExpectation] = {}
-    for probe, exp in expectations:
-        o = exp.outcome
-        for i, addr in enumerate(exp.entry_addrs[: len(o.levels)]):
-            level = 4 - i
-            e = out.get(addr)
-            if e is None:
-                e = out[addr] = EntryExpectation(read[addr])
-            if level in o.a_must:
-                e.must_a = True
-            if level in o.a_may:
-                e.may_a = True
-            if level in o.d_must:
-                e.must_d = True
-            if o.leaf_level == level:
-                e.leaf = True
-            if len(e.probes) < 3:
-                e.probes.append(probe.describe())
-    return out
+    def entries(self) -> set[int]:
+        """Every entry some expectation speaks about."""
+        return self.must_a | self.may_a | self.must_d
 
+    def check(self, addr: int, before: int, after: int) -> str | None:
+        """Why the entry at ``addr`` (``before`` and ``after`` the run) breaks the rules."""
+        changed = before ^ after
+        if changed & ~(A | D):
+            return f"entry changed beyond A/D: {before:#x} -> {after:#x}"
+        if addr in self.must_a and not after & A:
+            return "A not set although a walk used this entry"
+        if changed & A and addr not in self.must_a and addr not in self.may_a:
+            return "A set although no walk used this entry"
+        if addr in self.must_d and not after & D:
+            return "D not set although a write went through this leaf"
+        if changed & D and addr not in self.must_d:
+            return "D set although no write went through this entry"
+        return None
 
-def check_ad(addr: int, e: EntryExpectation, after: int) -> str | None:
-    """Why the entry at ``addr`` (``after`` the run) breaks its A/D expectation, or None."""
-    changed = e.before ^ after
-    if changed & ~(_A | _D):
-        return f"entry changed beyond A/D: {e.before:#x} -> {after:#x}"
-    if e.must_a and not after & _A:
-        return "A not set although a walk used this entry"
-    if not e.must_a and not e.may_a and changed & _A:
-        return "A set although no walk used this entry"
-    if e.must_d and not after & _D:
-        return "D not set although a write went through this leaf"
-    if not e.must_d and changed & _D:
-        return "D set although no write went through this entry"
-    return None
+    def describe(self, addr: int, before: int) -> str:
+        a = "must" if addr in self.must_a else "may" if addr in self.may_a else "must not"
+        d = "must" if addr in self.must_d else "must not"
+        return f"before {before:#x}: A {a} be set, D {d} be set"

@@ -4,12 +4,13 @@
 mapped page) and applies the permission model (`kvmpage.paging.access.evaluate`). The outcome
 depends only on the flags and reserved bits of the walk's entries, not on the table addresses,
 so it is computed once per distinct walk shape and reused: large layouts are predicted per
-table, not per address, and exactly.
+table, not per address, and exactly. The physical address (and CR2) of each probe is then
+derived from its own leaf entry and address.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from kvmpage.layout.walk import walk
 from kvmpage.memory import PhysMemory
@@ -26,31 +27,40 @@ from kvmpage.verify.probes import Probe
 _PS = 0x80
 
 
-@dataclass(frozen=True, slots=True)
-class Expectation:
-    """A probe's predicted outcome, with the walk's entry addresses (PML4E first)."""
+class Expectation(NamedTuple):
+    """A probe's prediction.
+
+    ``outcome`` may be shared by many probes of the same walk shape: its ``phys`` and its
+    fault's ``cr2`` belong to the first of them. Use ``phys`` here and the probe's own address
+    as the expected CR2.
+    """
 
     outcome: Outcome
-    entries: tuple[int, ...]
-    entry_addrs: tuple[int, ...]
-
-    @property
-    def phys(self) -> int | None:
-        return self.outcome.phys
+    phys: int | None
+    entries: tuple[int, ...]  #: raw entries of the walk, PML4E first
+    entry_addrs: tuple[int, ...]  #: their physical addresses
 
 
 class Predictor:
-    """Predicts probes against the tables under ``p4_phys`` for one CPU state and host."""
+    """Predicts probes against the tables under ``p4_phys`` for one CPU state and host.
+
+    Subclass and override `walk_of` (what the software believes the tables hold) or `evaluate`
+    (what it believes they mean) to model a different, for example a deliberately wrong, walk.
+    """
 
     def __init__(self, memory: PhysMemory, p4_phys: int, cpu: CpuState, features: Features) -> None:
         self.memory = memory
         self.p4_phys = p4_phys
         self.cpu = cpu
         self.features = features
-        # address bits that are not reserved: they do not change the outcome
-        low = (1 << min(features.maxphyaddr, 52)) - 1
-        self._ignore = ADDRESS_MASK & low
+        # address bits below MAXPHYADDR are not reserved: they never change the outcome
+        self._ignore = ADDRESS_MASK & ((1 << min(features.maxphyaddr, 52)) - 1)
+        self._huge_ignore = {
+            1: self._ignore & ~((1 << 30) - 1),
+            2: self._ignore & ~((1 << 21) - 1),
+        }
         self._cache: dict[tuple[object, ...], Outcome] = {}
+        self._parents: dict[tuple[int, ...], tuple[int, ...]] = {}
 
     def walk_of(self, probe: Probe) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The raw entries of the probe's walk and their addresses."""
@@ -64,38 +74,36 @@ class Predictor:
     def expect(self, probe: Probe) -> Expectation:
         """The architecture's outcome for ``probe``."""
         entries, addrs = self.walk_of(probe)
-        return Expectation(self.evaluate(entries, probe), entries, addrs)
+        outcome = self.evaluate(entries, probe)
+        phys = None
+        if outcome.fault is None:
+            span = outcome.page_size or 4096
+            phys = (entries[-1] & ADDRESS_MASK & ~(span - 1)) | (probe.va & (span - 1))
+        return Expectation(outcome, phys, entries, addrs)
 
     def evaluate(self, entries: tuple[int, ...], probe: Probe) -> Outcome:
-        """`evaluate` with a cache keyed on what can change the outcome (not the addresses)."""
+        """`kvmpage.paging.access.evaluate`, cached on what can change the outcome."""
         if not entries:
-            return evaluate(
-                entries, probe.va, access=probe.access, cpl=probe.cpl, cpu=self.cpu,
-                features=self.features,
-            )  # fmt: skip
-        key = (self._shape(entries), probe.access, probe.cpl)
+            return self._evaluate(entries, probe)
+        parents = entries[:-1]
+        shape = self._parents.get(parents)
+        if shape is None:
+            shape = self._parents[parents] = tuple(raw & ~self._ignore for raw in parents)
+        last = entries[-1]
+        i = len(entries) - 1
+        ignore = self._huge_ignore[i] if last & _PS and i in (1, 2) else self._ignore
+        key = (shape, last & ~ignore, probe.access, probe.cpl)
         outcome = self._cache.get(key)
         if outcome is None:
-            outcome = evaluate(
-                entries, probe.va, access=probe.access, cpl=probe.cpl, cpu=self.cpu,
-                features=self.features,
-            )  # fmt: skip
-            self._cache[key] = outcome
-        if outcome.fault is not None:
-            if outcome.fault.cr2 == probe.va:
-                return outcome
-            return replace(outcome, fault=replace(outcome.fault, cr2=probe.va))
-        span = outcome.page_size or 4096
-        phys = (entries[-1] & ADDRESS_MASK & ~(span - 1)) | (probe.va & (span - 1))
-        return outcome if phys == outcome.phys else replace(outcome, phys=phys)
+            outcome = self._cache[key] = self._evaluate(entries, probe)
+        return outcome
 
-    def _shape(self, entries: tuple[int, ...]) -> tuple[int, ...]:
-        ignore = self._ignore
-        last = len(entries) - 1
-        out = []
-        for i, raw in enumerate(entries):
-            if i == last and raw & _PS and i in (1, 2):  # a huge leaf: bits 13.. are reserved
-                out.append(raw & ~(ignore & ~((1 << (30 if i == 1 else 21)) - 1)))
-            else:
-                out.append(raw & ~ignore)
-        return tuple(out)
+    def _evaluate(self, entries: tuple[int, ...], probe: Probe) -> Outcome:
+        return evaluate(
+            entries,
+            probe.va,
+            access=probe.access,
+            cpl=probe.cpl,
+            cpu=self.cpu,
+            features=self.features,
+        )

@@ -13,6 +13,7 @@ import bisect
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from kvmpage.addr import _sign_extend_47
 from kvmpage.layout.dump import coalesce
@@ -38,8 +39,7 @@ ACCESS_OFFSETS = {
 FULL_SET = tuple((a, cpl) for cpl in (3, 0) for a in AccessKind)
 
 
-@dataclass(frozen=True, slots=True)
-class Probe:
+class Probe(NamedTuple):
     """One access: where, what, at which CPL, and the mapping it targets (None for a hole)."""
 
     va: int

@@ -68,13 +68,16 @@ class Report:
     #: mappings that could not be verified as such, by reason (e.g. 1 GiB pages on this host)
     unverified: dict[str, int] = field(default_factory=dict)
 
-    def count(self, oracle: str, agree: bool) -> None:
+    def add_count(self, oracle: str, agree: bool, n: int) -> None:
+        """Count ``n`` checks by ``oracle`` that agreed (or not)."""
+        if n == 0:
+            return
         c = self.oracles.setdefault(oracle, OracleCount())
-        c.probes += 1
+        c.probes += n
         if agree:
-            c.agree += 1
+            c.agree += n
         else:
-            c.disagree += 1
+            c.disagree += n
 
     @property
     def probes(self) -> int:

@@ -17,7 +17,7 @@ from kvmpage.machine import Batch, BatchResults, Machine
 from kvmpage.machine.bridge import replay_through_agent
 from kvmpage.machine.protocol import Result
 from kvmpage.paging.access import AccessKind, CpuState
-from kvmpage.verify.probes import Probe
+from kvmpage.verify.probes import Probe, tag
 
 
 class MachineTlb:
@@ -82,9 +82,9 @@ class Session:
             batch.set_ac(cpu.ac)
             self._cpu = cpu
 
-    def run(self, probes: Sequence[Probe], cpu: CpuState) -> list[Result]:
+    def run(self, probes: Sequence[Probe], cpu: CpuState) -> RunResults:
         """Run ``probes`` (in as few KVM_RUNs as the machine's capacity allows)."""
-        results: list[Result] = []
+        results = RunResults()
         start = 0
         capacity = self.machine.capacity
         while True:
@@ -96,16 +96,10 @@ class Session:
                     f"{first} table updates do not fit in one batch of {capacity} commands"
                 )
             chunk = probes[start : start + capacity - first]
-            for p in chunk:
-                if p.access is AccessKind.READ:
-                    batch.read(p.va, p.cpl)
-                elif p.access is AccessKind.WRITE:
-                    batch.write(p.va, _write_value(p), p.cpl)
-                else:
-                    batch.fetch(p.va, p.cpl)
+            _encode(batch, chunk)
             out: BatchResults = self.machine.run(batch)
             self._check_services(out, first)
-            results.extend(out[first:])
+            results.add(out, first)
             self._snapshot()
             start += len(chunk)
             if start >= len(probes):
@@ -127,10 +121,53 @@ class Session:
         self.run([], cpu)
 
 
+class RunResults:
+    """The probes' results of one `Session.run`, in probe order, possibly over several batches.
+
+    ``raw`` holds one decoded record tuple per probe (see `BatchResults.raw`); `result` builds
+    the full `Result` of one probe when an explanation is needed.
+    """
+
+    def __init__(self) -> None:
+        self.raw: list[tuple[int, ...]] = []
+        self._chunks: list[tuple[int, BatchResults, int]] = []  # (first probe, batch, skip)
+
+    def add(self, out: BatchResults, skip: int) -> None:
+        self._chunks.append((len(self.raw), out, skip))
+        self.raw.extend(out.raw()[skip:])
+
+    def result(self, index: int) -> Result:
+        for first, out, skip in reversed(self._chunks):
+            if index >= first:
+                return out.result(index - first + skip)
+        raise IndexError(index)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+
+def _encode(batch: Batch, probes: Sequence[Probe]) -> None:
+    """Append the probes to ``batch``; runs of CPL3 reads go in through the bulk path."""
+    reads: list[int] = []
+    for p in probes:
+        if p.access is AccessKind.READ and p.cpl == 3:
+            reads.append(p.va)
+            continue
+        if reads:
+            batch.reads(reads)
+            reads = []
+        if p.access is AccessKind.READ:
+            batch.read(p.va, p.cpl)
+        elif p.access is AccessKind.WRITE:
+            batch.write(p.va, _write_value(p), p.cpl)
+        else:
+            batch.fetch(p.va, p.cpl)
+    if reads:
+        batch.reads(reads)
+
+
 def _write_value(probe: Probe) -> int:
     """A write probe stores the tag that is already there: memory is left as it was."""
-    from kvmpage.verify.probes import tag
-
     if probe.leaf is None:
         return 0
     span = probe.leaf.size
