@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from kvmpage.layout.scan import Leaf, scan, table_frames
@@ -31,13 +32,23 @@ from kvmpage.verify.compare import (
     describe_result,
 )
 from kvmpage.verify.predict import Expectation, Predictor
-from kvmpage.verify.probes import Plan, PlanOptions, Probe, make_plan, tag
+from kvmpage.verify.probes import (
+    ACCESS_OFFSETS,
+    FULL_SET,
+    Coverage,
+    Plan,
+    PlanOptions,
+    Probe,
+    make_plan,
+    tag,
+)
 from kvmpage.verify.report import Disagreement, Report
 from kvmpage.verify.session import MachineTlb, RunResults, Session
 
 __all__ = [
     "CpuState",
     "MachineTlb",
+    "ProbeCheck",
     "PlanOptions",
     "Predictor",
     "Report",
@@ -49,6 +60,19 @@ __all__ = [
 PredictorFactory = Callable[[PhysMemory, int, CpuState, Features], Predictor]
 TRANSLATE_SAMPLE = 256
 _FEATURES_REPORTED = ("nx", "smep", "smap", "1gib-pages", "pcid", "pku", "la57")
+
+
+@dataclass(frozen=True)
+class ProbeCheck:
+    """One probe of `Verifier.probe`: the prediction, the CPU's result and the verdict (both
+    None when the probe was not run; ``skipped`` then says why)."""
+
+    probe: Probe
+    expectation: Expectation
+    value: int | None  #: the tag the probe should read (None: no value to check)
+    result: Result | None
+    verdict: Verdict | None
+    skipped: str = ""
 
 
 class Verifier:
@@ -113,6 +137,35 @@ class Verifier:
         t3 = time.perf_counter()
         report.seconds = {"plan+predict": t1 - t0, "run": t2 - t1, "compare": t3 - t2}
         return report
+
+    def probe(self, va: int) -> list[ProbeCheck]:
+        """Read, write and fetch the page of ``va`` at CPL3 and CPL0 (``kvmpage walk``).
+
+        The probes sit at the page's usual offsets (read +0, write +8, fetch +0x40) and go
+        through `_prepare` like a verification's, so frames are tagged the same way and a probe
+        that would reach a page table or the agent is not run (``skipped`` says why).
+        """
+        base = va & ~0xFFF
+        memory = self.machine.memory
+        predictor = self._predictor_factory(memory, self.p4_phys, self.cpu, self.features)
+        checks: list[ProbeCheck] = []
+        to_run: list[tuple[Probe, Expectation, int | None]] = []
+        for access, cpl in FULL_SET:
+            probe = Probe(base + ACCESS_OFFSETS[access], access, cpl, None)
+            plan = Plan([probe], Coverage())
+            kept, exps, values = self._prepare(plan, predictor)
+            if kept:
+                to_run.append((probe, exps[0], values[0]))
+            else:
+                why = next(iter(plan.coverage.skipped), "skipped")
+                checks.append(ProbeCheck(probe, predictor.expect(probe), None, None, None, why))
+        results = self.session.run([p for p, _, _ in to_run], self.cpu)
+        for i, (probe, exp, value) in enumerate(to_run):
+            result = results.result(i)
+            checks.append(ProbeCheck(probe, exp, value, result, compare(probe, exp, value, result)))
+        order = {key: n for n, key in enumerate(FULL_SET)}
+        checks.sort(key=lambda c: order[c.probe.access, c.probe.cpl])
+        return checks
 
     def _prepare(
         self, plan: Plan, predictor: Predictor
