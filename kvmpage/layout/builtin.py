@@ -9,6 +9,8 @@ fit in a small guest.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from kvmpage.layout.spec import LayoutSpec, MappingSpec
 from kvmpage.paging import PageTableFlags, Size1GiB, Size2MiB, Size4KiB
 
@@ -20,10 +22,13 @@ PHYS_OFFSET = 0xFFFF_8880_0000_0000
 RECURSIVE_INDEX = 510
 
 
-def builtin_layout() -> LayoutSpec:
-    """The showcase layout, for an `OffsetPageTable` over 64 MiB of physical memory."""
+def builtin_layout(*, gbpages: bool = True) -> LayoutSpec:
+    """The showcase layout, for an `OffsetPageTable` over 64 MiB of physical memory.
+
+    ``gbpages=False`` leaves out the 1 GiB page, for hosts that cannot verify one.
+    """
     m = MappingSpec
-    return LayoutSpec(
+    spec = LayoutSpec(
         name="builtin",
         kind="offset",
         memory_size=MEMORY_SIZE,
@@ -43,3 +48,6 @@ def builtin_layout() -> LayoutSpec:
             m("phys-window", PHYS_OFFSET, Size2MiB, MEMORY_SIZE >> 21, P | W | G | NX, phys=0),
         ),
     )
+    if gbpages:
+        return spec
+    return replace(spec, mappings=tuple(x for x in spec.mappings if x.size is not Size1GiB))

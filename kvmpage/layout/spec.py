@@ -30,6 +30,7 @@ from kvmpage.paging import (
     TableMapper,
     recursive_table_address,
 )
+from kvmpage.paging.access import CpuState
 
 MapperKind = Literal["offset", "mapped", "recursive"]
 SIZE_BY_NAME: dict[str, type[PageSize]] = {"4KiB": Size4KiB, "2MiB": Size2MiB, "1GiB": Size1GiB}
@@ -49,6 +50,14 @@ class MappingSpec:
     count: int
     flags: PageTableFlags
     phys: int | None = None
+    #: Where the mapping was written (``"layout.toml, [[mapping]] #3"``); empty for Python specs.
+    origin: str = ""
+
+    def where(self, key: str | None = None) -> str:
+        """How error messages name this mapping (and one of its keys, for a layout file)."""
+        if not self.origin:
+            return f"mapping {self.name!r}"
+        return f"{self.origin} ({self.name})" + (f", key {key!r}" if key else "")
 
     @property
     def length(self) -> int:
@@ -70,6 +79,10 @@ class LayoutSpec:
     reserved_p4: frozenset[int] = frozenset()
     #: Physical memory below this is left alone by the allocator (agent, firmware...).
     alloc_start: int = 0x1000
+    #: The control-register state the layout is meant to run under (CR0.WP, SMEP, SMAP, NXE).
+    cpu: CpuState = field(default_factory=CpuState)
+    #: The file the layout came from; empty for layouts written in Python.
+    source: str = ""
 
 
 @dataclass
@@ -89,17 +102,21 @@ class BuiltLayout:
         self.memory.close()
 
 
-def _check(spec: LayoutSpec) -> None:
+def check(spec: LayoutSpec) -> None:
+    """Raise `LayoutError` for the first inconsistent mapping (what `build` checks first)."""
     seen: list[tuple[int, int, str]] = []
     for m in spec.mappings:
-        where = f"mapping {m.name!r}"
+        where = m.where()
         try:
             start = VirtAddr.try_new(m.virt)
         except ValueError:
-            raise LayoutError(f"{where}: virtual start {m.virt:#x} is not canonical") from None
+            raise LayoutError(
+                f"{m.where('virt')}: virtual start {m.virt:#x} is not canonical (bits 63..47 must "
+                "all equal bit 47)"
+            ) from None
         if m.virt % m.size.SIZE:
             raise LayoutError(
-                f"{where}: virtual start {m.virt:#x} is not aligned to {m.size.DEBUG_STR}"
+                f"{m.where('virt')}: virtual start {m.virt:#x} is not aligned to {m.size.DEBUG_STR}"
             )
         if m.count <= 0:
             raise LayoutError(f"{where}: count must be at least 1, got {m.count}")
@@ -109,23 +126,74 @@ def _check(spec: LayoutSpec) -> None:
         if m.phys is not None:
             if m.phys % m.size.SIZE:
                 raise LayoutError(
-                    f"{where}: physical start {m.phys:#x} is not aligned to {m.size.DEBUG_STR}"
+                    f"{m.where('phys')}: physical start {m.phys:#x} is not aligned to "
+                    f"{m.size.DEBUG_STR}"
                 )
             if m.phys + m.length > 1 << 52:
                 raise LayoutError(f"{where}: physical range goes beyond 2**52")
         if not m.flags & PageTableFlags.PRESENT:
-            raise LayoutError(f"{where}: flags must include PRESENT")
+            raise LayoutError(f"{m.where('flags')}: flags must include PRESENT")
         if m.flags & PageTableFlags.HUGE_PAGE:
-            raise LayoutError(f"{where}: HUGE_PAGE is set by the page size, do not list it")
-        for p4 in {(m.virt >> 39) & 511, (last._v >> 39) & 511}:
+            raise LayoutError(
+                f"{m.where('flags')}: HUGE_PAGE is set by the page size, do not list it"
+            )
+        for p4 in range((m.virt >> 39) & 511, ((last._v >> 39) & 511) + 1):
             if p4 in spec.reserved_p4:
-                raise LayoutError(f"{where}: touches level-4 slot {p4}, which is reserved")
+                raise LayoutError(
+                    f"{m.where('virt')}: touches level-4 slot {p4} "
+                    f"({_sign_extend(p4 << 39):#x}..+512G), which is reserved for the kvmpage "
+                    "guest agent"
+                )
             if p4 == spec.recursive_index:
-                raise LayoutError(f"{where}: touches the recursive slot {p4}")
+                raise LayoutError(f"{m.where('virt')}: touches the recursive slot {p4}")
         for other_start, other_end, other in seen:
             if m.virt <= other_end and other_start <= last._v:
-                raise LayoutError(f"{where}: overlaps mapping {other!r}")
+                raise LayoutError(
+                    f"{m.where('virt')}: {m.virt:#x}..{last._v:#x} overlaps mapping {other!r} "
+                    f"({other_start:#x}..{other_end:#x})"
+                )
         seen.append((m.virt, last._v, m.name))
+
+
+_check = check
+
+
+def check_physical(spec: LayoutSpec, reserved: tuple[int, int] | None = None) -> None:
+    """Every given physical range lies in guest memory and outside ``reserved`` (the agent's).
+
+    Separate from `build`'s own checks because a Python layout may map beyond memory on
+    purpose (the built-in layout's 1 GiB page reads open bus); a layout file may not.
+    """
+    for m in spec.mappings:
+        if m.phys is None:
+            continue
+        end = m.phys + m.length
+        if end > spec.memory_size:
+            raise LayoutError(
+                f"{m.where('phys')}: physical range {m.phys:#x}..{end - 1:#x} is outside guest "
+                f"memory (0..{spec.memory_size - 1:#x}; raise 'memory' or use phys = \"allocate\")"
+            )
+        if reserved is not None and m.phys < reserved[1] and end > reserved[0]:
+            raise LayoutError(
+                f"{m.where('phys')}: physical range {m.phys:#x}..{end - 1:#x} overlaps the guest "
+                f"agent's reserved memory {reserved[0]:#x}..{reserved[1] - 1:#x}"
+            )
+
+
+def check_page_sizes(spec: LayoutSpec, *, gbpages: bool) -> None:
+    """Refuse 1 GiB mappings on a host that cannot verify them (it faults on 1 GiB pages)."""
+    if gbpages:
+        return
+    for m in spec.mappings:
+        if m.size is Size1GiB:
+            raise LayoutError(
+                f"{m.where('page_size')}: this host cannot verify 1GiB pages (KVM faults on them "
+                'with a reserved-bit error); use "2M" or set max_page_size = "2M"'
+            )
+
+
+def _sign_extend(va: int) -> int:
+    return va | (0xFFFF << 48) if va & (1 << 47) else va
 
 
 def build(
@@ -139,7 +207,7 @@ def build(
     Raises `LayoutError` before writing anything when the layout is inconsistent, and when the
     memory runs out of frames (then the memory is released if it was created here).
     """
-    _check(spec)
+    check(spec)
     own = memory is None
     mem = PhysMemory(spec.memory_size) if memory is None else memory
     try:

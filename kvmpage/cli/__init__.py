@@ -1,0 +1,217 @@
+"""The ``kvmpage`` command.
+
+    kvmpage verify [LAYOUT]       build a layout on KVM, check every mapping against the CPU
+    kvmpage walk VA [LAYOUT]      one address level by level, then what the CPU did with it
+    kvmpage dump [LAYOUT]         ptdump-style listing, W+X audit, --diff OTHER
+    kvmpage host                  what this host's KVM can verify, and how that was established
+
+LAYOUT is a TOML layout file (docs/layout.md); without it, the built-in layout. Exit status:
+0 when the check passed, 1 when it ran and found a problem (a disagreement; a W+X finding with
+``dump --strict``; a difference with ``dump --diff``), 2 when it could not run (the reason is on
+stderr, and in the JSON document with ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from kvmpage.cli.common import EXIT_ERROR, EXIT_FAIL, CliError, emit_json
+
+EXAMPLES = """\
+examples:
+  kvmpage verify                          check the built-in layout against the CPU
+  kvmpage verify examples/kernel.toml     check a layout file (exit 1 on any disagreement)
+  kvmpage verify --json > report.json     machine-readable result for CI (docs/json-schema.md)
+  kvmpage walk 0x601234                   walk one address, then read/write/fetch it at CPL3/0
+  kvmpage dump examples/wx-alias.toml     list the mappings and audit W+X, also across aliases
+  kvmpage dump a.toml --diff b.toml       what changed between two layouts
+  kvmpage host                            which oracle checks what on this host
+
+exit status: 0 passed, 1 found a problem, 2 could not run (reason on stderr)
+"""
+
+_VERIFY_EXAMPLES = """\
+examples:
+  kvmpage verify
+  kvmpage verify examples/kernel.toml
+  kvmpage verify examples/recursive.toml --json | jq .ok
+  kvmpage verify --cpl3-only --seed 7 big.toml
+
+exit status: 0 hardware agrees on every probe, 1 any disagreement, 2 could not run
+"""
+_WALK_EXAMPLES = """\
+examples:
+  kvmpage walk 0x601234                   a user data page of the built-in layout
+  kvmpage walk 0x603000                   the hole: every probe faults
+  kvmpage walk 0xffff888000001000         the physical-memory window (the level-4 table)
+  kvmpage walk 0x400000 examples/kernel.toml --software-only
+
+exit status: 0 the CPU did what the software walk predicts, 1 it did not, 2 could not run
+"""
+_DUMP_EXAMPLES = """\
+examples:
+  kvmpage dump
+  kvmpage dump examples/wx-alias.toml --strict   exit 1 on any W+X finding
+  kvmpage dump examples/kernel.toml --diff examples/kernel-hardened.toml
+
+exit status: 0 ok, 1 W+X finding with --strict or a difference with --diff, 2 could not run
+"""
+_HOST_EXAMPLES = """\
+examples:
+  kvmpage host
+  kvmpage host --json | jq .oracles
+"""
+
+
+def _common(quiet: bool = True, device: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    if quiet:
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress display on stderr")
+    if device:
+        p.add_argument(
+            "--device", default="/dev/kvm", metavar="PATH", help="KVM device (default /dev/kvm)"
+        )
+    return p
+
+
+def _layout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "layout",
+        metavar="LAYOUT",
+        nargs="?",
+        help="TOML layout file (docs/layout.md); default: the built-in layout",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="kvmpage",
+        description="x86-64 page tables built in Python, checked against the CPU through KVM.",
+        epilog=EXAMPLES,
+        formatter_class=fmt,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    v = sub.add_parser(
+        "verify",
+        parents=[_common()],
+        help="build a layout on KVM and check every mapping against the CPU",
+        description="Build LAYOUT's tables in a KVM guest, read, write and execute through "
+        "every mapping (and the holes next to them) at CPL3 and CPL0, compare with the "
+        "software's prediction, and print the mappings with a verdict per oracle.",
+        epilog=_VERIFY_EXAMPLES,
+        formatter_class=fmt,
+    )
+    _layout_arg(v)
+    v.add_argument("--seed", type=int, default=0, help="seed of the sample in large layouts")
+    v.add_argument("--cpl3-only", action="store_true", help="skip the (slower) CPL0 probes")
+    v.add_argument("--limit", type=int, default=10, help="disagreements shown in full (default 10)")
+    v.set_defaults(func="verify")
+
+    w = sub.add_parser(
+        "walk",
+        parents=[_common()],
+        help="walk one address level by level, then probe it on the CPU",
+        description="Walk VA through LAYOUT level by level (index, entry address, raw entry, "
+        "flags, rights so far), then read, write and fetch its page at CPL3 and CPL0 on a KVM "
+        "guest and show what the CPU did.",
+        epilog=_WALK_EXAMPLES,
+        formatter_class=fmt,
+    )
+    w.add_argument("va", metavar="VA", help="virtual address (0x... hex or decimal)")
+    _layout_arg(w)
+    w.add_argument(
+        "--software-only", action="store_true", help="only the software walk (no /dev/kvm)"
+    )
+    w.set_defaults(func="walk")
+
+    d = sub.add_parser(
+        "dump",
+        parents=[_common(device=False)],
+        help="list the mappings, audit W+X (also across aliases), diff two layouts",
+        description="Build LAYOUT with the software mapper and list every mapping as the CPU "
+        "would see it: runs of pages with the same attributes, their physical addresses, page "
+        "size, effective rights and leaf flags. Then a W+X audit that also catches a frame "
+        "writable through one address and executable through another. No KVM needed.",
+        epilog=_DUMP_EXAMPLES,
+        formatter_class=fmt,
+    )
+    _layout_arg(d)
+    d.add_argument("--diff", metavar="OTHER", help="compare with another layout (or 'builtin')")
+    d.add_argument("--strict", action="store_true", help="exit 1 when the W+X audit finds any")
+    d.add_argument("--limit", type=int, default=20, help="audit findings shown (default 20)")
+    d.set_defaults(func="dump")
+
+    h = sub.add_parser(
+        "host",
+        parents=[_common(quiet=False)],
+        help="what this host's KVM can verify, and how that was established",
+        description="Describe the KVM behind --device: the hypervisor kind, which oracle "
+        "answers CPL3 and CPL0 accesses, and each paging feature with the evidence from a "
+        "guest that tried it.",
+        epilog=_HOST_EXAMPLES,
+        formatter_class=fmt,
+    )
+    h.set_defaults(func="host")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.func == "verify":
+        from kvmpage.cli.verify_cmd import cmd_verify
+
+        return cmd_verify(args)
+    if args.func == "walk":
+        from kvmpage.cli.walk_cmd import cmd_walk
+
+        return cmd_walk(args)
+    if args.func == "dump":
+        from kvmpage.cli.dump_cmd import cmd_dump
+
+        return cmd_dump(args)
+    from kvmpage.cli.host_cmd import cmd_host
+
+    return cmd_host(args)
+
+
+def _reason(e: BaseException) -> str:
+    """The message a user sees for an error that stops a command."""
+    from kvmpage.kvm.errors import KvmError
+
+    if isinstance(e, KvmError | FileNotFoundError | PermissionError) and "kvm" in str(e).lower():
+        return f"{e} (kvmpage needs a read-write /dev/kvm; try --device, or dump for software)"
+    return str(e)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``kvmpage`` console script; returns the exit status."""
+    from kvmpage.layout.spec import LayoutError
+    from kvmpage.machine.errors import MachineError
+    from kvmpage.panic import Panic
+
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BrokenPipeError:
+        # the reader went away (``kvmpage dump | head``): stop quietly, as other tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAIL
+    except (CliError, LayoutError, Panic, OSError, MachineError, RuntimeError, ValueError) as e:
+        reason = _reason(e)
+        print(f"kvmpage {args.command}: error: {reason}", file=sys.stderr)
+        if getattr(args, "json", False):
+            emit_json({"command": args.command, "exit_code": EXIT_ERROR, "error": reason})
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"kvmpage {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

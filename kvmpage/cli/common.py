@@ -1,0 +1,218 @@
+"""What every ``kvmpage`` command shares: layouts, the machine, JSON output, progress, errors.
+
+Exit codes are the contract CI relies on: `EXIT_OK` when the check passed, `EXIT_FAIL` when it
+ran and found something (a disagreement, a W+X finding with ``--strict``, a difference), and
+`EXIT_ERROR` when it could not run (a bad layout file, no /dev/kvm...), with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TextIO
+
+from kvmpage.layout.builtin import builtin_layout
+from kvmpage.layout.dump import Run, flag_names, human_size
+from kvmpage.layout.spec import BuiltLayout, LayoutError, LayoutSpec
+from kvmpage.layout.toml_file import agent_reserved, load_layout
+
+if TYPE_CHECKING:
+    from kvmpage.machine import Machine
+    from kvmpage.verify import Verifier
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_ERROR = 2
+#: Version of the JSON documents the commands print with ``--json`` (docs/json-schema.md).
+SCHEMA_VERSION = 1
+BUILTIN = "builtin"
+
+
+class CliError(Exception):
+    """A reason the command could not run (exit status 2); the message is shown as it is."""
+
+
+def load_spec(arg: str | None, *, gbpages: bool = True) -> LayoutSpec:
+    """The layout named on the command line: a TOML file, or the built-in one when omitted."""
+    if arg is None or arg == BUILTIN:
+        return builtin_layout(gbpages=gbpages)
+    return load_layout(arg)
+
+
+def alloc_end(spec: LayoutSpec) -> int | None:
+    """Where allocation stops in a software build: below the agent's memory for a layout file,
+    so that ``dump`` shows the same physical addresses ``verify`` uses."""
+    return agent_reserved(spec.memory_size)[0] if spec.source else None
+
+
+def header(built: BuiltLayout) -> str:
+    """One line that says which layout this is and how it was built."""
+    spec = built.spec
+    tables = built.allocator.in_use()
+    extra = f", recursive slot {spec.recursive_index}" if spec.recursive_index is not None else ""
+    where = f" ({spec.source})" if spec.source else ""
+    return (
+        f"layout {spec.name!r}{where}: {spec.kind} mapper, {human_size(spec.memory_size)} "
+        f"physical memory, level-4 table at {built.p4_phys:#x}, {tables} table frames{extra}"
+    )
+
+
+def hexa(n: int) -> str:
+    """An address in JSON: a hex string, exact in every JSON parser (doubles lose bits >2**53)."""
+    return f"{n:#x}"
+
+
+def layout_json(built: BuiltLayout) -> dict[str, Any]:
+    """The ``layout`` object of every command's JSON."""
+    spec = built.spec
+    return {
+        "name": spec.name,
+        "source": spec.source or BUILTIN,
+        "mapper": spec.kind,
+        "memory_size": spec.memory_size,
+        "phys_offset": hexa(spec.phys_offset) if spec.kind == "offset" else None,
+        "recursive_index": spec.recursive_index,
+        "p4_phys": hexa(built.p4_phys),
+        "table_frames": built.allocator.in_use(),
+        "cpu": {
+            "wp": spec.cpu.wp,
+            "smep": spec.cpu.smep,
+            "smap": spec.cpu.smap,
+            "nxe": spec.cpu.nxe,
+            "ac": spec.cpu.ac,
+        },
+    }
+
+
+def rights_json(run: Run) -> dict[str, bool]:
+    return {
+        "user": run.rights.user,
+        "writable": run.rights.writable,
+        "executable": run.rights.executable,
+    }
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    """One coalesced run as JSON (the ``runs`` items of ``dump`` and ``verify``)."""
+    return {
+        "virt": hexa(run.virt),
+        "virt_end": hexa(run.virt_end - 1),
+        "size": run.size,
+        "page_size": run.page_size,
+        "level": run.level,
+        "count": run.count,
+        "phys": hexa(run.phys),
+        "flags": hexa(run.flags),
+        "flag_names": flag_names(run.flags).split(),
+        "rights": rights_json(run),
+        "rights_text": str(run.rights),
+    }
+
+
+def emit_json(doc: dict[str, Any], out: TextIO | None = None) -> None:
+    """Print one JSON document (with the schema version first) on stdout."""
+    full = {"schema_version": SCHEMA_VERSION, **doc}
+    print(json.dumps(full, indent=2), file=out or sys.stdout)
+
+
+@dataclass
+class Progress:
+    """A one-line status on stderr, shown only when a run takes longer than ``delay`` seconds,
+    only on a terminal, and never with ``--quiet``; the line is erased when the run ends."""
+
+    enabled: bool
+    delay: float = 1.0
+    stream: TextIO | None = None
+
+    def __post_init__(self) -> None:
+        self._text = ""
+        self._start = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._shown = False
+
+    @classmethod
+    def for_args(cls, quiet: bool) -> Progress:
+        return cls(enabled=not quiet and sys.stderr.isatty())
+
+    def stage(self, text: str) -> None:
+        """Say what is happening now."""
+        self._text = text
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._loop, name="kvmpage-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._shown:
+            self._out().write("\r\033[K")
+            self._out().flush()
+
+    def _out(self) -> TextIO:
+        return self.stream or sys.stderr
+
+    def _loop(self) -> None:
+        if self._stop.wait(self.delay):
+            return
+        while not self._stop.is_set():
+            elapsed = time.monotonic() - self._start
+            self._out().write(f"\r\033[K{self._text} ({elapsed:.1f} s)")
+            self._out().flush()
+            self._shown = True
+            self._stop.wait(0.1)
+
+
+@contextmanager
+def on_machine(
+    spec: LayoutSpec, device: str, progress: Progress
+) -> Iterator[tuple[Machine, BuiltLayout, Verifier]]:
+    """Start a machine, build ``spec`` in its memory, and yield (machine, built, verifier).
+
+    Everything that could make the run meaningless is refused first, with a `LayoutError`
+    naming the key: a page size or a CPU feature the host cannot verify, physical ranges in the
+    agent's memory. The machine is closed on every path.
+    """
+    from kvmpage.layout.spec import build, check_page_sizes, check_physical
+    from kvmpage.machine import Machine, host_profile
+    from kvmpage.verify import Verifier
+
+    progress.stage("probing the host's paging features")
+    profile = host_profile(device)
+    gbpages = profile.supports("1gib-pages")
+    if not spec.source:
+        spec = builtin_layout(gbpages=gbpages) if spec.name == BUILTIN else spec
+    else:
+        check_page_sizes(spec, gbpages=gbpages)
+        for wanted, feature in ((spec.cpu.smep, "smep"), (spec.cpu.smap, "smap")):
+            if wanted and not profile.supports(feature):
+                evidence = profile.features.get(feature)
+                why = f" ({evidence.evidence})" if evidence is not None else ""
+                raise LayoutError(
+                    f"{spec.source}: [cpu], key {feature!r}: this host cannot verify "
+                    f"{feature.upper()}{why}; set {feature} = false"
+                )
+    progress.stage("starting the machine")
+    with Machine(spec.memory_size, device=device) as machine:
+        spec = replace(spec, reserved_p4=spec.reserved_p4 | {machine.agent_slot})
+        if spec.source:
+            check_physical(spec, machine.reserved)
+        progress.stage("building the tables")
+        built = build(spec, machine.memory, alloc_end=machine.reserved[0])
+        verifier = Verifier(built.mapper, machine, cpu=spec.cpu, keep_results=True)
+        yield machine, built, verifier

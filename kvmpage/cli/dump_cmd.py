@@ -1,0 +1,113 @@
+"""``kvmpage dump [LAYOUT]``: a ptdump-style listing, a W+X audit, and ``--diff OTHER``.
+
+Software only (no KVM needed): the layout is built in a plain memory and scanned with hardware
+semantics. Runs are coalesced by effective attributes; the audit also catches a frame that is
+writable through one address and executable through another, and kernel-only memory that some
+other address exposes to user mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from kvmpage.cli.common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    alloc_end,
+    emit_json,
+    header,
+    hexa,
+    layout_json,
+    load_spec,
+    run_json,
+)
+from kvmpage.layout.audit import Finding, audit
+from kvmpage.layout.diff import Change, diff, format_diff
+from kvmpage.layout.dump import Run, coalesce, format_runs, human_size
+from kvmpage.layout.scan import scan
+from kvmpage.layout.spec import BuiltLayout, LayoutSpec, build
+
+
+def _runs(built: BuiltLayout) -> list[Run]:
+    spec = built.spec
+    skip = set(spec.reserved_p4)
+    if spec.recursive_index is not None:
+        skip.add(spec.recursive_index)
+    return list(coalesce(scan(built.memory, built.p4_phys, skip_p4=frozenset(skip))))
+
+
+def snapshot(spec: LayoutSpec) -> tuple[list[Run], str, dict[str, Any]]:
+    """Build ``spec`` in a fresh memory and return its runs, header line and layout JSON."""
+    built = build(spec, alloc_end=alloc_end(spec))
+    try:
+        return _runs(built), header(built), layout_json(built)
+    finally:
+        built.close()
+
+
+def _finding_json(f: Finding) -> dict[str, Any]:
+    return {
+        "kind": f.kind,
+        "phys": hexa(f.phys),
+        "phys_end": hexa(f.phys_end - 1),
+        "virt": hexa(f.virt),
+        "other_virt": hexa(f.other_virt),
+        "message": f.message,
+    }
+
+
+def _change_json(c: Change) -> dict[str, Any]:
+    return {
+        "kind": c.kind,
+        "virt": hexa(c.virt),
+        "virt_end": hexa(c.virt_end - 1),
+        "size": c.virt_end - c.virt,
+        "fields": list(c.fields),
+        "old": None if c.old is None else run_json(c.old),
+        "new": None if c.new is None else run_json(c.new),
+    }
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    """``kvmpage dump [LAYOUT] [--diff OTHER]``."""
+    spec = load_spec(args.layout)
+    runs, head, layout = snapshot(spec)
+    findings = audit(runs)
+    changes: list[Change] | None = None
+    other: dict[str, Any] | None = None
+    if args.diff is not None:
+        other_runs, _, other = snapshot(load_spec(args.diff))
+        changes = diff(runs, other_runs)
+    code = EXIT_OK
+    if (findings and args.strict) or changes:
+        code = EXIT_FAIL
+    if args.json:
+        doc: dict[str, Any] = {
+            "command": "dump",
+            "exit_code": code,
+            "layout": layout,
+            "runs": [run_json(r) for r in runs],
+            "mapped_bytes": sum(r.size for r in runs),
+            "audit": [_finding_json(f) for f in findings],
+        }
+        if changes is not None and other is not None:
+            doc["diff"] = {"other": other, "changes": [_change_json(c) for c in changes]}
+        emit_json(doc)
+        return code
+    print(head)
+    print("\n".join(format_runs(runs)))
+    total = sum(r.size for r in runs)
+    print(f"{len(runs)} runs, {human_size(total)} mapped (software walk; no hardware check)")
+    if findings:
+        print(f"W+X audit: {len(findings)} findings")
+        for f in findings[: args.limit]:
+            print(f"  {f.kind:<10} {f.message}")
+        if len(findings) > args.limit:
+            print(f"  ... {len(findings) - args.limit} more (see --json)")
+    else:
+        print("W+X audit: no writable+executable memory, through one address or across aliases")
+    if changes is not None and other is not None:
+        print()
+        print("\n".join(format_diff(changes, layout["source"], other["source"])))
+    return code

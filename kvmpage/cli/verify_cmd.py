@@ -1,0 +1,207 @@
+"""``kvmpage verify [LAYOUT]``: build a layout on a KVM machine and check it against the CPU.
+
+The output is the dump's table with one verdict column per oracle: ``ok`` when every probe of
+that oracle on the run's pages agreed with the software, ``FAIL`` when one did not, ``-`` when
+that oracle did not probe the run. Then the disagreements in full, what could not be checked,
+and one summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmpage.cli.common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    Progress,
+    emit_json,
+    header,
+    layout_json,
+    load_spec,
+    on_machine,
+    run_json,
+)
+from kvmpage.layout.dump import Run, coalesce, flag_names, human_size
+from kvmpage.layout.scan import Leaf, scan
+from kvmpage.verify import TRANSLATE_SAMPLE, PlanOptions, Report, Verifier
+
+LEVEL_NAME = {1: "4K", 2: "2M", 3: "1G"}
+
+
+@dataclass
+class RunVerdict:
+    """Per oracle: how many probes of the run it answered, and how many disagreed."""
+
+    probes: dict[str, int] = field(default_factory=dict)
+    disagree: dict[str, int] = field(default_factory=dict)
+
+    def add(self, oracle: str, agree: bool) -> None:
+        self.probes[oracle] = self.probes.get(oracle, 0) + 1
+        if not agree:
+            self.disagree[oracle] = self.disagree.get(oracle, 0) + 1
+
+    def merge(self, other: RunVerdict) -> None:
+        for k, n in other.probes.items():
+            self.probes[k] = self.probes.get(k, 0) + n
+        for k, n in other.disagree.items():
+            self.disagree[k] = self.disagree.get(k, 0) + n
+
+    def cell(self, oracle: str) -> str:
+        if oracle not in self.probes:
+            return "-"
+        return f"FAIL({self.disagree[oracle]})" if oracle in self.disagree else "ok"
+
+    @property
+    def verdict(self) -> str:
+        if self.disagree:
+            return "disagree"
+        return "agree" if self.probes else "unprobed"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "oracles": {
+                k: {"probes": n, "disagree": self.disagree.get(k, 0)}
+                for k, n in sorted(self.probes.items())
+            },
+        }
+
+
+def run_verdicts(
+    runs: Sequence[Run], leaves: Sequence[Leaf], verifier: Verifier, report: Report, seed: int
+) -> tuple[list[RunVerdict], RunVerdict]:
+    """Each run's verdict per oracle, and the holes' (probes that hit no run).
+
+    Probe verdicts come from ``verifier.last_results``; KVM_TRANSLATE verdicts from the same
+    sample `Verifier` draws and the report's translate disagreements.
+    """
+    starts = [r.virt for r in runs]
+    verdicts = [RunVerdict() for _ in runs]
+    holes = RunVerdict()
+
+    def at(va: int) -> RunVerdict:
+        i = bisect.bisect_right(starts, va) - 1
+        return verdicts[i] if i >= 0 and va < runs[i].virt_end else holes
+
+    for probe, _exp, result, verdict in verifier.last_results:
+        at(probe.va).add(result.oracle, verdict.agree)
+    if leaves:
+        rng = random.Random(seed)
+        sample = (
+            list(leaves)
+            if len(leaves) <= TRANSLATE_SAMPLE
+            else rng.sample(list(leaves), TRANSLATE_SAMPLE)
+        )
+        failed = {d.va for d in report.disagreements if d.kind == "translate"}
+        for leaf in sample:
+            va = leaf.virt + (leaf.size >> 1) + 0x18
+            at(va).add("kvm-translate", va not in failed)
+    return verdicts, holes
+
+
+def in_slot(run: Run, slot: int) -> bool:
+    """Whether ``run`` lies in level-4 slot ``slot`` (the recursive slot's own mappings)."""
+    return (run.virt >> 39) & 511 == slot
+
+
+def format_table(
+    runs: Sequence[Run], verdicts: Sequence[RunVerdict], oracles: list[str]
+) -> list[str]:
+    """The dump's columns plus one verdict column per oracle."""
+    width = max((len(o) for o in oracles), default=0) + 2
+    head = (
+        f"{'virtual start':>18}-{'end':<18} {'size':>6}  {'pages':<9} {'physical':>18}  "
+        f"{'rights':6}  {'flags':<20}" + "".join(f"{o:>{width}}" for o in oracles)
+    )
+    lines = [head]
+    for r, v in zip(runs, verdicts, strict=True):
+        pages = f"{r.count}x{LEVEL_NAME[r.level]}"
+        lines.append(
+            f"{r.virt:#018x}-{r.virt_end - 1:#018x} {human_size(r.size):>6}  {pages:<9} "
+            f"{r.phys:#018x}  {r.rights!s:6}  {flag_names(r.flags):<20}"
+            + "".join(f"{v.cell(o):>{width}}" for o in oracles)
+        )
+    return lines
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``kvmpage verify [LAYOUT]``."""
+    t0 = time.perf_counter()
+    spec = load_spec(args.layout)
+    options = PlanOptions(seed=args.seed, cpl0=not args.cpl3_only)
+    with (
+        Progress.for_args(args.quiet) as progress,
+        on_machine(spec, args.device, progress) as (
+            _machine,
+            built,
+            verifier,
+        ),
+    ):
+        progress.stage("probing every mapping at CPL3 and CPL0")
+        # the tables as built, before the CPU sets A and D in them
+        leaves = list(scan(built.memory, built.p4_phys, skip_p4=verifier.skip_p4))
+        report = verifier.verify(options)
+        runs = list(coalesce(leaves))
+        verdicts, holes = run_verdicts(runs, leaves, verifier, report, options.seed)
+        head = header(built)
+        layout = layout_json(built)
+        slot = built.spec.recursive_index
+    seconds = time.perf_counter() - t0
+    code = EXIT_OK if report.ok else EXIT_FAIL
+    if args.json:
+        emit_json(
+            {
+                "command": "verify",
+                "exit_code": code,
+                "ok": report.ok,
+                "layout": layout,
+                "runs": [
+                    {
+                        **run_json(r),
+                        **v.to_json(),
+                        "recursive_slot": slot is not None and in_slot(r, slot),
+                    }
+                    for r, v in zip(runs, verdicts, strict=True)
+                ],
+                "holes": holes.to_json(),
+                "report": report.to_dict(),
+                "seconds": round(seconds, 4),
+            }
+        )
+        return code
+    oracles = sorted(report.oracles)
+    print(head)
+    print(f"host: {report.host}")
+    mine = [i for i, r in enumerate(runs) if slot is None or not in_slot(r, slot)]
+    print("\n".join(format_table([runs[i] for i in mine], [verdicts[i] for i in mine], oracles)))
+    if len(mine) < len(runs):
+        merged = RunVerdict()
+        for i in set(range(len(runs))) - set(mine):
+            merged.merge(verdicts[i])
+        cells = ", ".join(f"{o} {merged.cell(o)}" for o in oracles)
+        print(
+            f"recursive slot {slot}: {len(runs) - len(mine)} runs (the tables seen as data "
+            f"through entry {slot}), probed: {cells}"
+        )
+    hole_cells = ", ".join(f"{o} {holes.cell(o)}" for o in oracles if o in holes.probes)
+    n_holes = report.coverage.holes
+    print(f"holes: {n_holes} unmapped pages next to the runs, probed: {hole_cells or 'none'}")
+    for d in report.disagreements[: args.limit]:
+        print(d.format())
+    if len(report.disagreements) > args.limit:
+        print(f"... {len(report.disagreements) - args.limit} more disagreements (see --json)")
+    for name, why in sorted(report.unavailable.items()):
+        print(f"unavailable: {name}: {why}")
+    for reason, n in sorted(report.unverified.items()):
+        print(f"not verified: {n} {reason}")
+    for reason, n in sorted(report.coverage.skipped.items()):
+        print(f"skipped: {n} probes: {reason}")
+    verdict = "hardware agrees" if report.ok else "HARDWARE DISAGREES"
+    print(f"{verdict}: {report.summary().rsplit(';', 1)[0]}; {seconds:.2f} s")
+    return code

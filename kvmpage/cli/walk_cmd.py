@@ -1,0 +1,225 @@
+"""``kvmpage walk VA [LAYOUT]``: one address level by level, then what the CPU did with it.
+
+The software walk shows each level's index, entry address, raw entry, decoded flags and the
+effective rights so far. Then six probes run on a machine with the layout: read, write and
+fetch at CPL3 and CPL0, each with the software's prediction, the CPU's outcome and the oracle
+that produced it. The probes use the page's usual probe offsets (read +0, write +8, fetch
++0x40) and the verifier's tagging, so they never write a page table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kvmpage.addr import VirtAddr
+from kvmpage.cli.common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    CliError,
+    Progress,
+    emit_json,
+    header,
+    hexa,
+    layout_json,
+    load_spec,
+    on_machine,
+)
+from kvmpage.layout.dump import flag_names
+from kvmpage.layout.spec import BuiltLayout, build
+from kvmpage.layout.walk import ADDRESS_MASK, Walk, format_steps, walk
+
+if TYPE_CHECKING:
+    from kvmpage.machine.protocol import Result
+    from kvmpage.verify import Verifier
+
+_LEVEL_NAME = {4: "PML4", 3: "PDPT", 2: "PD", 1: "PT"}
+
+
+@dataclass(frozen=True)
+class HardwareProbe:
+    """One of the six probes: what software predicted, what the CPU did, whether they agree."""
+
+    access: str
+    cpl: int
+    va: int
+    oracle: str
+    expected: str
+    actual: str
+    agree: bool | None  #: None when the probe was not run (``skipped`` says why)
+    skipped: str = ""
+    why: str = ""
+
+
+def parse_va(text: str) -> int:
+    """A virtual address from the command line: 0x... hex or decimal, 64 bits."""
+    try:
+        value = int(text.replace("_", ""), 0)
+    except ValueError:
+        raise CliError(f"VA must be an address like 0x601000, got {text!r}") from None
+    if not 0 <= value < 1 << 64:
+        raise CliError(f"VA must fit in 64 bits, got {text!r}")
+    return value
+
+
+def hardware_probes(verifier: Verifier, va: int) -> list[HardwareProbe]:
+    """Run read/write/fetch at CPL3 and CPL0 on the page of ``va`` (`Verifier.probe`)."""
+    from kvmpage.verify.compare import describe_expectation, describe_result
+
+    out = []
+    for c in verifier.probe(va):
+        p = c.probe
+        expected = describe_expectation(c.expectation, c.value, p.va)
+        if c.result is None or c.verdict is None:
+            out.append(
+                HardwareProbe(
+                    p.access.value, p.cpl, p.va, "-", expected, "not run", None, c.skipped
+                )
+            )
+            continue
+        out.append(
+            HardwareProbe(
+                p.access.value,
+                p.cpl,
+                p.va,
+                c.result.oracle,
+                expected,
+                _describe(c.result, describe_result(c.result)),
+                c.verdict.agree,
+                why=c.verdict.why,
+            )
+        )
+    return out
+
+
+def _describe(result: Result, plain: str) -> str:
+    """What the CPU did, with a read's tag decoded into the physical address it names."""
+    from kvmpage.verify.probes import TAG_PREFIX
+
+    if result.fault is not None or not result.ok:
+        return plain
+    if result.op.name.lower() == "write":
+        return "ok: write completed"
+    if result.value >> 48 == TAG_PREFIX >> 48:
+        return f"ok: reached physical {result.value & ((1 << 48) - 1):#x} (its tag)"
+    return plain
+
+
+def _walk_json(w: Walk) -> dict[str, Any]:
+    return {
+        "steps": [
+            {
+                "level": s.level,
+                "table": _LEVEL_NAME[s.level],
+                "index": s.index,
+                "entry_addr": hexa(s.entry_addr),
+                "raw": hexa(s.raw),
+                "flag_names": flag_names(s.raw & ~ADDRESS_MASK & ((1 << 64) - 1)).split(),
+                "rights_so_far": str(s.rights) if s.raw & 1 else None,
+            }
+            for s in w.steps
+        ],
+        "phys": hexa(w.phys) if w.phys is not None else None,
+        "page_size": w.page_size,
+        "stop": w.stop,
+    }
+
+
+def _translate_text(built: BuiltLayout, va: int) -> str:
+    """The mapper's own answer (`Translate.translate`), compactly: a second software opinion."""
+    from kvmpage.paging.mapper.translate import Mapped
+
+    result = built.mapper.translate(VirtAddr(va))
+    if isinstance(result, Mapped):
+        frame = result.frame
+        return (
+            f"Mapped(frame {frame.start_address().as_u64():#x} {frame.size_type.DEBUG_STR}, "
+            f"offset {result.offset:#x}, leaf flags {flag_names(int(result.flags)) or '-'})"
+        )
+    return type(result).__name__.removesuffix("Result") + "()"
+
+
+def _walk_lines(built: BuiltLayout, va: int) -> tuple[Walk, list[str]]:
+    try:
+        canonical = VirtAddr.try_new(va) is not None
+    except ValueError:
+        canonical = False
+    if not canonical:
+        w = Walk(va, (), None, None, "non-canonical address (an access raises #GP, no walk)")
+        return w, [f"walk of {va:#018x}", f"  -> {w.stop}"]
+    w = walk(built.memory, built.p4_phys, va)
+    lines = [f"walk of {va:#018x}", *format_steps(w.steps)]
+    if w.phys is None:
+        lines.append(f"  -> not mapped: {w.stop} (an access faults with #PF)")
+    else:
+        assert w.page_size is not None
+        lines.append(f"  -> physical {w.phys:#x} ({w.page_size >> 10} KiB page)")
+    lines.append(f"  mapper.translate: {_translate_text(built, va)}")
+    return w, lines
+
+
+def cmd_walk(args: argparse.Namespace) -> int:
+    """``kvmpage walk VA [LAYOUT]``."""
+    va = parse_va(args.va)
+    spec = load_spec(args.layout)
+    probes: list[HardwareProbe] = []
+    if args.software_only:
+        from kvmpage.cli.common import alloc_end
+
+        built = build(spec, alloc_end=alloc_end(spec))
+        try:
+            w, lines = _walk_lines(built, va)
+            head, layout = header(built), layout_json(built)
+        finally:
+            built.close()
+    else:
+        with (
+            Progress.for_args(args.quiet) as progress,
+            on_machine(spec, args.device, progress) as (_m, built, verifier),
+        ):
+            w, lines = _walk_lines(built, va)
+            head, layout = header(built), layout_json(built)
+            progress.stage("probing")
+            probes = hardware_probes(verifier, va)
+    code = EXIT_FAIL if any(p.agree is False for p in probes) else EXIT_OK
+    if args.json:
+        emit_json(
+            {
+                "command": "walk",
+                "exit_code": code,
+                "va": hexa(va),
+                "layout": layout,
+                "walk": _walk_json(w),
+                "hardware": [
+                    {
+                        "access": p.access,
+                        "cpl": p.cpl,
+                        "va": hexa(p.va),
+                        "oracle": p.oracle,
+                        "expected": p.expected,
+                        "actual": p.actual,
+                        "agree": p.agree,
+                        "skipped": p.skipped or None,
+                    }
+                    for p in probes
+                ],
+            }
+        )
+        return code
+    print(head)
+    print("\n".join(lines))
+    if not probes:
+        print("(software walk only: no hardware check)")
+        return code
+    print(f"hardware, probing the page {va & ~0xFFF:#x} (read +0, write +8, fetch +0x40):")
+    for p in probes:
+        what = f"{p.access:<5} cpl{p.cpl}"
+        if p.agree is None:
+            print(f"  {what}  not run: {p.skipped}; software says {p.expected}")
+            continue
+        mark = "agree" if p.agree else "DISAGREE"
+        print(f"  {what}  {p.actual:<40} [{p.oracle}] {mark}")
+        if not p.agree:
+            print(f"             software: {p.expected}; {p.why}")
+    return code
