@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from kvmpage.layout.builtin import builtin_layout
 from kvmpage.layout.dump import Run, flag_names, human_size
 from kvmpage.layout.spec import BuiltLayout, LayoutError, LayoutSpec
-from kvmpage.layout.toml_file import agent_reserved, load_layout
+from kvmpage.layout.toml_file import AGENT_SLOT, agent_reserved, load_layout
+from kvmpage.paging.access import CpuState
 
 if TYPE_CHECKING:
     from kvmpage.machine import Machine
@@ -48,7 +49,10 @@ def load_spec(arg: str | None, *, gbpages: bool = True) -> LayoutSpec:
 def alloc_end(spec: LayoutSpec) -> int | None:
     """Where allocation stops in a software build: below the agent's memory for a layout file,
     so that ``dump`` shows the same physical addresses ``verify`` uses."""
-    return agent_reserved(spec.memory_size)[0] if spec.source else None
+    if not spec.source:
+        return None
+    slot = min(spec.reserved_p4) if spec.reserved_p4 else AGENT_SLOT
+    return agent_reserved(spec.memory_size, slot)[0]
 
 
 def header(built: BuiltLayout) -> str:
@@ -60,6 +64,14 @@ def header(built: BuiltLayout) -> str:
     return (
         f"layout {spec.name!r}{where}: {spec.kind} mapper, {human_size(spec.memory_size)} "
         f"physical memory, level-4 table at {built.p4_phys:#x}, {tables} table frames{extra}"
+    )
+
+
+def cpu_line(cpu: CpuState) -> str:
+    """The control-register state a layout runs under, as the registers name it."""
+    return (
+        f"cpu: CR0.WP={int(cpu.wp)} CR4.SMEP={int(cpu.smep)} CR4.SMAP={int(cpu.smap)} "
+        f"EFER.NXE={int(cpu.nxe)} RFLAGS.AC={int(cpu.ac)}"
     )
 
 
@@ -208,7 +220,8 @@ def on_machine(
                     f"{feature.upper()}{why}; set {feature} = false"
                 )
     progress.stage("starting the machine")
-    with Machine(spec.memory_size, device=device) as machine:
+    slot = min(spec.reserved_p4) if spec.reserved_p4 else AGENT_SLOT
+    with Machine(spec.memory_size, device=device, agent_slot=slot) as machine:
         spec = replace(spec, reserved_p4=spec.reserved_p4 | {machine.agent_slot})
         if spec.source:
             check_physical(spec, machine.reserved)

@@ -100,7 +100,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     total = sum(r.size for r in runs)
     print(f"{len(runs)} runs, {human_size(total)} mapped (software walk; no hardware check)")
     if findings:
-        print(f"W+X audit: {len(findings)} findings")
+        print(f"W+X audit: {len(findings)} finding{'s' if len(findings) > 1 else ''}")
         for f in findings[: args.limit]:
             print(f"  {f.kind:<10} {f.message}")
         if len(findings) > args.limit:

@@ -20,6 +20,7 @@ from kvmpage.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
     Progress,
+    cpu_line,
     emit_json,
     header,
     layout_json,
@@ -152,6 +153,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         head = header(built)
         layout = layout_json(built)
         slot = built.spec.recursive_index
+        profile = verifier.profile
+        first = [profile.cpl3_oracle, profile.cpl0_oracle, "kvm-translate"]
     seconds = time.perf_counter() - t0
     code = EXIT_OK if report.ok else EXIT_FAIL
     if args.json:
@@ -175,9 +178,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
             }
         )
         return code
-    oracles = sorted(report.oracles)
+    oracles = sorted(
+        report.oracles, key=lambda o: (o not in first, first.index(o) if o in first else 0, o)
+    )
     print(head)
-    print(f"host: {report.host}")
+    print(f"host: {report.host}; {cpu_line(built.spec.cpu)}")
     mine = [i for i, r in enumerate(runs) if slot is None or not in_slot(r, slot)]
     print("\n".join(format_table([runs[i] for i in mine], [verdicts[i] for i in mine], oracles)))
     if len(mine) < len(runs):

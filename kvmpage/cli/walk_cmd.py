@@ -19,6 +19,7 @@ from kvmpage.cli.common import (
     EXIT_OK,
     CliError,
     Progress,
+    cpu_line,
     emit_json,
     header,
     hexa,
@@ -208,6 +209,7 @@ def cmd_walk(args: argparse.Namespace) -> int:
         )
         return code
     print(head)
+    print(cpu_line(spec.cpu))
     print("\n".join(lines))
     if not probes:
         print("(software walk only: no hardware check)")

@@ -71,11 +71,11 @@ def coalesce(leaves: Iterable[Leaf]) -> Iterator[Run]:
 
 
 def human_size(n: int) -> str:
-    """``4K``, ``2M``, ``1G``, ``1.5M``... (binary units)."""
+    """``4K``, ``2M``, ``1G``, ``2032K``: the largest binary unit that divides ``n`` exactly
+    (as ptdump prints sizes), so a size is never rounded."""
     for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
-        if n >= 1 << shift:
-            value = n / (1 << shift)
-            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
     return f"{n}B"
 
 

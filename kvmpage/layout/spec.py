@@ -142,7 +142,8 @@ def check(spec: LayoutSpec) -> None:
                 raise LayoutError(
                     f"{m.where('virt')}: touches level-4 slot {p4} "
                     f"({_sign_extend(p4 << 39):#x}..+512G), which is reserved for the kvmpage "
-                    "guest agent"
+                    "guest agent (move the mapping, or give the agent another slot: "
+                    "agent_slot = N at the top of a layout file)"
                 )
             if p4 == spec.recursive_index:
                 raise LayoutError(f"{m.where('virt')}: touches the recursive slot {p4}")

@@ -56,19 +56,19 @@ FLAG_ALIASES = {
     "NX": "NO_EXECUTE",
     "XD": "NO_EXECUTE",
 }
-_TOP_KEYS = {"name", "memory", "max_page_size", "mapper", "cpu", "mapping"}
+_TOP_KEYS = {"name", "memory", "max_page_size", "agent_slot", "mapper", "cpu", "mapping"}
 _MAPPER_KEYS = {"kind", "phys_offset", "recursive_index"}
 _CPU_KEYS = {"wp", "smep", "smap", "nxe", "ac"}
 _MAPPING_KEYS = {"name", "virt", "phys", "page_size", "count", "length", "flags"}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 
 
-def agent_reserved(memory_size: int) -> tuple[int, int]:
+def agent_reserved(memory_size: int, slot: int = AGENT_SLOT) -> tuple[int, int]:
     """The physical range a `Machine` of ``memory_size`` bytes keeps for its agent."""
     from kvmpage.machine.agent import Placement
     from kvmpage.machine.machine import DEFAULT_CAPACITY
 
-    return Placement(memory_size, DEFAULT_CAPACITY, AGENT_SLOT, nx=True).reserved
+    return Placement(memory_size, DEFAULT_CAPACITY, slot, nx=True).reserved
 
 
 class _Reader:
@@ -195,6 +195,9 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
     if memory % (2 << 20) or not 4 << 20 <= memory <= 64 << 30:
         raise top.error("memory", f"expected a multiple of 2M between 4M and 64G, got {memory:#x}")
     cap_size = top.page_size("max_page_size", "1G") or Size1GiB
+    agent_slot = top.integer("agent_slot", AGENT_SLOT)
+    if agent_slot > 511:
+        raise top.error("agent_slot", f"expected a level-4 index 0..511, got {agent_slot}")
     mapper = _Reader(path, "[mapper]", _table(top, "mapper"), _MAPPER_KEYS)
     kind: MapperKind = "offset"
     kind_name = mapper.string("kind", "offset", ("offset", "mapped", "recursive"))
@@ -209,10 +212,11 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
     recursive: int | None = None
     if mapper.has("recursive_index"):
         recursive = mapper.integer("recursive_index")
-        if recursive > 511 or recursive == AGENT_SLOT:
+        if recursive > 511 or recursive == agent_slot:
             raise mapper.error(
                 "recursive_index",
-                f"expected a level-4 index 0..510 (511 is the guest agent's), got {recursive}",
+                f"expected a level-4 index 0..511 other than the guest agent's {agent_slot}, "
+                f"got {recursive}",
             )
     elif kind == "recursive":
         raise mapper.error("recursive_index", "missing: a recursive mapper needs its index")
@@ -237,12 +241,12 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
         memory_size=memory,
         phys_offset=phys_offset,
         recursive_index=recursive,
-        reserved_p4=frozenset({AGENT_SLOT}),
+        reserved_p4=frozenset({agent_slot}),
         cpu=cpu,
         source=path,
     )
     check(spec)
-    check_physical(spec, agent_reserved(memory))
+    check_physical(spec, agent_reserved(memory, agent_slot))
     return spec
 
 
