@@ -314,7 +314,7 @@ def test_cpu_state_smap_and_wp_are_predicted(machine: Machine) -> None:
 def test_machine_memory_is_required(machine: Machine) -> None:
     built = build(small_layout("offset"))
     try:
-        with pytest.raises(ValueError, match="machine.memory"):
+        with pytest.raises(ValueError, match=r"machine\.memory"):
             Verifier(built.mapper, machine)
     finally:
         built.close()

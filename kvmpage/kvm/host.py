@@ -133,6 +133,9 @@ class HostProfile:
     kind: HypervisorKind
     cpuid: CpuidSummary
     features: dict[str, FeatureResult] = field(default_factory=dict)
+    #: PML4 slots where a CPL3 access faults (not present) although the guest's tables map it:
+    #: the hypervisor keeps them for itself (PVM: slot 256). Established in a guest.
+    cpl3_blocked_slots: frozenset[int] = frozenset()
 
     @property
     def cpl0_oracle(self) -> str:

@@ -111,7 +111,44 @@ def _probe(device: str) -> HostProfile:
         ):
             features[name] = _cr4_feature(m, name, bit, granted)
         m.reset_cpu()
-    return HostProfile(hypervisor_kind(), cpuid, features)
+    # a fresh guest: the tables above were walked, and reusing their frames would be invisible
+    with Machine(24 << 20, capacity=1024, device=device, timeout=5.0) as m:
+        blocked = _blocked_slots(m)
+        features["cpl3-every-pml4-slot"] = _verdict(
+            not blocked,
+            "CPL3 reads through a user page in every PML4 slot: "
+            + (
+                f"not-present #PF in slot(s) {', '.join(map(str, sorted(blocked)))} although "
+                "the tables map them (the hypervisor keeps them)"
+                if blocked
+                else "all succeed"
+            ),
+        )
+        m.reset_cpu()
+    return HostProfile(hypervisor_kind(), cpuid, features, frozenset(blocked))
+
+
+def _blocked_slots(m: Machine) -> set[int]:
+    """PML4 slots where a mapped user page still faults not-present at CPL3."""
+    mem = m.memory
+    frames = pte.FrameBump(mem, pte.SIZE_4K, m.reserved[0])
+    space = pte.SimpleSpace(mem, frames)
+    page = frames.alloc()
+    mem.write_u64(page, _TAG)
+    slots = [s for s in range(512) if s != m.agent_slot]
+    vas = {s: ((0xFFFF << 48) if s >= 256 else 0) | (s << 39) for s in slots}
+    for va in vas.values():
+        space.map(va, page, pte.P | pte.W | pte.U | pte.A | pte.D)
+    m.install_agent_slot(space.p4)
+    b = Batch()
+    b.load_cr3(space.p4)
+    index = {s: b.read(va) for s, va in vas.items()}
+    res = m.run(b)
+    return {
+        s
+        for s, i in index.items()
+        if (f := res[i].fault) is not None and f.vector == 14 and not f.error_code & 1
+    }
 
 
 def _nx(granted: bool, res: BatchResults, i_ctl: int, i_nx: int) -> FeatureResult:
