@@ -33,6 +33,9 @@ EXIT_ERROR = 2
 #: Version of the JSON documents the commands print with ``--json`` (docs/json-schema.md).
 SCHEMA_VERSION = 1
 BUILTIN = "builtin"
+#: The software predictor the commands use (None: kvmpage's own). Tests set a deliberately wrong
+#: one to check that a disagreement reaches the output and the exit status.
+PREDICTOR: Any = None
 
 
 class CliError(Exception):
@@ -65,6 +68,15 @@ def header(built: BuiltLayout) -> str:
         f"layout {spec.name!r}{where}: {spec.kind} mapper, {human_size(spec.memory_size)} "
         f"physical memory, level-4 table at {built.p4_phys:#x}, {tables} table frames{extra}"
     )
+
+
+def approx_size(n: int) -> str:
+    """``1.1G``, ``70M``: a total for people, rounded to one decimal in the largest unit."""
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift:
+            value = n / (1 << shift)
+            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
+    return f"{n}B"
 
 
 def cpu_line(cpu: CpuState) -> str:
@@ -227,5 +239,6 @@ def on_machine(
             check_physical(spec, machine.reserved)
         progress.stage("building the tables")
         built = build(spec, machine.memory, alloc_end=machine.reserved[0])
-        verifier = Verifier(built.mapper, machine, cpu=spec.cpu, keep_results=True)
+        extra = {} if PREDICTOR is None else {"predictor": PREDICTOR}
+        verifier = Verifier(built.mapper, machine, cpu=spec.cpu, keep_results=True, **extra)
         yield machine, built, verifier

@@ -15,6 +15,7 @@ from kvmpage.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
     alloc_end,
+    approx_size,
     emit_json,
     header,
     hexa,
@@ -24,7 +25,7 @@ from kvmpage.cli.common import (
 )
 from kvmpage.layout.audit import Finding, audit
 from kvmpage.layout.diff import Change, diff, format_diff
-from kvmpage.layout.dump import Run, coalesce, format_runs, human_size
+from kvmpage.layout.dump import Run, coalesce, format_runs
 from kvmpage.layout.scan import scan
 from kvmpage.layout.spec import BuiltLayout, LayoutSpec, build
 
@@ -98,7 +99,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     print(head)
     print("\n".join(format_runs(runs)))
     total = sum(r.size for r in runs)
-    print(f"{len(runs)} runs, {human_size(total)} mapped (software walk; no hardware check)")
+    print(f"{len(runs)} runs, {approx_size(total)} mapped (software walk; no hardware check)")
     if findings:
         print(f"W+X audit: {len(findings)} finding{'s' if len(findings) > 1 else ''}")
         for f in findings[: args.limit]:

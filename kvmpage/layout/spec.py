@@ -9,6 +9,7 @@ mapping first so that a bad layout fails with a clear `LayoutError` before anyth
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -210,13 +211,19 @@ def build(
     """
     check(spec)
     own = memory is None
-    mem = PhysMemory(spec.memory_size) if memory is None else memory
+    mem = _fresh_memory(spec.memory_size) if memory is None else memory
     try:
         return _build(spec, mem, mem.size if alloc_end is None else alloc_end)
     except BaseException:
         if own:
             mem.close()
         raise
+
+
+def _fresh_memory(size: int) -> PhysMemory:
+    """Zeroed memory backed by an anonymous mapping: the kernel zero-fills pages on first touch,
+    so a layout of several GiB costs only the pages its tables and probes use."""
+    return PhysMemory(size, buffer=mmap.mmap(-1, size))
 
 
 def _build(spec: LayoutSpec, memory: PhysMemory, alloc_end: int) -> BuiltLayout:

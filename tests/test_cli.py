@@ -1,0 +1,226 @@
+"""The ``kvmpage`` command: exit codes, output, JSON documents checked against the schema.
+
+Software-only commands run anywhere; those that need /dev/kvm are marked ``kvm``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from kvmpage.cli import main
+from kvmpage.cli.common import Progress
+
+ROOT = Path(__file__).parent.parent
+EXAMPLES = ROOT / "examples"
+SCHEMA = json.loads((ROOT / "docs" / "json-schema.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
+    code, out, _ = run(capsys, *argv, "--json")
+    doc = json.loads(out)
+    VALIDATOR.validate(doc)
+    assert doc["exit_code"] == code and doc["schema_version"] == 1
+    return code, doc
+
+
+def test_schema_is_a_valid_json_schema_and_rejects_drift() -> None:
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    bad = {"schema_version": 1, "command": "dump", "exit_code": 0}
+    assert not VALIDATOR.is_valid(bad)
+    assert not VALIDATOR.is_valid({"schema_version": 2, "command": "host", "exit_code": 0})
+
+
+# -- dump (software only) -----------------------------------------------------------------------
+
+
+def test_dump_builtin(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "dump")
+    assert code == 0 and err == ""
+    assert out.startswith("layout 'builtin': offset mapper")
+    assert "0x0000000000400000-0x0000000000403fff    16K  4x4K" in out
+    assert "U r-x" in out and "10 runs" in out
+    # the built-in physical-memory window makes code writable through a second address
+    assert "W+X audit: 2 findings" in out and "w+x-alias" in out
+
+
+def test_dump_json_matches_the_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc = run_json(capsys, "dump")
+    assert code == 0 and doc["command"] == "dump"
+    assert doc["runs"][0]["virt"] == "0x400000" and doc["runs"][0]["rights_text"] == "U r-x"
+    assert {f["kind"] for f in doc["audit"]} == {"w+x-alias"}
+    assert doc["mapped_bytes"] == sum(r["size"] for r in doc["runs"])
+
+
+def test_dump_strict_fails_on_a_w_x_alias(capsys: pytest.CaptureFixture[str]) -> None:
+    layout = str(EXAMPLES / "wx-alias.toml")
+    code, out, _ = run(capsys, "dump", layout)
+    assert code == 0 and "W+X audit: 1 finding" in out
+    code, out, _ = run(capsys, "dump", layout, "--strict")
+    assert code == 1
+    code, doc = run_json(capsys, "dump", layout, "--strict")
+    assert code == 1 and doc["audit"][0]["kind"] == "w+x-alias"
+
+
+def test_dump_clean_layout_has_no_finding(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "dump", str(EXAMPLES / "kernel-hardened.toml"), "--strict")
+    assert code == 0 and "W+X audit: no writable+executable memory" in out
+
+
+def test_dump_diff(capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = str(EXAMPLES / "kernel-hardened.toml"), str(EXAMPLES / "kernel.toml")
+    code, out, _ = run(capsys, "dump", a, "--diff", b)
+    assert code == 1
+    assert f"--- {a}" in out and f"+++ {b}" in out
+    assert "~ 0xffff888003000000-0xffff8880031fffff     2M  flags, rights:" in out
+    code, doc = run_json(capsys, "dump", a, "--diff", b)
+    assert code == 1 and len(doc["diff"]["changes"]) == 2
+    assert run(capsys, "dump", a, "--diff", a)[0] == 0
+    assert "(no differences)" in run(capsys, "dump", "--diff", "builtin")[1]
+
+
+# -- walk, software only ------------------------------------------------------------------------
+
+
+def test_walk_software_only(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "walk", "0x601234", "--software-only")
+    assert code == 0
+    assert "PML4 [  0]" in out and "PT   [  1]" in out and "so far: U rw-" in out
+    assert "-> physical 0xa234 (4 KiB page)" in out
+    assert "mapper.translate: Mapped(frame 0xa000 4KiB, offset 0x234" in out
+    assert "no hardware check" in out
+    code, doc = run_json(capsys, "walk", "0x603000", "--software-only")
+    assert doc["walk"]["phys"] is None and "not present" in doc["walk"]["stop"]
+    assert doc["hardware"] == []
+
+
+def test_walk_non_canonical_software_only(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "walk", "0x800000000000", "--software-only")
+    assert code == 0 and "non-canonical" in out
+
+
+@pytest.mark.parametrize("va", ["hello", "0x1_0000_0000_0000_0000", "-5"])
+def test_walk_bad_address_exits_2(capsys: pytest.CaptureFixture[str], va: str) -> None:
+    code, out, err = run(capsys, "walk", va, "--software-only")
+    assert code == 2 and out == ""
+    assert err.startswith("kvmpage walk: error: VA must") and "Traceback" not in err
+
+
+# -- errors, help ------------------------------------------------------------------------------
+
+
+def test_bad_layout_file_exits_2_with_the_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[mapping]]\nname = "x"\nvirt = 0x1000\nflags = ["WRITEABLE"]\n')
+    for command in (["dump"], ["verify"], ["walk", "0x1000"]):
+        code, out, err = run(capsys, *command, str(bad))
+        assert code == 2 and out == ""
+        assert f"error: {bad}: [[mapping]] #1 (x), key 'flags': unknown flag 'WRITEABLE'" in err
+    code, doc = run_json(capsys, "dump", str(bad))
+    assert code == 2 and "WRITEABLE" in doc["error"]
+
+
+def test_missing_layout_file(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "dump", "no-such-layout.toml")
+    assert code == 2 and "no-such-layout.toml: cannot read the layout file" in err
+
+
+@pytest.mark.parametrize("command", [["verify"], ["walk", "0x1000"], ["host"]])
+def test_no_kvm_device_exits_2_with_the_reason(
+    capsys: pytest.CaptureFixture[str], command: list[str], tmp_path: Path
+) -> None:
+    device = str(tmp_path / "kvm")
+    code, out, err = run(capsys, *command, "--device", device)
+    assert code == 2 and out == ""
+    assert err.startswith(f"kvmpage {command[0]}: error:") and device in err
+    assert "Traceback" not in err
+    code, doc = run_json(capsys, *command, "--device", device)
+    assert code == 2 and device in doc["error"]
+
+
+@pytest.mark.parametrize("command", [[], ["verify"], ["walk"], ["dump"], ["host"]])
+def test_help_has_examples(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "kvmpage" in out
+    if command and command[0] != "host":
+        assert "exit status" in out
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+
+def test_progress_shows_only_after_the_delay_and_erases_itself() -> None:
+    stream = io.StringIO()
+    with Progress(enabled=True, delay=0.05, stream=stream) as p:
+        p.stage("probing")
+        time.sleep(0.3)
+    text = stream.getvalue()
+    assert "probing (" in text and text.endswith("\r\033[K")
+    quick = io.StringIO()
+    with Progress(enabled=True, delay=5, stream=quick):
+        pass
+    assert quick.getvalue() == ""
+    silent = io.StringIO()
+    with Progress(enabled=False, delay=0, stream=silent):
+        time.sleep(0.05)
+    assert silent.getvalue() == ""
+
+
+def test_progress_is_off_when_stderr_is_not_a_terminal() -> None:
+    assert not Progress.for_args(quiet=False).enabled  # pytest captures stderr
+    assert not Progress.for_args(quiet=True).enabled
+
+
+# -- the console script ------------------------------------------------------------------------
+
+
+def _script() -> list[str]:
+    exe = Path(sys.executable).with_name("kvmpage")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "kvmpage.cli"]
+
+
+def test_console_script_dump_and_error() -> None:
+    ok = subprocess.run([*_script(), "dump"], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0 and "10 runs" in ok.stdout
+    bad = subprocess.run(
+        [*_script(), "dump", "nope.toml"], capture_output=True, text=True, check=False
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "nope.toml" in bad.stderr
+    module = subprocess.run(
+        [sys.executable, "-m", "kvmpage.cli", "dump", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert module.returncode == 0 and VALIDATOR.is_valid(json.loads(module.stdout))
+
+
+def test_console_script_survives_a_closed_pipe() -> None:
+    proc = subprocess.Popen(
+        [*_script(), "dump", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=30) in (0, 1)
+    assert "Traceback" not in proc.stderr.read()

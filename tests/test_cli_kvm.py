@@ -1,0 +1,190 @@
+"""The ``kvmpage`` commands that run on /dev/kvm: verify, walk, host."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from kvmpage.cli import common, main
+from kvmpage.machine import host_profile
+from kvmpage.verify import Predictor, Probe
+
+pytestmark = pytest.mark.kvm
+
+ROOT = Path(__file__).parent.parent
+EXAMPLES = ROOT / "examples"
+VALIDATOR = jsonschema.Draft202012Validator(
+    json.loads((ROOT / "docs" / "json-schema.json").read_text())
+)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
+    code, out, _ = run(capsys, *argv, "--json")
+    doc = json.loads(out)
+    VALIDATOR.validate(doc)
+    assert doc["exit_code"] == code
+    return code, doc
+
+
+class IgnoresNx(Predictor):
+    """A deliberately wrong software walk: NX is never honoured."""
+
+    def walk_of(self, probe: Probe) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        entries, addrs = super().walk_of(probe)
+        return tuple(e & ~(1 << 63) for e in entries), addrs
+
+
+@pytest.fixture
+def wrong_software(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(common, "PREDICTOR", IgnoresNx)
+
+
+def test_verify_builtin_agrees(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "verify")
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0].startswith("layout 'builtin': offset mapper")
+    assert lines[1].startswith("host: ") and "cpu: CR0.WP=1" in lines[1]
+    assert host_profile().cpl3_oracle in lines[2] and "kvm-translate" in lines[2]
+    row = next(line for line in lines if line.startswith("0x0000000000600000"))
+    assert "U rw-" in row and row.split()[-1] == "ok" and "FAIL" not in out
+    assert any(line.startswith("recursive slot 510:") for line in lines)
+    assert any(line.startswith("holes: ") for line in lines)
+    assert lines[-1].startswith("hardware agrees: ") and " 0 disagree" in lines[-1]
+    if not host_profile().supports("1gib-pages"):
+        assert "0x0000008000000000" not in out  # the 1 GiB page is left out where unverifiable
+
+
+def test_verify_json_counts_add_up(capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc = run_json(capsys, "verify")
+    assert code == 0 and doc["ok"] and doc["report"]["ok"]
+    per_oracle: dict[str, int] = {}
+    for item in [*doc["runs"], doc["holes"]]:
+        for oracle, c in item["oracles"].items():
+            per_oracle[oracle] = per_oracle.get(oracle, 0) + c["probes"]
+    assert per_oracle == {k: v["probes"] for k, v in doc["report"]["oracles"].items()}
+    assert all(r["verdict"] == "agree" for r in doc["runs"] if not r["recursive_slot"])
+
+
+def test_verify_reports_a_disagreement_with_exit_1(
+    capsys: pytest.CaptureFixture[str], wrong_software: None
+) -> None:
+    code, out, _ = run(capsys, "verify")
+    assert code == 1
+    assert "FAIL(" in out and "DISAGREE [" in out and "HARDWARE DISAGREES" in out
+    code, doc = run_json(capsys, "verify")
+    assert code == 1 and not doc["ok"]
+    failed = [r for r in doc["runs"] if r["verdict"] == "disagree"]
+    assert failed and all(not r["rights"]["executable"] for r in failed)
+    assert any(r["verdict"] == "agree" for r in doc["runs"])  # executable runs still agree
+
+
+@pytest.mark.parametrize(
+    "name", ["kernel.toml", "kernel-hardened.toml", "recursive.toml", "smap.toml", "wx-alias.toml"]
+)
+def test_verify_examples(capsys: pytest.CaptureFixture[str], name: str) -> None:
+    code, doc = run_json(capsys, "verify", str(EXAMPLES / name))
+    assert code == 0, doc["report"]["disagreements"][:1]
+    assert doc["layout"]["source"].endswith(name)
+
+
+def test_verify_refuses_a_page_size_the_host_cannot_verify(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    if host_profile().supports("1gib-pages"):
+        pytest.skip("this host verifies 1 GiB pages")
+    layout = tmp_path / "giant.toml"
+    layout.write_text(
+        'memory = "4G"\n[[mapping]]\nname = "giant"\nvirt = 0x80_0000_0000\nphys = 0x4000_0000\n'
+        'page_size = "1G"\n'
+    )
+    before = len(os.listdir("/proc/self/fd"))
+    code, out, err = run(capsys, "verify", str(layout))
+    assert code == 2 and out == ""
+    assert f"{layout}: [[mapping]] #1 (giant), key 'page_size': this host cannot verify 1GiB" in err
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert run(capsys, "dump", str(layout))[0] == 0  # software dumps it fine
+
+
+def test_failed_verify_leaves_no_machine_behind(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    layout = tmp_path / "big.toml"
+    layout.write_text(
+        'memory = "8M"\n[[mapping]]\nname = "big"\nvirt = 0x4000_0000\nlength = "8M"\n'
+        'page_size = "2M"\n'
+    )
+    main(["verify", str(layout)])  # the first run may open cached host state
+    capsys.readouterr()
+    before = len(os.listdir("/proc/self/fd"))
+    code, _, err = run(capsys, "verify", str(layout))
+    assert code == 2 and "mapping 'big'" in err and "no 0x800000 bytes" in err
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_walk_probes_the_hardware(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "walk", "0x601234")
+    assert code == 0
+    assert "PT   [  1]" in out and "hardware, probing the page 0x601000" in out
+    assert "read  cpl3  ok: reached physical 0xa000 (its tag)" in out
+    assert "fetch cpl3  #PF(error 0x15) at 0x601040" in out
+    assert out.count(" agree") == 6
+    code, doc = run_json(capsys, "walk", "0x603000")
+    assert code == 0 and len(doc["hardware"]) == 6
+    assert all(h["agree"] and h["actual"].startswith("#PF") for h in doc["hardware"])
+
+
+def test_walk_into_a_page_table_does_not_probe_it(capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc = run_json(capsys, "walk", "0xffff888000001000")
+    assert code == 0
+    skipped = [h for h in doc["hardware"] if h["agree"] is None]
+    assert {(h["access"], h["cpl"]) for h in skipped} == {("read", 0), ("write", 0)}
+    assert all("page-table" in h["skipped"] for h in skipped)
+
+
+def test_walk_disagreement_exits_1(
+    capsys: pytest.CaptureFixture[str], wrong_software: None
+) -> None:
+    code, out, _ = run(capsys, "walk", "0x601234")
+    assert code == 1 and "DISAGREE" in out and "software:" in out
+
+
+def test_host(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "host")
+    assert code == 0
+    assert "CPL3 accesses are checked by: " in out and "CPL0 accesses are checked by: " in out
+    assert "1gib-pages" in out and "how: " in out
+    code, doc = run_json(capsys, "host")
+    profile = host_profile()
+    assert doc["oracles"] == {"cpl3": profile.cpl3_oracle, "cpl0": profile.cpl0_oracle}
+    assert doc["features"]["nx"]["works"] == profile.supports("nx")
+
+
+def _script() -> list[str]:
+    exe = Path(sys.executable).with_name("kvmpage")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "kvmpage.cli"]
+
+
+def test_console_script_verify_is_fast_and_valid() -> None:
+    t0 = time.perf_counter()
+    proc = subprocess.run([*_script(), "verify", "--json"], capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert VALIDATOR.is_valid(json.loads(proc.stdout)) and proc.stderr == ""
+    assert elapsed < 5  # generous: the half-second target is measured by scripts, not tests
+    text = subprocess.run([*_script(), "verify", "-q"], capture_output=True, text=True)
+    assert text.returncode == 0 and "hardware agrees" in text.stdout and text.stderr == ""
