@@ -54,7 +54,7 @@ def coalesce(leaves: Iterable[Leaf]) -> Iterator[Run]:
             and next_virt == leaf.virt
             and start.level == leaf.level
             and next_phys == leaf.phys
-            and start.rights == leaf.rights
+            and (start.rights is leaf.rights or start.rights == leaf.rights)
             and (flags ^ leaf_flags) & ~_ACCESSED_DIRTY == 0
         ):
             count += 1

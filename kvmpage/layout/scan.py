@@ -49,8 +49,19 @@ class Leaf(NamedTuple):
     phys: int
     raw: int  #: the leaf entry, exactly as stored
     rights: Rights
-    entries: tuple[int, ...]  #: raw entries of the walk, level 4 first
-    entry_addrs: tuple[int, ...]  #: physical addresses of those entries
+    parents: tuple[int, ...]  #: raw entries above the leaf, level 4 first (shared per table)
+    parent_addrs: tuple[int, ...]  #: their physical addresses (shared per table)
+    entry_addr: int  #: physical address of the leaf entry
+
+    @property
+    def entries(self) -> tuple[int, ...]:
+        """Raw entries of the whole walk, level 4 first."""
+        return (*self.parents, self.raw)
+
+    @property
+    def entry_addrs(self) -> tuple[int, ...]:
+        """Physical addresses of those entries."""
+        return (*self.parent_addrs, self.entry_addr)
 
 
 #: the eight possible `Rights`, indexed by writable | user << 1 | executable << 2
@@ -91,13 +102,13 @@ def _scan_table(
         va = _sign_extend_47(prefix | (i * span))
         r = rights & raw
         x = nx or bool(raw & _NX)
-        walk = (*path, raw)
-        where = (*addrs, table + 8 * i)
         if raw & _PS and level in (2, 3):
             rights_of = _RIGHTS[bool(r & _W) | bool(r & _U) << 1 | (not x) << 2]
             phys = raw & ADDRESS_MASK & ~(span - 1)
-            yield Leaf(va, span, level, phys, raw, rights_of, walk, where)
+            yield Leaf(va, span, level, phys, raw, rights_of, path, addrs, table + 8 * i)
         else:
+            walk = (*path, raw)
+            where = (*addrs, table + 8 * i)
             yield from _scan_table(
                 memory, raw & ADDRESS_MASK, level - 1, va, r, x, walk, where, skip_p4
             )
@@ -118,15 +129,9 @@ def _scan_leaf_table(
         r = rights & raw
         rights_of = _RIGHTS[bool(r & _W) | bool(r & _U) << 1 | (not (nx or raw >> 63)) << 2]
         yield Leaf(
-            prefix | (i << 12),
-            4096,
-            1,
-            raw & ADDRESS_MASK,
-            raw,
-            rights_of,
-            (*path, raw),
-            (*addrs, table + 8 * i),
-        )
+            prefix | (i << 12), 4096, 1, raw & ADDRESS_MASK, raw, rights_of, path, addrs,
+            table + 8 * i,
+        )  # fmt: skip
 
 
 def table_frames(

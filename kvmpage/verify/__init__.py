@@ -9,9 +9,11 @@ by exactly the flushes the mapper's tokens asked for.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +120,10 @@ class Verifier:
 
     def verify(self, options: PlanOptions = PlanOptions()) -> Report:  # noqa: B008 (frozen)
         """Probe every mapping (and the holes next to them), compare, report."""
+        with _cyclic_gc_paused():
+            return self._verify(options)
+
+    def _verify(self, options: PlanOptions) -> Report:
         t0 = time.perf_counter()
         report = Report(host=self._host_line())
         self._note_unavailable(report)
@@ -271,19 +277,18 @@ class Verifier:
         ad = AccessedDirty.of(pairs)
         watched = ad.entries()
         report.entries_checked = len(watched)
-        suspects = set(ad.must_a) | set(ad.must_d)
+        must = ad.must_a | ad.must_d
+        problems: list[tuple[int, int, int, str]] = []
         for frame, old in before.items():
             new = memory._q[frame >> 3 : (frame >> 3) + 512].tolist()
-            if new != old:
-                suspects.update(frame + 8 * i for i in range(512) if new[i] != old[i])
-        for addr in sorted(suspects):
-            frame = addr & ~0xFFF
-            if frame not in before:
-                continue
-            old_value = before[frame][(addr & 0xFFF) >> 3]
-            problem = ad.check(addr, old_value, memory.read_u64(addr))
-            if problem is None:
-                continue
+            for i, (before_value, after_value) in enumerate(zip(old, new, strict=True)):
+                addr = frame + 8 * i
+                if before_value == after_value and addr not in must:
+                    continue
+                problem = ad.check(addr, before_value, after_value)
+                if problem is not None:
+                    problems.append((addr, before_value, after_value, problem))
+        for addr, old_value, new_value, problem in problems:
             users = [p for p, e in pairs if addr in e.entry_addrs]
             oracle = self.profile.cpl3_oracle
             if users and all(p.cpl == 0 for p in users):
@@ -296,7 +301,7 @@ class Verifier:
                     cpl=None,
                     oracle=oracle,
                     expected=ad.describe(addr, old_value),
-                    actual=f"after {memory.read_u64(addr):#x}",
+                    actual=f"after {new_value:#x}",
                     why=f"entry at {addr:#x}: {problem}",
                     software_walk=[
                         "  probes through this entry: "
@@ -391,6 +396,23 @@ class Verifier:
                     "1 GiB mappings: this host faults on 1 GiB pages (reserved bit); they were "
                     "predicted and checked as such, not as mappings"
                 ] = n
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a verification builds its (acyclic) tuples.
+
+    A large layout makes millions of small tuples; each generation-0 collection would walk
+    them again (about 40 % of the Python time at 262,144 pages). Nothing here makes cycles,
+    reference counting frees everything, and the previous state is restored on every path.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def verify(

@@ -105,15 +105,22 @@ class AccessedDirty:
         must_a: set[int] = set()
         may_a: set[int] = set()
         must_d: set[int] = set()
+        last_parents: tuple[int, ...] | None = None
         for _, exp in pairs:
-            o, addrs = exp.outcome, exp.entry_addrs
-            if len(o.a_must) == len(addrs):
-                must_a.update(addrs)
-            else:
+            o = exp.outcome
+            if o.a_must and len(o.a_must) == len(exp.parent_addrs) + 1:  # the whole walk
+                if exp.parent_addrs is not last_parents:  # shared per table: add once
+                    must_a.update(exp.parent_addrs)
+                    last_parents = exp.parent_addrs
+                must_a.add(exp.last_addr)  # type: ignore[arg-type]
+            elif o.a_must:
+                addrs = exp.entry_addrs
                 must_a.update(addrs[4 - level] for level in o.a_must)
             if o.a_may:
+                addrs = exp.entry_addrs
                 may_a.update(addrs[4 - level] for level in o.a_may)
             if o.d_must:
+                addrs = exp.entry_addrs
                 must_d.update(addrs[4 - level] for level in o.d_must)
         return cls(must_a, may_a, must_d)
 

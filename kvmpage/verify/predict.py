@@ -32,13 +32,27 @@ class Expectation(NamedTuple):
 
     ``outcome`` may be shared by many probes of the same walk shape: its ``phys`` and its
     fault's ``cr2`` belong to the first of them. Use ``phys`` here and the probe's own address
-    as the expected CR2.
+    as the expected CR2. The walk is kept as its last entry plus the entries above it (a tuple
+    shared by every page of a table).
     """
 
     outcome: Outcome
     phys: int | None
-    entries: tuple[int, ...]  #: raw entries of the walk, PML4E first
-    entry_addrs: tuple[int, ...]  #: their physical addresses
+    parents: tuple[int, ...]  #: raw entries above the last one, PML4E first
+    parent_addrs: tuple[int, ...]  #: their physical addresses
+    last: int | None  #: the last entry read (leaf or not present); None when nothing was read
+    last_addr: int | None
+
+    @property
+    def entries(self) -> tuple[int, ...]:
+        """Raw entries of the walk, PML4E first."""
+        return self.parents if self.last is None else (*self.parents, self.last)
+
+    @property
+    def entry_addrs(self) -> tuple[int, ...]:
+        """Their physical addresses."""
+        tail = () if self.last_addr is None else (self.last_addr,)
+        return (*self.parent_addrs, *tail)
 
 
 class Predictor:
@@ -61,6 +75,9 @@ class Predictor:
         }
         self._cache: dict[tuple[object, ...], Outcome] = {}
         self._parents: dict[tuple[int, ...], tuple[int, ...]] = {}
+        # subclasses that change the walk or its meaning take the general path
+        cls = type(self)
+        self._plain = cls.walk_of is Predictor.walk_of and cls.evaluate is Predictor.evaluate
 
     def walk_of(self, probe: Probe) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The raw entries of the probe's walk and their addresses."""
@@ -73,29 +90,41 @@ class Predictor:
 
     def expect(self, probe: Probe) -> Expectation:
         """The architecture's outcome for ``probe``."""
-        entries, addrs = self.walk_of(probe)
-        outcome = self.evaluate(entries, probe)
+        leaf = probe.leaf
+        if leaf is not None and self._plain:  # fast path: the scan's walk, shared parents
+            parents, addrs, last, last_addr = (
+                leaf.parents, leaf.parent_addrs, leaf.raw, leaf.entry_addr
+            )  # fmt: skip
+            outcome = self._outcome(parents, last, probe)
+        else:
+            entries, all_addrs = self.walk_of(probe)
+            outcome = self.evaluate(entries, probe)
+            if not entries:
+                return Expectation(outcome, None, (), (), None, None)
+            parents, addrs = entries[:-1], all_addrs[:-1]
+            last, last_addr = entries[-1], all_addrs[-1]
         phys = None
         if outcome.fault is None:
             span = outcome.page_size or 4096
-            phys = (entries[-1] & ADDRESS_MASK & ~(span - 1)) | (probe.va & (span - 1))
-        return Expectation(outcome, phys, entries, addrs)
+            phys = (last & ADDRESS_MASK & ~(span - 1)) | (probe.va & (span - 1))
+        return Expectation(outcome, phys, parents, addrs, last, last_addr)
 
     def evaluate(self, entries: tuple[int, ...], probe: Probe) -> Outcome:
         """`kvmpage.paging.access.evaluate`, cached on what can change the outcome."""
         if not entries:
             return self._evaluate(entries, probe)
-        parents = entries[:-1]
+        return self._outcome(entries[:-1], entries[-1], probe)
+
+    def _outcome(self, parents: tuple[int, ...], last: int, probe: Probe) -> Outcome:
         shape = self._parents.get(parents)
         if shape is None:
             shape = self._parents[parents] = tuple(raw & ~self._ignore for raw in parents)
-        last = entries[-1]
-        i = len(entries) - 1
+        i = len(parents)
         ignore = self._huge_ignore[i] if last & _PS and i in (1, 2) else self._ignore
         key = (shape, last & ~ignore, probe.access, probe.cpl)
         outcome = self._cache.get(key)
         if outcome is None:
-            outcome = self._cache[key] = self._evaluate(entries, probe)
+            outcome = self._cache[key] = self._evaluate((*parents, last), probe)
         return outcome
 
     def _evaluate(self, entries: tuple[int, ...], probe: Probe) -> Outcome:

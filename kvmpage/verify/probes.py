@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from kvmpage.addr import _sign_extend_47
-from kvmpage.layout.dump import coalesce
+from kvmpage.layout.dump import Run, coalesce
 from kvmpage.layout.scan import Leaf
 from kvmpage.paging.access import AccessKind
 
@@ -117,24 +117,26 @@ def make_plan(
 ) -> Plan:
     """The probes for ``leaves`` (ascending virtual order, as `kvmpage.layout.scan` yields)."""
     cov = Coverage(pages=len(leaves))
+    runs = list(coalesce(leaves))
     if len(leaves) <= options.full_limit:
         full = set(range(len(leaves)))
         cov.strategy = "every page: read, write and fetch at CPL3 and CPL0"
     else:
-        full = _chosen(leaves, options)
+        full = _chosen(leaves, runs, options)
         cov.strategy = (
             f"{len(full)} pages fully (every table's first page, each run's first and last, "
             f"every huge page, {options.sample} sampled with seed {options.seed})"
             + ("; a CPL3 read of every other page" if options.every_page else "")
         )
     probes: list[Probe] = []
+    read, make = AccessKind.READ, tuple.__new__  # (a plain tuple.__new__: large plans)
     for i, leaf in enumerate(leaves):
         if i in full:
             probes.extend(_full(leaf, options))
-            cov.pages_full += 1
         elif options.every_page:
-            probes.append(Probe(leaf.virt + READ_OFFSET, AccessKind.READ, 3, leaf))
-            cov.pages_read_only += 1
+            probes.append(make(Probe, (leaf.virt + READ_OFFSET, read, 3, leaf)))
+    cov.pages_full = len(full)
+    cov.pages_read_only = len(leaves) - len(full) if options.every_page else 0
     if options.extra:
         starts = [leaf.virt for leaf in leaves]
         for va in options.extra:
@@ -148,7 +150,7 @@ def make_plan(
                 if cpl == 3 or options.cpl0
             )
     if options.holes:
-        for va in _holes(leaves, frozenset(excluded_p4)):
+        for va in _holes(leaves, runs, frozenset(excluded_p4)):
             cov.holes += 1
             probes.extend(
                 Probe(va + ACCESS_OFFSETS[a], a, cpl, None)
@@ -160,27 +162,28 @@ def make_plan(
     return Plan(probes, cov)
 
 
-def _chosen(leaves: Sequence[Leaf], options: PlanOptions) -> set[int]:
+def _chosen(leaves: Sequence[Leaf], runs: Sequence[Run], options: PlanOptions) -> set[int]:
     """Indices of the pages that get the full set in a large layout."""
     chosen: set[int] = set()
     seen_tables: set[int] = set()
     for i, leaf in enumerate(leaves):
-        table = leaf.entry_addrs[-1] & ~0xFFF
+        table = leaf.entry_addr & ~0xFFF
         if table not in seen_tables:
             seen_tables.add(table)
             chosen.add(i)
         if leaf.size > 4096:
             chosen.add(i)
-    index_of = {leaf.virt: i for i, leaf in enumerate(leaves)}
-    for run in coalesce(leaves):
-        chosen.add(index_of[run.virt])
-        chosen.add(index_of[run.virt_end - run.page_size])
+    first = 0
+    for run in runs:  # the runs cover the leaves in order, run.count leaves each
+        chosen.add(first)
+        first += run.count
+        chosen.add(first - 1)
     rng = random.Random(options.seed)
     chosen.update(rng.sample(range(len(leaves)), min(options.sample, len(leaves))))
     return chosen
 
 
-def _holes(leaves: Sequence[Leaf], excluded_p4: frozenset[int]) -> list[int]:
+def _holes(leaves: Sequence[Leaf], runs: Sequence[Run], excluded_p4: frozenset[int]) -> list[int]:
     """Unmapped 4 KiB pages right before and after each run of mappings."""
     starts = [leaf.virt for leaf in leaves]
     ends = [leaf.virt + leaf.size for leaf in leaves]
@@ -190,12 +193,12 @@ def _holes(leaves: Sequence[Leaf], excluded_p4: frozenset[int]) -> list[int]:
         return i >= 0 and va < ends[i]
 
     holes: list[int] = []
-    for run in coalesce(leaves):
+    for run in runs:
         for va in (run.virt - 4096, run.virt_end):
             if not 0 <= va < 1 << 64:
                 continue
             if _sign_extend_47(va) != va or (va >> 39) & 511 in excluded_p4:
                 continue  # non-canonical (#GP, not a hole) or a reserved slot
-            if not mapped(va) and va not in holes:
+            if not mapped(va):
                 holes.append(va)
-    return sorted(holes)
+    return sorted(set(holes))
