@@ -326,3 +326,22 @@ def test_probe_access_kinds_are_all_used(machine: Machine) -> None:
     assert v.verify().ok
     kinds = {(p.access, p.cpl) for p, _, _, _ in v.last_results}
     assert kinds == {(a, c) for a in AccessKind for c in (0, 3)}
+
+
+def test_pml4_slots_the_host_keeps_are_skipped_at_cpl3_and_reported(machine: Machine) -> None:
+    """A user page in a slot the hypervisor keeps (PVM: 256) is verified at CPL0 only, and the
+    report says why the CPL3 probes were left out (never a silent pass, never a false alarm)."""
+    profile = machine.host_profile()
+    spec = LayoutSpec(
+        name="slot-256",
+        memory_size=MEMORY,
+        mappings=(MappingSpec("user-256", 0xFFFF_8000_0000_0000, Size4KiB, 2, P | W | U),),
+    )
+    report = verify(on_machine(spec, machine).mapper, machine)
+    assert report.ok, report.format()
+    if 256 in profile.cpl3_blocked_slots:
+        assert "cpl3-every-pml4-slot" in report.unavailable
+        assert report.coverage.skipped["CPL3 access in a PML4 slot this host keeps for itself"] > 0
+    assert report.oracles[profile.cpl0_oracle].probes > 0
+    if profile.kind.value == "pvm":
+        assert 256 in profile.cpl3_blocked_slots
