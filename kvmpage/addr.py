@@ -60,42 +60,37 @@ def align_up(addr: int, align: int) -> int:
     return r
 
 
-class VirtAddrNotValid(ValueError):
+class _AddrNotValid(ValueError):
+    """A value that is not a valid address of some kind; ``.value`` is the full original u64."""
+
+    _WHY = ""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.value = value
+
+    @property
+    def addr(self) -> int:
+        """Alias of ``value`` (the crate's tuple field ``.0``)."""
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.value:#x})"
+
+    def __str__(self) -> str:
+        return f"{self.value:#x} {self._WHY}"
+
+
+class VirtAddrNotValid(_AddrNotValid):
     """Not a canonical virtual address; ``.value`` is the full original u64 (A-07)."""
 
-    def __init__(self, value: int) -> None:
-        super().__init__(value)
-        self.value = value
-
-    @property
-    def addr(self) -> int:
-        """Alias of ``value`` (the crate's tuple field ``.0``)."""
-        return self.value
-
-    def __repr__(self) -> str:
-        return f"VirtAddrNotValid({self.value:#x})"
-
-    def __str__(self) -> str:
-        return f"{self.value:#x} is not a canonical virtual address (bits 48..63 must copy bit 47)"
+    _WHY = "is not a canonical virtual address (bits 48..63 must copy bit 47)"
 
 
-class PhysAddrNotValid(ValueError):
+class PhysAddrNotValid(_AddrNotValid):
     """A value with any of bits 52..63 set; ``.value`` is the full original u64 (A-26)."""
 
-    def __init__(self, value: int) -> None:
-        super().__init__(value)
-        self.value = value
-
-    @property
-    def addr(self) -> int:
-        """Alias of ``value`` (the crate's tuple field ``.0``)."""
-        return self.value
-
-    def __repr__(self) -> str:
-        return f"PhysAddrNotValid({self.value:#x})"
-
-    def __str__(self) -> str:
-        return f"{self.value:#x} is not a valid physical address (bits 52..63 must be zero)"
+    _WHY = "is not a valid physical address (bits 52..63 must be zero)"
 
 
 class _Addr:
