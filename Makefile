@@ -1,5 +1,5 @@
 # kvmpage: every target sets up its own virtual environment (.venv) first.
-#   make run    set up, then run the main job on the built-in layout
+#   make run    set up, then kvmpage verify: check the built-in layout against the CPU
 #   make test   set up, then run the whole test suite
 #   make lint   ruff + mypy
 #   make guest  reassemble the guest agent (GNU as) and check it matches the shipped bytes
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/kvmpage dump
+	$(BIN)/kvmpage verify
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -13,8 +13,15 @@ _HOW = (
     "feature was tried in a guest (a probe that must fault or must succeed), not read from CPUID"
 )
 _ORACLE = {
-    "mmu": "the CPU's MMU walks the tables (native execution)",
+    "mmu": "the CPU's MMU walks the tables: native execution",
     "kvm-emulator": "KVM emulates the instruction and walks the tables in software",
+}
+_KIND = {
+    "pvm": "kvm_pvm: CPL3 runs natively on shadow page tables, CPL0 is emulated",
+    "vmx-ept": "Intel VMX with EPT: both CPLs run natively on the guest's tables",
+    "svm-npt": "AMD SVM with NPT: both CPLs run natively on the guest's tables",
+    "vmx-shadow": "Intel VMX without EPT: native execution on shadow page tables",
+    "svm-shadow": "AMD SVM without NPT: native execution on shadow page tables",
 }
 
 
@@ -46,13 +53,14 @@ def cmd_host(args: argparse.Namespace) -> int:
         emit_json(doc)
         return EXIT_OK
     print(f"device: {args.device}")
-    print(f"hypervisor: {profile.kind.value}")
+    kind = profile.kind.value
+    print(f"hypervisor: {kind}" + (f" ({_KIND[kind]})" if kind in _KIND else ""))
     for cpl, oracle in ((3, profile.cpl3_oracle), (0, profile.cpl0_oracle)):
         print(f"CPL{cpl} accesses are checked by: {oracle} ({_ORACLE.get(oracle, oracle)})")
     print("KVM_TRANSLATE (kvm-translate): KVM's own walker, a second opinion on addresses only")
     print(f"MAXPHYADDR {c.maxphyaddr}, linear address bits {c.linear_bits}")
     print("paging features (tried in a guest):")
     for name, r in sorted(profile.features.items()):
-        print(f"  {name:<18} {r.support.value:<12} {r.evidence}")
+        print(f"  {name:<21} {r.support.value:<12} {r.evidence}")
     print(f"how: {_HOW}")
     return EXIT_OK

@@ -194,6 +194,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"recursive slot {slot}: {len(runs) - len(mine)} runs (the tables seen as data "
             f"through entry {slot}), probed: {cells}"
         )
+    legend = {
+        profile.cpl3_oracle: "CPL3 probes",
+        profile.cpl0_oracle: "CPL0 probes",
+        "kvm-translate": "KVM_TRANSLATE, addresses only",
+    }
+    if profile.cpl3_oracle == profile.cpl0_oracle:
+        legend[profile.cpl3_oracle] = "CPL3 and CPL0 probes"
+    print(
+        "columns: "
+        + ", ".join(f"{o} = {legend[o]}" for o in oracles if o in legend)
+        + "; ok = every probe of the run agreed, FAIL(n) = n disagreed, - = none ran"
+    )
     hole_cells = ", ".join(f"{o} {holes.cell(o)}" for o in oracles if o in holes.probes)
     n_holes = report.coverage.holes
     print(f"holes: {n_holes} unmapped pages next to the runs, probed: {hole_cells or 'none'}")

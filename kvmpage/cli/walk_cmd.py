@@ -94,10 +94,20 @@ def hardware_probes(verifier: Verifier, va: int) -> list[HardwareProbe]:
     return out
 
 
+def pf_reason(code: int) -> str:
+    """A page-fault error code in words: ``0x15`` is "protection, user, fetch"."""
+    words = ["protection" if code & 1 else "not present"]
+    words += [w for bit, w in ((1, "write"), (2, "user"), (3, "reserved bit"), (4, "fetch"))
+              if code >> bit & 1]  # fmt: skip
+    return ", ".join(words)
+
+
 def _describe(result: Result, plain: str) -> str:
     """What the CPU did, with a read's tag decoded into the physical address it names."""
     from kvmpage.verify.probes import TAG_PREFIX
 
+    if result.fault is not None and result.fault.vector == 14:
+        return f"{plain} ({pf_reason(result.fault.error_code)})"
     if result.fault is not None or not result.ok:
         return plain
     if result.op.name.lower() == "write":
@@ -221,7 +231,7 @@ def cmd_walk(args: argparse.Namespace) -> int:
             print(f"  {what}  not run: {p.skipped}; software says {p.expected}")
             continue
         mark = "agree" if p.agree else "DISAGREE"
-        print(f"  {what}  {p.actual:<40} [{p.oracle}] {mark}")
+        print(f"  {what}  {p.actual:<58} [{p.oracle}] {mark}")
         if not p.agree:
             print(f"             software: {p.expected}; {p.why}")
     return code
