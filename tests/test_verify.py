@@ -112,9 +112,7 @@ def test_recursive_table_reads_back_the_table_bytes_through_the_recursive_addres
     p1_va = recursive_table_address(R, (va >> 39) & 511, (va >> 30) & 511, (va >> 21) & 511)
     p4_va = recursive_table_address(R)
     b = Batch()
-    reads = {
-        ("p4", i): b.read(int(p4_va) + 8 * i, cpl=0) for i in ((va >> 39) & 511, R, 0x1FF - 1)
-    }
+    reads = {("p4", i): b.read(int(p4_va) + 8 * i, cpl=0) for i in ((va >> 39) & 511, R, 0x1FF - 1)}
     reads |= {("p1", i): b.read(int(p1_va) + 8 * i, cpl=0) for i in range(3)}
     res = machine.run(b)
     p1_phys = built.memory.read_u64(mapper.level_4_table().phys) & 0x000F_FFFF_FFFF_F000
@@ -345,3 +343,14 @@ def test_pml4_slots_the_host_keeps_are_skipped_at_cpl3_and_reported(machine: Mac
     assert report.oracles[profile.cpl0_oracle].probes > 0
     if profile.kind.value == "pvm":
         assert 256 in profile.cpl3_blocked_slots
+
+
+def test_probes_beyond_the_machine_capacity_run_in_several_batches() -> None:
+    with Machine(MEMORY, capacity=64) as m:
+        built = on_machine(small_layout("mapped"), m)
+        v = Verifier(built.mapper, m, keep_results=True)
+        report = v.verify()
+        assert report.ok, report.format()
+        assert len(v.last_results) > 3 * 64  # several KVM_RUNs, results in probe order
+        # each result belongs to its probe, across the batch boundaries
+        assert all(r.addr == p.va and r.cpl == p.cpl for p, _, r, _ in v.last_results)
