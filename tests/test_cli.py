@@ -150,6 +150,7 @@ def test_no_kvm_device_exits_2_with_the_reason(
     code, out, err = run(capsys, *command, "--device", device)
     assert code == 2 and out == ""
     assert err.startswith(f"kvmpage {command[0]}: error:") and device in err
+    assert ("--software-only" if command[0] == "walk" else "kvmpage dump") in err
     assert "Traceback" not in err
     code, doc = run_json(capsys, *command, "--device", device)
     assert code == 2 and device in doc["error"]

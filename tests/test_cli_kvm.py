@@ -189,3 +189,21 @@ def test_console_script_verify_is_fast_and_valid() -> None:
     assert elapsed < 5  # generous: the half-second target is measured by scripts, not tests
     text = subprocess.run([*_script(), "verify", "-q"], capture_output=True, text=True)
     assert text.returncode == 0 and "hardware agrees" in text.stdout and text.stderr == ""
+
+
+def test_walk_in_the_agent_slot_is_not_probed(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "walk", "0xffffff8000000000")
+    assert code == 0 and "guest agent's: not probed" in out
+    code, doc = run_json(capsys, "walk", "0xffffff8000000000")
+    assert code == 0 and doc["hardware"] == []
+
+
+def test_verify_with_the_agent_moved(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    layout = tmp_path / "moved.toml"
+    layout.write_text(
+        'agent_slot = 300\n[[mapping]]\nname = "top"\nvirt = 0xffff_ff80_0000_0000\n'
+        'flags = ["W", "NX"]\n'
+    )
+    code, doc = run_json(capsys, "verify", str(layout))
+    assert code == 0 and doc["runs"][0]["virt"] == "0xffffff8000000000"
+    assert doc["runs"][0]["oracles"]["mmu"]["probes"] > 0

@@ -179,12 +179,13 @@ def _run(args: argparse.Namespace) -> int:
     return cmd_host(args)
 
 
-def _reason(e: BaseException) -> str:
+def _reason(e: BaseException, command: str) -> str:
     """The message a user sees for an error that stops a command."""
     from kvmpage.kvm.errors import KvmError
 
-    if isinstance(e, KvmError | FileNotFoundError | PermissionError) and "kvm" in str(e).lower():
-        return f"{e} (kvmpage needs a read-write /dev/kvm; try --device, or dump for software)"
+    if isinstance(e, KvmError):
+        other = "kvmpage walk --software-only" if command == "walk" else "kvmpage dump"
+        return f"{e} ({other} works without KVM)"
     return str(e)
 
 
@@ -203,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAIL
     except (CliError, LayoutError, Panic, OSError, MachineError, RuntimeError, ValueError) as e:
-        reason = _reason(e)
+        reason = _reason(e, args.command)
         print(f"kvmpage {args.command}: error: {reason}", file=sys.stderr)
         if getattr(args, "json", False):
             emit_json({"command": args.command, "exit_code": EXIT_ERROR, "error": reason})

@@ -144,9 +144,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             verifier,
         ),
     ):
-        progress.stage("probing every mapping at CPL3 and CPL0")
         # the tables as built, before the CPU sets A and D in them
         leaves = list(scan(built.memory, built.p4_phys, skip_p4=verifier.skip_p4))
+        progress.stage(f"probing {len(leaves)} pages and the holes next to them")
         report = verifier.verify(options)
         runs = list(coalesce(leaves))
         verdicts, holes = run_verdicts(runs, leaves, verifier, report, options.seed)

@@ -53,6 +53,11 @@ class HardwareProbe:
     why: str = ""
 
 
+def _in_agent_slot(va: int, slot: int) -> bool:
+    canonical = va < 1 << 47 or va >> 47 == 0x1FFFF
+    return canonical and (va >> 39) & 511 == slot
+
+
 def parse_va(text: str) -> int:
     """A virtual address from the command line: 0x... hex or decimal, 64 bits."""
     try:
@@ -175,6 +180,7 @@ def cmd_walk(args: argparse.Namespace) -> int:
     va = parse_va(args.va)
     spec = load_spec(args.layout)
     probes: list[HardwareProbe] = []
+    note = "(software walk only: no hardware check)"
     if args.software_only:
         from kvmpage.cli.common import alloc_end
 
@@ -187,12 +193,15 @@ def cmd_walk(args: argparse.Namespace) -> int:
     else:
         with (
             Progress.for_args(args.quiet) as progress,
-            on_machine(spec, args.device, progress) as (_m, built, verifier),
+            on_machine(spec, args.device, progress) as (machine, built, verifier),
         ):
             w, lines = _walk_lines(built, va)
             head, layout = header(built), layout_json(built)
             progress.stage("probing")
-            probes = hardware_probes(verifier, va)
+            if _in_agent_slot(va, machine.agent_slot):
+                note = f"(level-4 slot {machine.agent_slot} is the guest agent's: not probed)"
+            else:
+                probes = hardware_probes(verifier, va)
     code = EXIT_FAIL if any(p.agree is False for p in probes) else EXIT_OK
     if args.json:
         emit_json(
@@ -222,7 +231,7 @@ def cmd_walk(args: argparse.Namespace) -> int:
     print(cpu_line(spec.cpu))
     print("\n".join(lines))
     if not probes:
-        print("(software walk only: no hardware check)")
+        print(note)
         return code
     print(f"hardware, probing the page {va & ~0xFFF:#x} (read +0, write +8, fetch +0x40):")
     for p in probes:
