@@ -7,11 +7,13 @@ ran and found something (a disagreement, a W+X finding with ``--strict``, a diff
 
 from __future__ import annotations
 
+import bisect
 import json
+import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -122,9 +124,10 @@ def rights_json(run: Run) -> dict[str, bool]:
     }
 
 
-def run_json(run: Run) -> dict[str, Any]:
+def run_json(run: Run, names: Sequence[str] = ()) -> dict[str, Any]:
     """One coalesced run as JSON (the ``runs`` items of ``dump`` and ``verify``)."""
     return {
+        "mappings": list(names),
         "virt": hexa(run.virt),
         "virt_end": hexa(run.virt_end - 1),
         "size": run.size,
@@ -137,6 +140,60 @@ def run_json(run: Run) -> dict[str, Any]:
         "rights": rights_json(run),
         "rights_text": str(run.rights),
     }
+
+
+class MappingNames:
+    """Which of a layout's mappings a run lies in: runs are coalesced by attributes, so they
+    lose the names; a reader wants them back to find the line of the layout file."""
+
+    def __init__(self, spec: LayoutSpec) -> None:
+        items = sorted((m.virt, m.virt + m.length, re.sub(r"\[\d+\]$", "", m.name))
+                       for m in spec.mappings)  # fmt: skip
+        self._starts = [start for start, _, _ in items]
+        self._items = items
+
+    def of(self, virt: int, end: int) -> list[str]:
+        """Names of the mappings overlapping ``[virt, end)``, in address order, once each."""
+        i = max(bisect.bisect_right(self._starts, virt) - 1, 0)
+        out: list[str] = []
+        while i < len(self._items) and self._items[i][0] < end:
+            _, stop, name = self._items[i]
+            if stop > virt and name not in out:
+                out.append(name)
+            i += 1
+        return out
+
+    def of_runs(self, runs: Sequence[Run]) -> list[list[str]]:
+        return [self.of(r.virt, r.virt_end) for r in runs]
+
+
+LEVEL_NAME = {1: "4K", 2: "2M", 3: "1G"}
+
+
+def format_table(
+    runs: Sequence[Run],
+    names: Sequence[Sequence[str]],
+    columns: Sequence[str] = (),
+    cells: Sequence[Sequence[str]] = (),
+) -> list[str]:
+    """The run listing: virtual range, size, page size x count, physical start, effective
+    rights, leaf flags, then the extra ``columns`` (one cell per run each) and the names of
+    the layout's mappings the run belongs to."""
+    width = max((len(c) for c in columns), default=0) + 2
+    head = (
+        f"{'virtual start':>18}-{'end':<18} {'size':>6}  {'pages':<9} {'physical':>18}  "
+        f"{'rights':6}  {'flags':<20}" + "".join(f"{c:>{width}}" for c in columns) + "  mapping"
+    )
+    lines = [head]
+    for i, r in enumerate(runs):
+        pages = f"{r.count}x{LEVEL_NAME[r.level]}"
+        extra = "".join(f"{c:>{width}}" for c in cells[i]) if cells else ""
+        lines.append(
+            f"{r.virt:#018x}-{r.virt_end - 1:#018x} {human_size(r.size):>6}  {pages:<9} "
+            f"{r.phys:#018x}  {r.rights!s:6}  {flag_names(r.flags):<20}{extra}  "
+            + ", ".join(names[i])
+        )
+    return lines
 
 
 def emit_json(doc: dict[str, Any], out: TextIO | None = None) -> None:

@@ -14,9 +14,11 @@ from typing import Any
 from kvmpage.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
+    MappingNames,
     alloc_end,
     approx_size,
     emit_json,
+    format_table,
     header,
     hexa,
     layout_json,
@@ -25,7 +27,7 @@ from kvmpage.cli.common import (
 )
 from kvmpage.layout.audit import Finding, audit
 from kvmpage.layout.diff import Change, diff, format_diff
-from kvmpage.layout.dump import Run, coalesce, format_runs
+from kvmpage.layout.dump import Run, coalesce
 from kvmpage.layout.scan import scan
 from kvmpage.layout.spec import BuiltLayout, LayoutSpec, build
 
@@ -38,11 +40,12 @@ def _runs(built: BuiltLayout) -> list[Run]:
     return list(coalesce(scan(built.memory, built.p4_phys, skip_p4=frozenset(skip))))
 
 
-def snapshot(spec: LayoutSpec) -> tuple[list[Run], str, dict[str, Any]]:
-    """Build ``spec`` in a fresh memory and return its runs, header line and layout JSON."""
+def snapshot(spec: LayoutSpec) -> tuple[list[Run], list[list[str]], str, dict[str, Any]]:
+    """Build ``spec`` in a fresh memory: its runs, their mapping names, header line, layout JSON."""
     built = build(spec, alloc_end=alloc_end(spec))
     try:
-        return _runs(built), header(built), layout_json(built)
+        runs = _runs(built)
+        return runs, MappingNames(spec).of_runs(runs), header(built), layout_json(built)
     finally:
         built.close()
 
@@ -58,27 +61,29 @@ def _finding_json(f: Finding) -> dict[str, Any]:
     }
 
 
-def _change_json(c: Change) -> dict[str, Any]:
+def _change_json(c: Change, old: MappingNames, new: MappingNames) -> dict[str, Any]:
     return {
         "kind": c.kind,
         "virt": hexa(c.virt),
         "virt_end": hexa(c.virt_end - 1),
         "size": c.virt_end - c.virt,
         "fields": list(c.fields),
-        "old": None if c.old is None else run_json(c.old),
-        "new": None if c.new is None else run_json(c.new),
+        "old": None if c.old is None else run_json(c.old, old.of(c.old.virt, c.old.virt_end)),
+        "new": None if c.new is None else run_json(c.new, new.of(c.new.virt, c.new.virt_end)),
     }
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
     """``kvmpage dump [LAYOUT] [--diff OTHER]``."""
     spec = load_spec(args.layout)
-    runs, head, layout = snapshot(spec)
+    runs, names, head, layout = snapshot(spec)
     findings = audit(runs)
     changes: list[Change] | None = None
     other: dict[str, Any] | None = None
+    other_spec = spec
     if args.diff is not None:
-        other_runs, _, other = snapshot(load_spec(args.diff))
+        other_spec = load_spec(args.diff)
+        other_runs, _, _, other = snapshot(other_spec)
         changes = diff(runs, other_runs)
     code = EXIT_OK
     if (findings and args.strict) or changes:
@@ -88,16 +93,17 @@ def cmd_dump(args: argparse.Namespace) -> int:
             "command": "dump",
             "exit_code": code,
             "layout": layout,
-            "runs": [run_json(r) for r in runs],
+            "runs": [run_json(r, n) for r, n in zip(runs, names, strict=True)],
             "mapped_bytes": sum(r.size for r in runs),
             "audit": [_finding_json(f) for f in findings],
         }
         if changes is not None and other is not None:
-            doc["diff"] = {"other": other, "changes": [_change_json(c) for c in changes]}
+            a, b = MappingNames(spec), MappingNames(other_spec)
+            doc["diff"] = {"other": other, "changes": [_change_json(c, a, b) for c in changes]}
         emit_json(doc)
         return code
     print(head)
-    print("\n".join(format_runs(runs)))
+    print("\n".join(format_table(runs, names)))
     total = sum(r.size for r in runs)
     print(f"{len(runs)} runs, {approx_size(total)} mapped (software walk; no hardware check)")
     if findings:

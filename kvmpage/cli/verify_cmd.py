@@ -19,20 +19,20 @@ from typing import Any
 from kvmpage.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
+    MappingNames,
     Progress,
     cpu_line,
     emit_json,
+    format_table,
     header,
     layout_json,
     load_spec,
     on_machine,
     run_json,
 )
-from kvmpage.layout.dump import Run, coalesce, flag_names, human_size
+from kvmpage.layout.dump import Run, coalesce
 from kvmpage.layout.scan import Leaf, scan
 from kvmpage.verify import TRANSLATE_SAMPLE, PlanOptions, Report, Verifier
-
-LEVEL_NAME = {1: "4K", 2: "2M", 3: "1G"}
 
 
 @dataclass
@@ -111,26 +111,6 @@ def in_slot(run: Run, slot: int) -> bool:
     return (run.virt >> 39) & 511 == slot
 
 
-def format_table(
-    runs: Sequence[Run], verdicts: Sequence[RunVerdict], oracles: list[str]
-) -> list[str]:
-    """The dump's columns plus one verdict column per oracle."""
-    width = max((len(o) for o in oracles), default=0) + 2
-    head = (
-        f"{'virtual start':>18}-{'end':<18} {'size':>6}  {'pages':<9} {'physical':>18}  "
-        f"{'rights':6}  {'flags':<20}" + "".join(f"{o:>{width}}" for o in oracles)
-    )
-    lines = [head]
-    for r, v in zip(runs, verdicts, strict=True):
-        pages = f"{r.count}x{LEVEL_NAME[r.level]}"
-        lines.append(
-            f"{r.virt:#018x}-{r.virt_end - 1:#018x} {human_size(r.size):>6}  {pages:<9} "
-            f"{r.phys:#018x}  {r.rights!s:6}  {flag_names(r.flags):<20}"
-            + "".join(f"{v.cell(o):>{width}}" for o in oracles)
-        )
-    return lines
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
     """``kvmpage verify [LAYOUT]``."""
     t0 = time.perf_counter()
@@ -152,6 +132,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         verdicts, holes = run_verdicts(runs, leaves, verifier, report, options.seed)
         head = header(built)
         layout = layout_json(built)
+        names = MappingNames(built.spec).of_runs(runs)
         slot = built.spec.recursive_index
         profile = verifier.profile
         first = [profile.cpl3_oracle, profile.cpl0_oracle, "kvm-translate"]
@@ -166,11 +147,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 "layout": layout,
                 "runs": [
                     {
-                        **run_json(r),
+                        **run_json(r, n),
                         **v.to_json(),
                         "recursive_slot": slot is not None and in_slot(r, slot),
                     }
-                    for r, v in zip(runs, verdicts, strict=True)
+                    for r, v, n in zip(runs, verdicts, names, strict=True)
                 ],
                 "holes": holes.to_json(),
                 "report": report.to_dict(),
@@ -184,7 +165,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(head)
     print(f"host: {report.host}; {cpu_line(built.spec.cpu)}")
     mine = [i for i, r in enumerate(runs) if slot is None or not in_slot(r, slot)]
-    print("\n".join(format_table([runs[i] for i in mine], [verdicts[i] for i in mine], oracles)))
+    table = format_table(
+        [runs[i] for i in mine],
+        [names[i] for i in mine],
+        oracles,
+        [[verdicts[i].cell(o) for o in oracles] for i in mine],
+    )
+    print("\n".join(table))
     if len(mine) < len(runs):
         merged = RunVerdict()
         for i in set(range(len(runs))) - set(mine):

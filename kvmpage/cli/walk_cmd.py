@@ -18,6 +18,7 @@ from kvmpage.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
     CliError,
+    MappingNames,
     Progress,
     cpu_line,
     emit_json,
@@ -172,6 +173,10 @@ def _walk_lines(built: BuiltLayout, va: int) -> tuple[Walk, list[str]]:
         assert w.page_size is not None
         lines.append(f"  -> physical {w.phys:#x} ({w.page_size >> 10} KiB page)")
     lines.append(f"  mapper.translate: {_translate_text(built, va)}")
+    names = MappingNames(built.spec).of(va, va + 1)
+    if names:
+        where = f" ({built.spec.source})" if built.spec.source else ""
+        lines.append(f"  in mapping {names[0]!r} of the layout{where}")
     return w, lines
 
 
