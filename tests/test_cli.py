@@ -225,3 +225,9 @@ def test_console_script_survives_a_closed_pipe() -> None:
     proc.stdout.close()
     assert proc.wait(timeout=30) in (0, 1)
     assert "Traceback" not in proc.stderr.read()
+
+
+def test_walk_accepts_the_layout_first(capsys: pytest.CaptureFixture[str]) -> None:
+    layout = str(EXAMPLES / "kernel.toml")
+    code, out, _ = run(capsys, "walk", layout, "0x600000", "--software-only")
+    assert code == 0 and "in mapping 'user-data'" in out

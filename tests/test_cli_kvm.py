@@ -207,3 +207,12 @@ def test_verify_with_the_agent_moved(capsys: pytest.CaptureFixture[str], tmp_pat
     code, doc = run_json(capsys, "verify", str(layout))
     assert code == 0 and doc["runs"][0]["virt"] == "0xffffff8000000000"
     assert doc["runs"][0]["oracles"]["mmu"]["probes"] > 0
+
+
+def test_readme_library_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```python", readme.index("## The library")) + len("```python")
+    code = readme[start : readme.index("```", start)]
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "PhysAddr(0x200123)" in out and " 0 disagree" in out

@@ -182,6 +182,8 @@ def _walk_lines(built: BuiltLayout, va: int) -> tuple[Walk, list[str]]:
 
 def cmd_walk(args: argparse.Namespace) -> int:
     """``kvmpage walk VA [LAYOUT]``."""
+    if args.layout is not None and args.va.endswith(".toml"):
+        args.va, args.layout = args.layout, args.va  # ``walk LAYOUT VA``: forgive the order
     va = parse_va(args.va)
     spec = load_spec(args.layout)
     probes: list[HardwareProbe] = []
