@@ -17,17 +17,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import support
+from support import (
+    ALLOC_END,
+    ALLOC_START,
+    MEM_SIZE,
+    P4_PHYS,
+    STRICT_FLUSH_TOKENS,
+    F,
+    P,
+    R,
+    W,
+    build_mapper,
+    frame4k,
+    page4k,
+    pool_allocator,
+)
 
 from kvmpage import PhysAddr, PhysMemory, VirtAddr
 from kvmpage.paging import (
-    ADDRESS_MASK,
     FrameDeallocationError,
-    MappedPageTable,
-    OffsetPageTable,
     Page,
     PageRangeInclusive,
-    PageTable,
-    PageTableFlags,
     PhysFrame,
     PoolFrameAllocator,
     RecordingTlb,
@@ -38,47 +49,13 @@ from kvmpage.paging import (
     recursive_table_address,
 )
 
-pytestmark = [
-    pytest.mark.filterwarnings("error::kvmpage.paging.UnusedFlushWarning"),
-    # warnings raised in a token's __del__ are "unraisable"; make pytest fail on those too
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = STRICT_FLUSH_TOKENS
 
-F = PageTableFlags
-P = F.PRESENT
-W = F.WRITABLE
-H = F.HUGE_PAGE
-
-MEM_SIZE = 0x40_0000
-P4_PHYS = 0x1000
-ALLOC_START = 0x2000
-ALLOC_END = 0x10_0000
-R = 510
 LAST_PAGE = 0xFFFF_FFFF_FFFF_F000
-
-
-def page4k(va: int) -> Page[Size4KiB]:
-    return Page.from_start_address(VirtAddr(va))
-
-
-def frame4k(pa: int) -> PhysFrame[Size4KiB]:
-    return PhysFrame.from_start_address(PhysAddr(pa))
 
 
 def prange(a: int, b: int) -> PageRangeInclusive[Size4KiB]:
     return Page.range_inclusive(page4k(a), page4k(b))
-
-
-def idx(va: int, level: int) -> int:
-    return (va >> (12 + 9 * (level - 1))) & 511
-
-
-class IdentityMapping:
-    def __init__(self, memory: PhysMemory) -> None:
-        self.memory = memory
-
-    def frame_to_pointer(self, frame: PhysFrame[Size4KiB]) -> PageTable:
-        return self.memory.table(frame.start_address())
 
 
 class LoggingDeallocator:
@@ -92,27 +69,7 @@ class LoggingDeallocator:
 
 
 @dataclass
-class Env:
-    kind: str
-    memory: PhysMemory
-    mapper: Any
-    alloc: PoolFrameAllocator[Size4KiB]
-
-    def entry_pa(self, va: int, level: int) -> int:
-        table = P4_PHYS
-        for lvl in range(4, level, -1):
-            table = self.memory.read_u64(table + 8 * idx(va, lvl)) & ADDRESS_MASK
-        return table + 8 * idx(va, level)
-
-    def entry(self, va: int, level: int) -> int:
-        return self.memory.read_u64(self.entry_pa(va, level))
-
-    def set_entry(self, va: int, level: int, raw: int) -> None:
-        self.memory.write_u64(self.entry_pa(va, level), int(raw))
-
-    def map(self, page: Any, frame: Any, flags: int = P | W) -> None:
-        self.mapper.map_to(page, frame, flags, self.alloc).ignore()
-
+class Env(support.Env):
     def unmap(self, page: Any) -> None:
         _, tok = self.mapper.unmap(page)
         tok.ignore()
@@ -128,17 +85,8 @@ class Env:
 
 def make_env(kind: str) -> Env:
     memory = PhysMemory(MEM_SIZE)
-    alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(ALLOC_START, ALLOC_END, memory=memory)
-    l4 = memory.table(P4_PHYS)
-    mapper: Any
-    if kind == "mapped":
-        mapper = MappedPageTable(l4, IdentityMapping(memory))
-    elif kind == "offset":
-        mapper = OffsetPageTable(l4, VirtAddr(0xFFFF_8000_0000_0000))
-    else:
-        memory.write_u64(P4_PHYS + 8 * R, P4_PHYS | int(P | W))
-        mapper = RecursivePageTable(memory, recursive_table_address(R), frame4k(P4_PHYS))
-    return Env(kind, memory, mapper, alloc)
+    alloc = pool_allocator(memory)
+    return Env(kind, memory, build_mapper(kind, memory), alloc)
 
 
 @pytest.fixture(params=["mapped", "offset", "recursive"])

@@ -19,55 +19,26 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support import NX, STRICT_FLUSH_TOKENS, P, W, build_mapper, frame4k, page4k
 
 from kvmpage import PhysAddr, PhysMemory, VirtAddr
 from kvmpage.paging import (
-    MappedPageTable,
     MapperFlush,
     MapperFlushAll,
-    OffsetPageTable,
     Page,
     PageNotMapped,
-    PageTable,
-    PageTableFlags,
     PhysFrame,
     PoolFrameAllocator,
     RecordingTlb,
-    RecursivePageTable,
     Size1GiB,
     Size2MiB,
     Size4KiB,
     UnusedFlushWarning,
-    recursive_table_address,
 )
 
-pytestmark = [
-    pytest.mark.filterwarnings("error::kvmpage.paging.UnusedFlushWarning"),
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = STRICT_FLUSH_TOKENS
 
-P = PageTableFlags.PRESENT
-W = PageTableFlags.WRITABLE
-NX = PageTableFlags.NO_EXECUTE
-MEM_SIZE = 0x20_0000
-P4_PHYS = 0x1000
-R = 510
-
-
-def page4k(va: int) -> Page[Size4KiB]:
-    return Page.from_start_address(VirtAddr(va))
-
-
-def frame4k(pa: int) -> PhysFrame[Size4KiB]:
-    return PhysFrame.from_start_address(PhysAddr(pa))
-
-
-class IdentityMapping:
-    def __init__(self, memory: PhysMemory) -> None:
-        self.memory = memory
-
-    def frame_to_pointer(self, frame: PhysFrame[Size4KiB]) -> PageTable:
-        return self.memory.table(frame.start_address())
+MEM_SIZE = 0x20_0000  # 2 MiB, not the shared 4 MiB: the allocator hands out all of it from 0x2000
 
 
 class ListTlb:
@@ -86,14 +57,7 @@ class ListTlb:
 def make_mapper(kind: str, tlb: Any = None) -> tuple[Any, PoolFrameAllocator[Size4KiB]]:
     memory = PhysMemory(MEM_SIZE)
     alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(0x2000, MEM_SIZE, memory=memory)
-    l4 = memory.table(P4_PHYS)
-    if kind == "mapped":
-        return MappedPageTable(l4, IdentityMapping(memory), tlb=tlb), alloc
-    if kind == "offset":
-        return OffsetPageTable(l4, VirtAddr(0xFFFF_8000_0000_0000), tlb=tlb), alloc
-    memory.write_u64(P4_PHYS + 8 * R, P4_PHYS | int(P | W))
-    cr3 = frame4k(P4_PHYS)
-    return RecursivePageTable(memory, recursive_table_address(R), cr3, tlb=tlb), alloc
+    return build_mapper(kind, memory, tlb=tlb), alloc
 
 
 @pytest.fixture(params=["mapped", "offset", "recursive"])

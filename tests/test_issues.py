@@ -38,6 +38,25 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from support import (
+    MEM_SIZE,
+    P4_PHYS,
+    STRICT_FLUSH_TOKENS,
+    Env,
+    F,
+    H,
+    P,
+    R,
+    U,
+    W,
+    frame1g,
+    frame2m,
+    frame4k,
+    make_env,
+    page1g,
+    page2m,
+    page4k,
+)
 
 from kvmpage import (
     Panic,
@@ -53,7 +72,6 @@ from kvmpage.paging import (
     BumpFrameAllocator,
     Mapped,
     MappedFrame,
-    MappedPageTable,
     MapperFlush,
     NotActive,
     NotMapped,
@@ -61,120 +79,32 @@ from kvmpage.paging import (
     Page,
     PageAlreadyMapped,
     PageNotMapped,
-    PageTable,
     PageTableEntry,
-    PageTableFlags,
     PageTableIndex,
     ParentEntryHugePage,
     PhysFrame,
-    PoolFrameAllocator,
     RecordingTlb,
     RecursivePageTable,
     Size1GiB,
     Size2MiB,
-    Size4KiB,
     SoftPageFault,
     UnmapError,
     recursive_table_address,
 )
 
-pytestmark = [
-    pytest.mark.filterwarnings("error::kvmpage.paging.UnusedFlushWarning"),
-    # warnings raised in a token's __del__ are "unraisable"; make pytest fail on those too
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = STRICT_FLUSH_TOKENS
 
-F = PageTableFlags
-P = F.PRESENT
-W = F.WRITABLE
-U = F.USER_ACCESSIBLE
-H = F.HUGE_PAGE
-
-MEM_SIZE = 0x40_0000
-P4_PHYS = 0x1000
-R = 510
 FLAGS_OF = ~ADDRESS_MASK & 0xFFFF_FFFF_FFFF_FFFF
-
-
-def page4k(va: int) -> Page[Size4KiB]:
-    return Page.from_start_address(VirtAddr(va))
-
-
-def page2m(va: int) -> Page[Size2MiB]:
-    return Page[Size2MiB].from_start_address(VirtAddr(va))
-
-
-def page1g(va: int) -> Page[Size1GiB]:
-    return Page[Size1GiB].from_start_address(VirtAddr(va))
-
-
-def frame4k(pa: int) -> PhysFrame[Size4KiB]:
-    return PhysFrame.from_start_address(PhysAddr(pa))
-
-
-def frame2m(pa: int) -> PhysFrame[Size2MiB]:
-    return PhysFrame[Size2MiB].from_start_address(PhysAddr(pa))
-
-
-def frame1g(pa: int) -> PhysFrame[Size1GiB]:
-    return PhysFrame[Size1GiB].from_start_address(PhysAddr(pa))
-
-
-def idx(va: int, level: int) -> int:
-    return (va >> (12 + 9 * (level - 1))) & 511
-
-
-class IdentityMapping:
-    def __init__(self, memory: PhysMemory) -> None:
-        self.memory = memory
-
-    def frame_to_pointer(self, frame: PhysFrame[Size4KiB]) -> PageTable:
-        return self.memory.table(frame.start_address())
-
-
-class Env:
-    def __init__(self, kind: str, r: int = R) -> None:
-        self.kind = kind
-        self.memory = PhysMemory(MEM_SIZE)
-        self.alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(
-            0x2000, 0x10_0000, memory=self.memory
-        )
-        l4 = self.memory.table(P4_PHYS)
-        self.mapper: Any
-        if kind == "mapped":
-            self.mapper = MappedPageTable(l4, IdentityMapping(self.memory))
-        elif kind == "offset":
-            self.mapper = OffsetPageTable(l4, VirtAddr(0xFFFF_8000_0000_0000))
-        else:
-            self.memory.write_u64(P4_PHYS + 8 * r, P4_PHYS | int(P | W))
-            self.mapper = RecursivePageTable(
-                self.memory, recursive_table_address(r), frame4k(P4_PHYS)
-            )
-
-    def entry_pa(self, va: int, level: int) -> int:
-        table = P4_PHYS
-        for lvl in range(4, level, -1):
-            table = self.memory.read_u64(table + 8 * idx(va, lvl)) & ADDRESS_MASK
-        return table + 8 * idx(va, level)
-
-    def entry(self, va: int, level: int) -> int:
-        return self.memory.read_u64(self.entry_pa(va, level))
-
-    def set_entry(self, va: int, level: int, raw: int) -> None:
-        self.memory.write_u64(self.entry_pa(va, level), int(raw))
-
-    def map(self, page: Any, frame: Any, flags: int = P | W) -> None:
-        self.mapper.map_to(page, frame, flags, self.alloc).ignore()
 
 
 @pytest.fixture(params=["mapped", "offset", "recursive"])
 def env(request: pytest.FixtureRequest) -> Env:
-    return Env(request.param)
+    return make_env(request.param)
 
 
 @pytest.fixture(params=["mapped", "offset"])
 def menv(request: pytest.FixtureRequest) -> Env:
-    return Env(request.param)
+    return make_env(request.param)
 
 
 # -- mapper semantics -----------------------------------------------------------------------------
@@ -255,7 +185,7 @@ def test_i05_update_flags_on_non_present_entry_and_clean_up_keeps_it(env: Env) -
 def test_i06_offset_page_table_map_to_without_present_panics() -> None:
     """I-06 (#554): OffsetPageTable.map_to with flags lacking PRESENT panics 'entry should be
     mapped at this point' (also on master, MP-04.3)."""
-    e = Env("offset")
+    e = make_env("offset")
     with pytest.raises(Panic, match=r"^entry should be mapped at this point"):
         e.mapper.map_to(page4k(0x1000), frame4k(0x9000), W | U, e.alloc)
 
@@ -321,7 +251,7 @@ def test_i12_new_mappings_still_return_a_flush(env: Env) -> None:
 def test_i13_recursive_index_511_and_index_based_iteration() -> None:
     """I-13 (#424 -> #425): the table at 0xffff_ffff_ffff_f000 (r = 511) iterates its 512
     entries index-based; a mapper with r = 511 maps, translates and cleans up."""
-    e = Env("recursive", r=511)
+    e = make_env("recursive", r=511)
     assert e.mapper.table_address() == VirtAddr(0xFFFF_FFFF_FFFF_F000)
     entries = list(e.mapper.level_4_table().iter())
     assert len(entries) == 512 and entries[511].raw == P4_PHYS | int(P | W)
@@ -364,7 +294,7 @@ def test_i15_recursive_entry_must_hold_the_physical_frame() -> None:
 def test_i16_recursive_mapper_forces_pw_only_on_new_entries() -> None:
     """I-16 (bootloader #443): the recursive mapper makes new parents PRESENT|WRITABLE but does
     not add WRITABLE to an existing read-only parent unless the insert flags ask for it."""
-    e = Env("recursive")
+    e = make_env("recursive")
     e.map(page4k(0x1000), frame4k(0x9000), P)
     assert e.entry(0x1000, 4) == 0x2000 | int(P | W)
     e.set_entry(0x1000, 3, 0x3000 | int(P))  # read-only P3 entry
@@ -377,7 +307,7 @@ def test_i16_recursive_mapper_forces_pw_only_on_new_entries() -> None:
 def test_i17_clean_up_skips_recursive_slot_and_replaced_filter() -> None:
     """I-17 (#264, #238): clean-up skips the recursive slot (C-11); the filter variant was
     replaced by clean_up_addr_range."""
-    e = Env("recursive")
+    e = make_env("recursive")
     e.map(page4k(0x1000), frame4k(0x9000))
     _, tok = e.mapper.unmap(page4k(0x1000))
     tok.ignore()

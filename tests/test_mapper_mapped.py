@@ -20,6 +20,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import support
+from support import (
+    ALLOC_END,
+    ALLOC_START,
+    MEM_SIZE,
+    NX,
+    OFFSET,
+    P4_PHYS,
+    STRICT_FLUSH_TOKENS,
+    F,
+    H,
+    P,
+    U,
+    W,
+    build_mapper,
+    frame1g,
+    frame2m,
+    frame4k,
+    idx,
+    mapper_op,
+    page1g,
+    page2m,
+    page4k,
+    pool_allocator,
+    returned,
+)
 
 from kvmpage import Panic, PhysAddr, PhysMemory, PhysMemoryError, VirtAddr
 from kvmpage.paging import (
@@ -45,7 +71,6 @@ from kvmpage.paging import (
     PageAlreadyMapped,
     PageNotMapped,
     PageTable,
-    PageTableFlags,
     ParentEntryHugePage,
     PhysFrame,
     PoolFrameAllocator,
@@ -57,56 +82,7 @@ from kvmpage.paging import (
     UnmapError,
 )
 
-pytestmark = [
-    pytest.mark.filterwarnings("error::kvmpage.paging.UnusedFlushWarning"),
-    # The warning is raised from a token's __del__, where Python turns it into an "unraisable"
-    # exception; this makes pytest fail the test for it too.
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
-]
-
-F = PageTableFlags
-P = F.PRESENT
-W = F.WRITABLE
-U = F.USER_ACCESSIBLE
-H = F.HUGE_PAGE
-NX = F.NO_EXECUTE
-
-MEM_SIZE = 0x40_0000
-P4_PHYS = 0x1000
-ALLOC_START = 0x2000
-ALLOC_END = 0x10_0000
-OFFSET = 0xFFFF_8000_0000_0000
-
-
-# -- helpers --------------------------------------------------------------------------------
-
-
-def page4k(va: int) -> Page[Size4KiB]:
-    return Page.from_start_address(VirtAddr(va))
-
-
-def page2m(va: int) -> Page[Size2MiB]:
-    return Page[Size2MiB].from_start_address(VirtAddr(va))
-
-
-def page1g(va: int) -> Page[Size1GiB]:
-    return Page[Size1GiB].from_start_address(VirtAddr(va))
-
-
-def frame4k(pa: int) -> PhysFrame[Size4KiB]:
-    return PhysFrame.from_start_address(PhysAddr(pa))
-
-
-def frame2m(pa: int) -> PhysFrame[Size2MiB]:
-    return PhysFrame[Size2MiB].from_start_address(PhysAddr(pa))
-
-
-def frame1g(pa: int) -> PhysFrame[Size1GiB]:
-    return PhysFrame[Size1GiB].from_start_address(PhysAddr(pa))
-
-
-def idx(va: int, level: int) -> int:
-    return (va >> (12 + 9 * (level - 1))) & 511
+pytestmark = STRICT_FLUSH_TOKENS
 
 
 class RecordingMapping:
@@ -122,44 +98,20 @@ class RecordingMapping:
 
 
 @dataclass
-class Env:
-    kind: str
-    memory: PhysMemory
-    mapper: Any
-    alloc: PoolFrameAllocator[Size4KiB]
+class Env(support.Env):
     mapping: RecordingMapping | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def entry_pa(self, va: int, level: int) -> int:
-        """Physical address of the level-``level`` entry on the walk of ``va``, following the
-        address fields whatever the flags say."""
-        table = P4_PHYS
-        for lvl in range(4, level, -1):
-            table = self.memory.read_u64(table + 8 * idx(va, lvl)) & ADDRESS_MASK
-        return table + 8 * idx(va, level)
-
-    def entry(self, va: int, level: int) -> int:
-        return self.memory.read_u64(self.entry_pa(va, level))
-
-    def set_entry(self, va: int, level: int, raw: int) -> None:
-        self.memory.write_u64(self.entry_pa(va, level), int(raw))
-
-    def map(self, page: Any, frame: Any, flags: int = P | W, alloc: Any = None) -> None:
-        self.mapper.map_to(page, frame, flags, alloc or self.alloc).ignore()
-
-    def allocated(self) -> list[int]:
-        return [int(f.start_address()) for f in self.alloc.allocated]
-
 
 def make_env(kind: str, memory: PhysMemory | None = None) -> Env:
+    """A "mapped" (through a `RecordingMapping`) or "offset" `Env`."""
     memory = memory or PhysMemory(MEM_SIZE)
-    alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(ALLOC_START, ALLOC_END, memory=memory)
-    l4 = memory.table(P4_PHYS)
+    alloc = pool_allocator(memory)
     if kind == "mapped":
         mapping = RecordingMapping(memory)
-        return Env(kind, memory, MappedPageTable(l4, mapping), alloc, mapping)
+        return Env(kind, memory, build_mapper(kind, memory, mapping=mapping), alloc, mapping)
     if kind == "offset":
-        return Env(kind, memory, OffsetPageTable(l4, VirtAddr(OFFSET)), alloc)
+        return Env(kind, memory, build_mapper(kind, memory), alloc)
     raise AssertionError(kind)
 
 
@@ -1157,32 +1109,6 @@ def test_mp30_translate_never_panics_except_huge_p4() -> None:
     assert set(outcomes) == {"Mapped", "NotMapped", "panic"}, outcomes
 
 
-def _call(e: Any, op: int, page: Any, frame: Any, f1: F, f2: F, va: int) -> Any:
-    """Operation number ``op`` of the differential tests on ``e.mapper``."""
-    m = e.mapper
-    if op == 0:
-        return m.map_to(page, frame, f1, e.alloc)
-    if op == 1:
-        return m.map_to_with_table_flags(page, frame, f1, f2, e.alloc)
-    if op == 2:
-        return m.unmap(page)
-    if op == 3:
-        return m.update_flags(page, f1)
-    if op == 4:
-        return m.set_flags_p4_entry(page, f1)
-    if op == 5:
-        return m.set_flags_p3_entry(page, f1)
-    if op == 6:
-        return m.set_flags_p2_entry(page, f1)
-    if op == 7:
-        return m.translate_page(page)
-    if op == 8:
-        return m.translate(VirtAddr(va + 0x123))
-    if op == 9:
-        return m.translate_addr(VirtAddr(va + 0x123))
-    raise AssertionError(op)
-
-
 def _edit(e: Env, va: int, level: int, raw: int) -> None:
     """Overwrite the entry of ``level`` on the walk of ``va`` when the walk stays in memory."""
     with contextlib.suppress(PhysMemoryError):
@@ -1195,16 +1121,7 @@ def _outcome(fn: Any) -> Any:
         v = fn()
     except (Panic, MapToError, UnmapError, FlagUpdateError, TranslateError, TypeError) as e:
         return ("raised", type(e).__name__, str(e))
-    if isinstance(v, MapperFlush):
-        v.ignore()
-        return ("flush", v.page())
-    if isinstance(v, MapperFlushAll):
-        v.ignore()
-        return ("flush_all",)
-    if isinstance(v, tuple) and len(v) == 2 and isinstance(v[1], MapperFlush):
-        v[1].ignore()
-        return ("unmapped", v[0], v[1].page())
-    return ("value", v)
+    return returned(v)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -1248,7 +1165,7 @@ def test_m01_mp_differential_mapped_vs_offset(seed: int) -> None:
         results = []
         for e in envs:
             if op < 10:
-                call = functools.partial(_call, e, op, page, frame, f1, f2, va)
+                call = functools.partial(mapper_op, e, op, page, frame, f1, f2, va)
             else:
                 call = functools.partial(_edit, e, va, level, raw_edit)
             try:

@@ -23,6 +23,31 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import support
+from support import (
+    ALLOC_END,
+    ALLOC_START,
+    MEM_SIZE,
+    NX,
+    P4_PHYS,
+    STRICT_FLUSH_TOKENS,
+    Env,
+    F,
+    H,
+    P,
+    R,
+    U,
+    W,
+    frame1g,
+    frame2m,
+    frame4k,
+    idx,
+    mapper_op,
+    page1g,
+    page2m,
+    page4k,
+    returned,
+)
 
 from kvmpage import Panic, PhysAddr, PhysMemory, VirtAddr
 from kvmpage.paging import (
@@ -32,18 +57,15 @@ from kvmpage.paging import (
     InvalidPageTable,
     Mapped,
     MappedFrame,
-    MappedPageTable,
     MapperFlush,
     MapperFlushAll,
     NotActive,
     NotMapped,
     NotRecursive,
-    OffsetPageTable,
     Page,
     PageAlreadyMapped,
     PageNotMapped,
     PageTable,
-    PageTableFlags,
     ParentEntryHugePage,
     PhysFrame,
     PoolFrameAllocator,
@@ -56,87 +78,7 @@ from kvmpage.paging import (
 )
 from kvmpage.paging.walk import resolve
 
-pytestmark = [
-    pytest.mark.filterwarnings("error::kvmpage.paging.UnusedFlushWarning"),
-    # warnings raised in a token's __del__ are "unraisable"; make pytest fail on those too
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
-]
-
-F = PageTableFlags
-P = F.PRESENT
-W = F.WRITABLE
-U = F.USER_ACCESSIBLE
-H = F.HUGE_PAGE
-NX = F.NO_EXECUTE
-
-MEM_SIZE = 0x40_0000
-P4_PHYS = 0x1000
-ALLOC_START = 0x2000
-ALLOC_END = 0x10_0000
-R = 510
-OFFSET = 0xFFFF_8000_0000_0000
-
-
-def page4k(va: int) -> Page[Size4KiB]:
-    return Page.from_start_address(VirtAddr(va))
-
-
-def page2m(va: int) -> Page[Size2MiB]:
-    return Page[Size2MiB].from_start_address(VirtAddr(va))
-
-
-def page1g(va: int) -> Page[Size1GiB]:
-    return Page[Size1GiB].from_start_address(VirtAddr(va))
-
-
-def frame4k(pa: int) -> PhysFrame[Size4KiB]:
-    return PhysFrame.from_start_address(PhysAddr(pa))
-
-
-def frame2m(pa: int) -> PhysFrame[Size2MiB]:
-    return PhysFrame[Size2MiB].from_start_address(PhysAddr(pa))
-
-
-def frame1g(pa: int) -> PhysFrame[Size1GiB]:
-    return PhysFrame[Size1GiB].from_start_address(PhysAddr(pa))
-
-
-def idx(va: int, level: int) -> int:
-    return (va >> (12 + 9 * (level - 1))) & 511
-
-
-class IdentityMapping:
-    def __init__(self, memory: PhysMemory) -> None:
-        self.memory = memory
-
-    def frame_to_pointer(self, frame: PhysFrame[Size4KiB]) -> PageTable:
-        return self.memory.table(frame.start_address())
-
-
-@dataclass
-class Env:
-    kind: str
-    memory: PhysMemory
-    mapper: Any
-    alloc: PoolFrameAllocator[Size4KiB]
-
-    def entry_pa(self, va: int, level: int) -> int:
-        table = P4_PHYS
-        for lvl in range(4, level, -1):
-            table = self.memory.read_u64(table + 8 * idx(va, lvl)) & ADDRESS_MASK
-        return table + 8 * idx(va, level)
-
-    def entry(self, va: int, level: int) -> int:
-        return self.memory.read_u64(self.entry_pa(va, level))
-
-    def set_entry(self, va: int, level: int, raw: int) -> None:
-        self.memory.write_u64(self.entry_pa(va, level), int(raw))
-
-    def map(self, page: Any, frame: Any, flags: int = P | W) -> None:
-        self.mapper.map_to(page, frame, flags, self.alloc).ignore()
-
-    def allocated(self) -> list[int]:
-        return [int(f.start_address()) for f in self.alloc.allocated]
+pytestmark = STRICT_FLUSH_TOKENS
 
 
 def recursive_memory(r: int = R) -> PhysMemory:
@@ -148,19 +90,7 @@ def recursive_memory(r: int = R) -> PhysMemory:
 def make_env(kind: str, r: int = R) -> Env:
     """The same starting memory for all three kinds: the recursive entry is there for all, so
     that a mapped and a recursive mapper see identical tables."""
-    memory = recursive_memory(r)
-    alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(ALLOC_START, ALLOC_END, memory=memory)
-    l4 = memory.table(P4_PHYS)
-    mapper: Any
-    if kind == "mapped":
-        mapper = MappedPageTable(l4, IdentityMapping(memory))
-    elif kind == "offset":
-        mapper = OffsetPageTable(l4, VirtAddr(OFFSET))
-    elif kind == "recursive":
-        mapper = RecursivePageTable(memory, recursive_table_address(r), frame4k(P4_PHYS))
-    else:
-        raise AssertionError(kind)
-    return Env(kind, memory, mapper, alloc)
+    return support.make_env(kind, recursive_memory(r), r=r)
 
 
 @pytest.fixture
@@ -843,47 +773,12 @@ def test_comparison_table_5_5(row: Row, kind: str) -> None:
         assert row.run(e) == expected, row.rule
 
 
-def _call(e: Any, op: int, page: Any, frame: Any, f1: F, f2: F, va: int) -> Any:
-    """Operation number ``op`` of the differential tests on ``e.mapper``."""
-    m = e.mapper
-    if op == 0:
-        return m.map_to(page, frame, f1, e.alloc)
-    if op == 1:
-        return m.map_to_with_table_flags(page, frame, f1, f2, e.alloc)
-    if op == 2:
-        return m.unmap(page)
-    if op == 3:
-        return m.update_flags(page, f1)
-    if op == 4:
-        return m.set_flags_p4_entry(page, f1)
-    if op == 5:
-        return m.set_flags_p3_entry(page, f1)
-    if op == 6:
-        return m.set_flags_p2_entry(page, f1)
-    if op == 7:
-        return m.translate_page(page)
-    if op == 8:
-        return m.translate(VirtAddr(va + 0x123))
-    if op == 9:
-        return m.translate_addr(VirtAddr(va + 0x123))
-    raise AssertionError(op)
-
-
 def _outcome(fn: Callable[[], Any]) -> Any:
     try:
         v = fn()
     except Exception as e:  # errors, panics, faults and memory errors alike
         return ("raised", type(e).__name__)
-    if isinstance(v, MapperFlush):
-        v.ignore()
-        return ("flush", v.page())
-    if isinstance(v, MapperFlushAll):
-        v.ignore()
-        return ("flush_all",)
-    if isinstance(v, tuple) and len(v) == 2 and isinstance(v[1], MapperFlush):
-        v[1].ignore()
-        return ("unmapped", v[0], v[1].page())
-    return ("value", v)
+    return returned(v)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -928,7 +823,7 @@ def test_r16_differential_recursive_agrees_with_mapped_elsewhere(seed: int) -> N
         f1, f2 = flags(), flags()
         results = []
         for e in envs:
-            results.append(_outcome(functools.partial(_call, e, op, page, frame, f1, f2, va)))
+            results.append(_outcome(functools.partial(mapper_op, e, op, page, frame, f1, f2, va)))
         if op in (3, 5, 6, 7) and results[0] == ("raised", "ParentEntryHugePage"):
             # R-10: the documented difference. The recursive mapper may have written into the
             # huge page's frame (in memory when update_flags turned a table pointer into a huge

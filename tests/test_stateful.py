@@ -25,6 +25,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+from support import IdentityMapping
 
 from kvmpage import PhysAddr, PhysMemory, VirtAddr
 from kvmpage.paging import (
@@ -37,7 +38,6 @@ from kvmpage.paging import (
     PageAlreadyMapped,
     PageNotMapped,
     PageRangeInclusive,
-    PageTable,
     PageTableFlags,
     ParentEntryHugePage,
     PhysFrame,
@@ -190,12 +190,11 @@ class MapperMachine(RuleBasedStateMachine):
         if self.KIND == "offset":
             return OffsetPageTable(table, VirtAddr(0))
         if self.KIND == "mapped":
-            return MappedPageTable(table, _Identity(self.memory))
+            # MP-01: a PageTableFrameMapping that reads tables where they are
+            return MappedPageTable(table, IdentityMapping(self.memory))
         table[RECURSIVE_INDEX] = p4._start | int(F.PRESENT | F.WRITABLE)
         r = RECURSIVE_INDEX
-        return RecursivePageTable(
-            self.memory, VirtAddr.new_truncate(vaddr(r, r, r, r)), p4
-        )
+        return RecursivePageTable(self.memory, VirtAddr.new_truncate(vaddr(r, r, r, r)), p4)
 
     def teardown(self) -> None:
         self.memory.close()
@@ -364,16 +363,6 @@ class MapperMachine(RuleBasedStateMachine):
     def frames_accounted(self) -> None:
         """No table frame leaked or freed twice: in use = the PML4 + the modelled tables."""
         assert self.alloc.in_use() == 1 + len(self.model.tables)
-
-
-class _Identity:
-    """A PageTableFrameMapping that reads tables where they are (MP-01)."""
-
-    def __init__(self, memory: PhysMemory) -> None:
-        self.memory = memory
-
-    def frame_to_pointer(self, frame: PhysFrame) -> PageTable:  # type: ignore[type-arg]
-        return self.memory.table(frame.start_address().as_u64())
 
 
 class OffsetMachine(MapperMachine):
