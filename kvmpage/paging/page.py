@@ -277,9 +277,7 @@ class Page(_Unit[S]):
             return (self._start - o._start) // self.SIZE
         if not isinstance(other, int):
             return NotImplemented
-        return type(self).containing_address(
-            self.start_address().sub(_bytes_of(other, self.SIZE))
-        )
+        return type(self).containing_address(self.start_address().sub(_bytes_of(other, self.SIZE)))
 
     # -- Step (P-20): jumps the hole ----------------------------------------------------
 
@@ -365,9 +363,7 @@ class PhysFrame(_Unit[S]):
             return self.start_address().sub_addr(PhysAddr._raw(o._start)) // self.SIZE
         if not isinstance(other, int):
             return NotImplemented
-        return type(self).containing_address(
-            self.start_address().sub(_bytes_of(other, self.SIZE))
-        )
+        return type(self).containing_address(self.start_address().sub(_bytes_of(other, self.SIZE)))
 
     @staticmethod
     def range(start: PhysFrame[S], end: PhysFrame[S]) -> PhysFrameRange[S]:
@@ -425,11 +421,7 @@ class _Range(Generic[U]):
         return self.start.SIZE * self.len()
 
     def __eq__(self, other: object) -> bool:
-        return (
-            type(other) is type(self)
-            and other.start == self.start
-            and other.end == self.end
-        )
+        return type(other) is type(self) and other.start == self.start and other.end == self.end
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.start, self.end))
