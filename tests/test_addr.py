@@ -77,8 +77,15 @@ def test_a01_canonical_iff_bits_48_to_63_copy_bit_47(x):
 
 @pytest.mark.parametrize(
     "x",
-    [0x0000_8123_DEAD_BEEF, 0x0000_8000_0000_0000, 0x0001_0000_0000_0000,
-     0xFFFF_0000_0000_0000, 0xFFFF_7FFF_FFFF_FFFF, 0x1234_0000_0000_0000, 0x8000_0000_0000_0000],
+    [
+        0x0000_8123_DEAD_BEEF,
+        0x0000_8000_0000_0000,
+        0x0001_0000_0000_0000,
+        0xFFFF_0000_0000_0000,
+        0xFFFF_7FFF_FFFF_FFFF,
+        0x1234_0000_0000_0000,
+        0x8000_0000_0000_0000,
+    ],
 )
 def test_a02_try_new_rejects_non_canonical_keeping_full_value(x):
     """A-02: try_new never sign-extends; the error holds the full original value (PR #370)."""
@@ -99,8 +106,9 @@ def test_a02_try_new_accepts_canonical(x):
 @pytest.mark.parametrize("ctor", [VirtAddr, VirtAddr.new])
 def test_a03_new_panics_on_non_canonical(ctor):
     """A-03: new() panics with the crate's message."""
-    assert_panics("virtual address must be sign extended in bits 48 to 64", ctor,
-                  0x0000_8123_DEAD_BEEF)
+    assert_panics(
+        "virtual address must be sign extended in bits 48 to 64", ctor, 0x0000_8123_DEAD_BEEF
+    )
     assert ctor(0xFFFF_8123_DEAD_BEEF).as_u64() == 0xFFFF_8123_DEAD_BEEF
 
 
@@ -185,8 +193,15 @@ def test_a08_ordering_and_hash_use_raw_value():
 
 @pytest.mark.parametrize(
     "addr, align, expected",
-    [(0, 1, 0), (1234, 1, 1234), (1235, 2, 1234), (0x1FFF, 0x1000, 0x1000),
-     (0x1000, 0x1000, 0x1000), (U64_MAX, 1 << 63, 1 << 63), (U64_MAX, 1, U64_MAX)],
+    [
+        (0, 1, 0),
+        (1234, 1, 1234),
+        (1235, 2, 1234),
+        (0x1FFF, 0x1000, 0x1000),
+        (0x1000, 0x1000, 0x1000),
+        (U64_MAX, 1 << 63, 1 << 63),
+        (U64_MAX, 1, U64_MAX),
+    ],
 )
 def test_a09_align_down(addr, align, expected):
     """A-09: align_down masks with !(align-1)."""
@@ -204,11 +219,18 @@ def test_a09_a10_align_must_be_power_of_two(fn, align):
     "addr, align, expected",
     [
         # 6.1 test_align_up, verbatim
-        (0, 1, 0), (1234, 1, 1234), (U64_MAX, 1, U64_MAX),
-        (0, 2, 0), (1233, 2, 1234), (0xFFFF_FFFF_FFFF_FFFE, 2, 0xFFFF_FFFF_FFFF_FFFE),
-        (0, 128, 0), (0, 1 << 63, 0),
+        (0, 1, 0),
+        (1234, 1, 1234),
+        (U64_MAX, 1, U64_MAX),
+        (0, 2, 0),
+        (1233, 2, 1234),
+        (0xFFFF_FFFF_FFFF_FFFE, 2, 0xFFFF_FFFF_FFFF_FFFE),
+        (0, 128, 0),
+        (0, 1 << 63, 0),
         # more
-        (1, 0x1000, 0x1000), (0x1000, 0x1000, 0x1000), (1, 1 << 63, 1 << 63),
+        (1, 0x1000, 0x1000),
+        (0x1000, 0x1000, 0x1000),
+        (1, 1 << 63, 1 << 63),
     ],
 )
 def test_a10_align_up(addr, align, expected):
@@ -248,10 +270,15 @@ def test_a12_virt_addr_align_down_truncates():
 
 @pytest.mark.parametrize(
     "addr, align, expected",
-    [(0x1000, 0x1000, True), (0x1001, 0x1000, False), (0, 1 << 63, True), (0x1234, 1, True),
-     (0xFFFF_8000_0000_0000, 1 << 47, True),
-     # align_down(2^48) of an upper-half address is 0, so it is "not aligned" (A-12 + A-13)
-     (0xFFFF_8000_0000_0000, 1 << 48, False)],
+    [
+        (0x1000, 0x1000, True),
+        (0x1001, 0x1000, False),
+        (0, 1 << 63, True),
+        (0x1234, 1, True),
+        (0xFFFF_8000_0000_0000, 1 << 47, True),
+        # align_down(2^48) of an upper-half address is 0, so it is "not aligned" (A-12 + A-13)
+        (0xFFFF_8000_0000_0000, 1 << 48, False),
+    ],
 )
 def test_a13_is_aligned(addr, align, expected):
     """A-13: is_aligned(a) <=> align_down(a) == self."""
@@ -321,8 +348,11 @@ def test_a17_add():
     assert VirtAddr(0xFFFF_8000_0000_0000) + 1 == VirtAddr(0xFFFF_8000_0000_0001)
     assert VirtAddr(0x7FFF_FFFF_FFFE) + 1 == VirtAddr(0x7FFF_FFFF_FFFF)
     assert_panics("attempt to add with overflow", VirtAddr(U64_MAX).__add__, 1)
-    e = assert_panics("attempt to add resulted in non-canonical virtual address",
-                      VirtAddr(0x7FFF_FFFF_FFFF).__add__, 1)
+    e = assert_panics(
+        "attempt to add resulted in non-canonical virtual address",
+        VirtAddr(0x7FFF_FFFF_FFFF).__add__,
+        1,
+    )
     assert str(e) == (
         "attempt to add resulted in non-canonical virtual address: VirtAddrNotValid(0x800000000000)"
     )
@@ -333,8 +363,11 @@ def test_a18_sub():
     assert VirtAddr(0x1234) - 0x234 == VirtAddr(0x1000)
     assert VirtAddr(0x1234).sub(0x234) == VirtAddr(0x1000)
     assert_panics("attempt to subtract with overflow", VirtAddr(0).__sub__, 1)
-    e = assert_panics("attempt to subtract resulted in non-canonical virtual address",
-                      VirtAddr(0xFFFF_8000_0000_0000).__sub__, 1)
+    e = assert_panics(
+        "attempt to subtract resulted in non-canonical virtual address",
+        VirtAddr(0xFFFF_8000_0000_0000).__sub__,
+        1,
+    )
     assert str(e) == (
         "attempt to subtract resulted in non-canonical virtual address: "
         "VirtAddrNotValid(0xffff7fffffffffff)"
@@ -358,8 +391,11 @@ def test_a19_augmented_assignment():
 
 @pytest.mark.parametrize(
     "a, b, d",
-    [(0x2000, 0x1000, 0x1000), (0x1000, 0x1000, 0),
-     (0xFFFF_8000_0000_0000, 0x7FFF_FFFF_FFFF, 0xFFFF_0000_0000_0001)],
+    [
+        (0x2000, 0x1000, 0x1000),
+        (0x1000, 0x1000, 0),
+        (0xFFFF_8000_0000_0000, 0x7FFF_FFFF_FFFF, 0xFFFF_0000_0000_0001),
+    ],
 )
 def test_a20_addr_minus_addr_includes_the_hole(a, b, d):
     """A-20: VirtAddr - VirtAddr is the raw difference (the hole is counted)."""
@@ -541,10 +577,12 @@ def test_a26_phys_addr_rejects_bits_52_to_63(x):
         PhysAddr.try_new(x)
     assert info.value.value == x
     assert info.value.addr == x
-    assert_panics("physical addresses must not have any bits in the range 52 to 64 set",
-                  PhysAddr, x)
-    assert_panics("physical addresses must not have any bits in the range 52 to 64 set",
-                  PhysAddr.new, x)
+    assert_panics(
+        "physical addresses must not have any bits in the range 52 to 64 set", PhysAddr, x
+    )
+    assert_panics(
+        "physical addresses must not have any bits in the range 52 to 64 set", PhysAddr.new, x
+    )
 
 
 def test_a26_phys_addr_not_valid_debug_and_valid_values():
@@ -582,10 +620,16 @@ def test_a28_phys_align():
     assert PhysAddr((1 << 52) - 1).align_down(1 << 63) == PhysAddr(0)
     assert PhysAddr(0x2000).is_aligned(0x1000)
     assert not PhysAddr(0x2001).is_aligned(0x1000)
-    assert_panics("physical addresses must not have any bits in the range 52 to 64 set",
-                  PhysAddr(0x000F_FFFF_FFFF_FFFF).align_up, 2)
-    assert_panics("physical addresses must not have any bits in the range 52 to 64 set",
-                  PhysAddr(1).align_up, 1 << 52)
+    assert_panics(
+        "physical addresses must not have any bits in the range 52 to 64 set",
+        PhysAddr(0x000F_FFFF_FFFF_FFFF).align_up,
+        2,
+    )
+    assert_panics(
+        "physical addresses must not have any bits in the range 52 to 64 set",
+        PhysAddr(1).align_up,
+        1 << 52,
+    )
     # (a PhysAddr is below 2^52, so the raw align_up can never wrap u64: 2^63 is the maximum)
     assert_panics("physical addresses must not have any bits", PhysAddr(1).align_up, 1 << 63)
     assert_panics("`align` must be a power of two", PhysAddr(1).align_up, 3)
@@ -602,10 +646,16 @@ def test_a29_phys_add_sub():
     # 6.1 add_overflow_physaddr: this sum wraps u64, so checked_add(..).unwrap() panics
     assert_panics(unwrap, PhysAddr(0xF_FFFF_FFFF_FFFF).__add__, 0xFFFF_0000_0000_0000)
     # result >= 2^52 without wrapping -> PhysAddr::new panics
-    assert_panics("physical addresses must not have any bits in the range 52 to 64 set",
-                  PhysAddr(0xF_FFFF_FFFF_FFFF).__add__, 1)
-    assert_panics("physical addresses must not have any bits in the range 52 to 64 set",
-                  PhysAddr(0).__add__, 0xFFF0_0000_0000_0000)
+    assert_panics(
+        "physical addresses must not have any bits in the range 52 to 64 set",
+        PhysAddr(0xF_FFFF_FFFF_FFFF).__add__,
+        1,
+    )
+    assert_panics(
+        "physical addresses must not have any bits in the range 52 to 64 set",
+        PhysAddr(0).__add__,
+        0xFFF0_0000_0000_0000,
+    )
     # u64 wrap and underflow -> unwrap on None
     assert_panics(unwrap, PhysAddr(0xF_FFFF_FFFF_FFFF).__add__, U64_MAX)
     assert_panics(unwrap, PhysAddr(0).__sub__, 1)
@@ -618,8 +668,17 @@ def test_a29_phys_add_sub():
 
 def test_a30_phys_addr_has_no_index_accessors_or_step():
     """A-30: no page offset / index accessors and no Step on PhysAddr (PR #567 is open)."""
-    for name in ("page_offset", "p1_index", "p2_index", "p3_index", "p4_index",
-                 "page_table_index", "forward_checked", "backward_checked", "steps_between"):
+    for name in (
+        "page_offset",
+        "p1_index",
+        "p2_index",
+        "p3_index",
+        "p4_index",
+        "page_table_index",
+        "forward_checked",
+        "backward_checked",
+        "steps_between",
+    ):
         assert not hasattr(PhysAddr, name), name
         assert hasattr(VirtAddr, name), name
 
@@ -644,8 +703,17 @@ def test_a31_memory_encryption_not_modelled():
     assert PhysAddr.try_new(1 << 51).as_u64() == 1 << 51
 
 
-@pytest.mark.parametrize("ctor", [VirtAddr, VirtAddr.try_new, VirtAddr.new_truncate,
-                                  PhysAddr, PhysAddr.try_new, PhysAddr.new_truncate])
+@pytest.mark.parametrize(
+    "ctor",
+    [
+        VirtAddr,
+        VirtAddr.try_new,
+        VirtAddr.new_truncate,
+        PhysAddr,
+        PhysAddr.try_new,
+        PhysAddr.new_truncate,
+    ],
+)
 @pytest.mark.parametrize("bad", [-1, 1 << 64])
 def test_out_of_u64_range_is_rejected(ctor, bad):
     """A-01/A-26: values outside u64 cannot exist in Rust; here they are a ValueError."""

@@ -177,9 +177,7 @@ def test_fa02_only_clean_up_deallocates(memory, mapper, alloc):
     tables = list(alloc.allocated)
     mapper.unmap(page(0x1000))[1].ignore()
     assert alloc.deallocated == []
-    mapper.clean_up_addr_range(
-        PageRangeInclusive(page(0), page(0x7FFF_FFFF_F000)), alloc
-    )
+    mapper.clean_up_addr_range(PageRangeInclusive(page(0), page(0x7FFF_FFFF_F000)), alloc)
     assert sorted(starts(alloc.deallocated)) == sorted(starts(tables))
     assert memory.table(P4_ADDR).is_empty()
 
@@ -195,9 +193,7 @@ def test_fa03_huge_mappings_take_a_4kib_allocator(memory, mapper, alloc, size):
     mapper.map_to(page(4 * size.SIZE, size), leaf, PW, alloc).ignore()
     assert alloc.allocated and all(type(f) is PhysFrame for f in alloc.allocated)
     assert leaf not in alloc.allocated
-    assert mapper.translate_addr(VirtAddr(4 * size.SIZE + 0x123)) == PhysAddr(
-        8 * size.SIZE + 0x123
-    )
+    assert mapper.translate_addr(VirtAddr(4 * size.SIZE + 0x123)) == PhysAddr(8 * size.SIZE + 0x123)
 
 
 def test_fa03_huge_frame_allocator_is_refused(memory, mapper):
@@ -268,8 +264,9 @@ def test_fa05_frames_per_map(memory, mapper, alloc, size, frames):
     assert len(alloc.allocated) == frames
     p4 = memory.table(P4_ADDR)
     assert p4[256].frame() == alloc.allocated[0]
-    mapper.map_to(page(0xFFFF_8000_0000_0000 + size.SIZE, size), frame(size.SIZE, size), PW,
-                  alloc).ignore()
+    mapper.map_to(
+        page(0xFFFF_8000_0000_0000 + size.SIZE, size), frame(size.SIZE, size), PW, alloc
+    ).ignore()
     assert len(alloc.allocated) == frames  # siblings share every table
 
 

@@ -157,10 +157,8 @@ def test_p06_unchecked_and_containing_address():
     assert Page.from_start_address_unchecked(VirtAddr(0x1234)).start_address() == VirtAddr(0x1234)
     assert page(0x1234).start_address() == VirtAddr(0x1000)
     assert page(0x3F_FFFF, Size2MiB).start_address() == VirtAddr(0x20_0000)
-    assert page(0xFFFF_FFFF_FFFF_FFFF, Size1GiB).start_address() == VirtAddr(
-        0xFFFF_FFFF_C000_0000
-    )
-    assert page(0xFFFF_8000_0000_0fff).start_address() == VirtAddr(0xFFFF_8000_0000_0000)
+    assert page(0xFFFF_FFFF_FFFF_FFFF, Size1GiB).start_address() == VirtAddr(0xFFFF_FFFF_C000_0000)
+    assert page(0xFFFF_8000_0000_0FFF).start_address() == VirtAddr(0xFFFF_8000_0000_0000)
 
 
 def test_p07_index_accessors():
@@ -168,7 +166,10 @@ def test_p07_index_accessors():
     addr = 0o123_456_701_234_0000
     p = page(addr)
     assert [int(i) for i in (p.p4_index(), p.p3_index(), p.p2_index(), p.p1_index())] == [
-        0o123, 0o456, 0o701, 0o234,
+        0o123,
+        0o456,
+        0o701,
+        0o234,
     ]
     p2 = page(addr, Size2MiB)
     assert [int(i) for i in (p2.p4_index(), p2.p3_index(), p2.p2_index())] == [0o123, 0o456, 0o701]
@@ -182,22 +183,33 @@ def test_p07_page_table_index_all_levels():
     p1g = page(0o123_456_701_234_0000, Size1GiB)
     L = PageTableLevel
     assert [int(p1g.page_table_index(lv)) for lv in (L.One, L.Two, L.Three, L.Four)] == [
-        0, 0, 0o456, 0o123,
+        0,
+        0,
+        0o456,
+        0o123,
     ]
     p2m = page(0o123_456_701_234_0000, Size2MiB)
     assert int(p2m.page_table_index(L.One)) == 0
     assert int(p2m.page_table_index(L.Two)) == 0o701
     p = page(0o123_456_701_234_0000)
-    for lv, acc in ((L.One, p.p1_index), (L.Two, p.p2_index), (L.Three, p.p3_index),
-                    (L.Four, p.p4_index)):
+    for lv, acc in (
+        (L.One, p.p1_index),
+        (L.Two, p.p2_index),
+        (L.Three, p.p3_index),
+        (L.Four, p.p4_index),
+    ):
         assert p.page_table_index(lv) == acc()
 
 
 @pytest.mark.parametrize(
     "indices, expected",
-    [((256, 0, 0, 1), 0xFFFF_8000_0000_1000), ((0, 0, 0, 1), 0x1000),
-     ((511, 511, 511, 511), 0xFFFF_FFFF_FFFF_F000), ((255, 511, 511, 511), 0x7FFF_FFFF_F000),
-     ((0o123, 0o456, 0o701, 0o234), 0o123_456_701_234_0000)],
+    [
+        ((256, 0, 0, 1), 0xFFFF_8000_0000_1000),
+        ((0, 0, 0, 1), 0x1000),
+        ((511, 511, 511, 511), 0xFFFF_FFFF_FFFF_F000),
+        ((255, 511, 511, 511), 0x7FFF_FFFF_F000),
+        ((0o123, 0o456, 0o701, 0o234), 0o123_456_701_234_0000),
+    ],
 )
 def test_p08_from_page_table_indices(indices, expected):
     """P-08 (PR #398): indices OR'ed at bits 39/30/21/12 then sign-extended."""
@@ -227,11 +239,13 @@ def test_p08_from_page_table_indices_huge():
 
 @pytest.mark.parametrize(
     "obj, text",
-    [(lambda: page(0x1000), "Page[4KiB](0x1000)"),
-     (lambda: page(0x4000_0000, Size1GiB), "Page[1GiB](0x40000000)"),
-     (lambda: page(0x20_0000, Size2MiB), "Page[2MiB](0x200000)"),
-     (lambda: page(0), "Page[4KiB](0x0)"),
-     (lambda: page(0xFFFF_8000_0000_0000), "Page[4KiB](0xffff800000000000)")],
+    [
+        (lambda: page(0x1000), "Page[4KiB](0x1000)"),
+        (lambda: page(0x4000_0000, Size1GiB), "Page[1GiB](0x40000000)"),
+        (lambda: page(0x20_0000, Size2MiB), "Page[2MiB](0x200000)"),
+        (lambda: page(0), "Page[4KiB](0x0)"),
+        (lambda: page(0xFFFF_8000_0000_0000), "Page[4KiB](0xffff800000000000)"),
+    ],
 )
 def test_p09_debug(obj, text):
     """P-09: Debug shows the size and the start address in {:#x}."""
@@ -257,13 +271,22 @@ def test_p10_page_arithmetic(size, nbytes, _):
 
 def test_p10_page_arithmetic_never_jumps_the_hole():
     """P-10: the last lower-half page + 1 panics (non-canonical); the last page + 1 overflows."""
-    assert_panics("attempt to add resulted in non-canonical virtual address",
-                  page(0x7FFF_FFFF_F000).__add__, 1)
-    assert_panics("attempt to subtract resulted in non-canonical virtual address",
-                  page(0xFFFF_8000_0000_0000).__sub__, 1)
+    assert_panics(
+        "attempt to add resulted in non-canonical virtual address",
+        page(0x7FFF_FFFF_F000).__add__,
+        1,
+    )
+    assert_panics(
+        "attempt to subtract resulted in non-canonical virtual address",
+        page(0xFFFF_8000_0000_0000).__sub__,
+        1,
+    )
     assert_panics("attempt to add with overflow", page(0xFFFF_FFFF_FFFF_F000).__add__, 1)
-    assert_panics("attempt to add resulted in non-canonical virtual address",
-                  page(0x7FFF_C000_0000, Size1GiB).__add__, 1)
+    assert_panics(
+        "attempt to add resulted in non-canonical virtual address",
+        page(0x7FFF_C000_0000, Size1GiB).__add__,
+        1,
+    )
     # the difference of two pages across the hole counts the hole (A-20)
     assert page(0xFFFF_8000_0000_0000) - page(0x7FFF_FFFF_F000) == 0xF_FFF0_0000_0001
 
@@ -306,8 +329,14 @@ def test_sizes_and_kinds_never_mix(mk_a, mk_b):
     """Pages and frames of different sizes (or a page and a frame) never mix: TypeError."""
     a, b = mk_a(), mk_b()
     assert a != b and b != a
-    for op in (lambda: a < b, lambda: a <= b, lambda: a > b, lambda: a >= b, lambda: a - b,
-               lambda: b - a):
+    for op in (
+        lambda: a < b,
+        lambda: a <= b,
+        lambda: a > b,
+        lambda: a >= b,
+        lambda: a - b,
+        lambda: b - a,
+    ):
         with pytest.raises(TypeError):
             op()
     for ctor in (PageRange, PageRangeInclusive, PhysFrameRange, PhysFrameRangeInclusive):
@@ -582,10 +611,19 @@ def test_p21_phys_frame_constructors(size, nbytes, _):
 
 def test_p21_phys_frame_has_no_indices_or_step():
     """P-21: no p1..p4 accessors, no from_page_table_indices, no Step on PhysFrame."""
-    for name in ("p1_index", "p2_index", "p3_index", "p4_index", "page_table_index",
-                 "from_page_table_indices", "from_page_table_indices_2mib",
-                 "from_page_table_indices_1gib", "forward_checked", "backward_checked",
-                 "steps_between"):
+    for name in (
+        "p1_index",
+        "p2_index",
+        "p3_index",
+        "p4_index",
+        "page_table_index",
+        "from_page_table_indices",
+        "from_page_table_indices_2mib",
+        "from_page_table_indices_1gib",
+        "forward_checked",
+        "backward_checked",
+        "steps_between",
+    ):
         assert not hasattr(PhysFrame, name), name
         assert not hasattr(PhysFrame[Size2MiB], name), name
         assert hasattr(Page, name), name
@@ -603,8 +641,9 @@ def test_p22_phys_frame_debug_and_arithmetic():
     g += 1
     assert g == frame(0x3000)
     last = frame((1 << 52) - KIB4)
-    assert_panics("physical addresses must not have any bits in the range 52 to 64 set",
-                  last.__add__, 1)
+    assert_panics(
+        "physical addresses must not have any bits in the range 52 to 64 set", last.__add__, 1
+    )
     unwrap = "called `Option::unwrap()` on a `None` value"
     assert_panics(unwrap, frame(0).__sub__, 1)
     # PhysFrame - PhysFrame is (PhysAddr - PhysAddr) / SIZE: PhysAddr's unwrap panic
@@ -613,11 +652,14 @@ def test_p22_phys_frame_debug_and_arithmetic():
 
 @pytest.mark.parametrize(
     "ctor, s, e, empty, n",
-    [(PhysFrame.range, 0x1000, 0x5000, False, 4), (PhysFrame.range, 0x5000, 0x5000, True, 0),
-     (PhysFrame.range, 0x6000, 0x1000, True, 0),
-     (PhysFrame.range_inclusive, 0x1000, 0x5000, False, 5),
-     (PhysFrame.range_inclusive, 0x5000, 0x5000, False, 1),
-     (PhysFrame.range_inclusive, 0x6000, 0x1000, True, 0)],
+    [
+        (PhysFrame.range, 0x1000, 0x5000, False, 4),
+        (PhysFrame.range, 0x5000, 0x5000, True, 0),
+        (PhysFrame.range, 0x6000, 0x1000, True, 0),
+        (PhysFrame.range_inclusive, 0x1000, 0x5000, False, 5),
+        (PhysFrame.range_inclusive, 0x5000, 0x5000, False, 1),
+        (PhysFrame.range_inclusive, 0x6000, 0x1000, True, 0),
+    ],
 )
 def test_p23_frame_range_formulas(ctor, s, e, empty, n):
     """P-23: frame ranges use the page-range is_empty/len/size formulas."""
@@ -635,8 +677,9 @@ def test_p24_frame_range_inclusive_has_no_top_guard():
     it = iter(PhysFrame.range_inclusive(last - 1, last))
     assert next(it) == last - 1
     assert_panics("physical addresses must not have any bits in the range 52 to 64 set", next, it)
-    assert_panics("physical addresses must not have any bits", list,
-                  PhysFrame.range_inclusive(last, last))
+    assert_panics(
+        "physical addresses must not have any bits", list, PhysFrame.range_inclusive(last, last)
+    )
     # the exclusive range never increments past end
     assert list(PhysFrame.range(last - 2, last)) == [last - 2, last - 1]
     # a 1 GiB inclusive range ending at the top panics the same way

@@ -51,9 +51,18 @@ def frame(addr: int):
 # -- 3.1 flags --------------------------------------------------------------------------------
 
 NAMED_BITS = [
-    ("PRESENT", 0), ("WRITABLE", 1), ("USER_ACCESSIBLE", 2), ("WRITE_THROUGH", 3),
-    ("NO_CACHE", 4), ("ACCESSED", 5), ("DIRTY", 6), ("HUGE_PAGE", 7), ("GLOBAL", 8),
-    ("BIT_9", 9), ("BIT_10", 10), ("BIT_11", 11),
+    ("PRESENT", 0),
+    ("WRITABLE", 1),
+    ("USER_ACCESSIBLE", 2),
+    ("WRITE_THROUGH", 3),
+    ("NO_CACHE", 4),
+    ("ACCESSED", 5),
+    ("DIRTY", 6),
+    ("HUGE_PAGE", 7),
+    ("GLOBAL", 8),
+    ("BIT_9", 9),
+    ("BIT_10", 10),
+    ("BIT_11", 11),
     *[(f"BIT_{b}", b) for b in range(52, 63)],
     ("NO_EXECUTE", 63),
 ]
@@ -236,8 +245,12 @@ def test_t08_set_frame():
     e.set_frame(frame(0x7000), F.PRESENT | F.USER_ACCESSIBLE)
     assert e.raw == 0x7005
     assert e.frame() == frame(0x7000)
-    assert_panics("assertion failed: !flags.contains(PageTableFlags::HUGE_PAGE)",
-                  e.set_frame, frame(0x8000), F.PRESENT | F.HUGE_PAGE)
+    assert_panics(
+        "assertion failed: !flags.contains(PageTableFlags::HUGE_PAGE)",
+        e.set_frame,
+        frame(0x8000),
+        F.PRESENT | F.HUGE_PAGE,
+    )
     assert e.raw == 0x7005
     # only 4 KiB frames can be stored with set_frame
     with pytest.raises(TypeError):
@@ -430,16 +443,28 @@ def test_t18_levels():
     """T-18: One=1..Four=4, ordered; next_lower_level / next_higher_level chains."""
     assert [int(lv) for lv in (L.One, L.Two, L.Three, L.Four)] == [1, 2, 3, 4]
     assert L.One < L.Two < L.Three < L.Four
-    assert [L.Four.next_lower_level(), L.Three.next_lower_level(), L.Two.next_lower_level(),
-            L.One.next_lower_level()] == [L.Three, L.Two, L.One, None]
-    assert [L.One.next_higher_level(), L.Two.next_higher_level(), L.Three.next_higher_level(),
-            L.Four.next_higher_level()] == [L.Two, L.Three, L.Four, None]
+    assert [
+        L.Four.next_lower_level(),
+        L.Three.next_lower_level(),
+        L.Two.next_lower_level(),
+        L.One.next_lower_level(),
+    ] == [L.Three, L.Two, L.One, None]
+    assert [
+        L.One.next_higher_level(),
+        L.Two.next_higher_level(),
+        L.Three.next_higher_level(),
+        L.Four.next_higher_level(),
+    ] == [L.Two, L.Three, L.Four, None]
 
 
 @pytest.mark.parametrize(
     "level, table_span, entry_span",
-    [(L.One, 2 << 20, 4 << 10), (L.Two, 1 << 30, 2 << 20), (L.Three, 512 << 30, 1 << 30),
-     (L.Four, 1 << 48, 512 << 30)],
+    [
+        (L.One, 2 << 20, 4 << 10),
+        (L.Two, 1 << 30, 2 << 20),
+        (L.Three, 512 << 30, 1 << 30),
+        (L.Four, 1 << 48, 512 << 30),
+    ],
 )
 def test_t19_address_space_alignments(level, table_span, entry_span):
     """T-19 (verified): table span 2^(9*level+12), entry span 2^(9*(level-1)+12)."""
