@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
 
+from kvmpage.layout.audit import Finding
 from kvmpage.layout.builtin import builtin_layout
 from kvmpage.layout.dump import Run, flag_names, human_size
 from kvmpage.layout.spec import BuiltLayout, LayoutError, LayoutSpec
@@ -194,6 +195,18 @@ def format_table(
             + ", ".join(names[i])
         )
     return lines
+
+
+def finding_json(f: Finding) -> dict[str, Any]:
+    """One W+X audit finding as JSON (``dump`` and ``verify``)."""
+    return {
+        "kind": f.kind,
+        "phys": hexa(f.phys),
+        "phys_end": hexa(f.phys_end - 1),
+        "virt": hexa(f.virt),
+        "other_virt": hexa(f.other_virt),
+        "message": f.message,
+    }
 
 
 def emit_json(doc: dict[str, Any], out: TextIO | None = None) -> None:

@@ -18,6 +18,7 @@ from kvmpage.cli.common import (
     alloc_end,
     approx_size,
     emit_json,
+    finding_json,
     format_table,
     header,
     hexa,
@@ -25,7 +26,7 @@ from kvmpage.cli.common import (
     load_spec,
     run_json,
 )
-from kvmpage.layout.audit import Finding, audit
+from kvmpage.layout.audit import audit
 from kvmpage.layout.diff import Change, diff, format_diff
 from kvmpage.layout.dump import Run, coalesce
 from kvmpage.layout.scan import scan
@@ -48,17 +49,6 @@ def snapshot(spec: LayoutSpec) -> tuple[list[Run], list[list[str]], str, dict[st
         return runs, MappingNames(spec).of_runs(runs), header(built), layout_json(built)
     finally:
         built.close()
-
-
-def _finding_json(f: Finding) -> dict[str, Any]:
-    return {
-        "kind": f.kind,
-        "phys": hexa(f.phys),
-        "phys_end": hexa(f.phys_end - 1),
-        "virt": hexa(f.virt),
-        "other_virt": hexa(f.other_virt),
-        "message": f.message,
-    }
 
 
 def _change_json(c: Change, old: MappingNames, new: MappingNames) -> dict[str, Any]:
@@ -95,7 +85,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
             "layout": layout,
             "runs": [run_json(r, n) for r, n in zip(runs, names, strict=True)],
             "mapped_bytes": sum(r.size for r in runs),
-            "audit": [_finding_json(f) for f in findings],
+            "audit": [finding_json(f) for f in findings],
         }
         if changes is not None and other is not None:
             a, b = MappingNames(spec), MappingNames(other_spec)

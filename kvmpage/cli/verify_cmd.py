@@ -14,15 +14,17 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmpage.cli.common import (
+    BUILTIN,
     EXIT_FAIL,
     EXIT_OK,
     MappingNames,
     Progress,
     cpu_line,
     emit_json,
+    finding_json,
     format_table,
     header,
     layout_json,
@@ -30,9 +32,14 @@ from kvmpage.cli.common import (
     on_machine,
     run_json,
 )
+from kvmpage.layout.audit import Finding, audit
 from kvmpage.layout.dump import Run, coalesce
 from kvmpage.layout.scan import Leaf, scan
+from kvmpage.layout.spec import LayoutSpec
 from kvmpage.verify import TRANSLATE_SAMPLE, PlanOptions, Report, Verifier
+
+if TYPE_CHECKING:
+    from kvmpage.kvm.host import HostProfile
 
 
 @dataclass
@@ -111,6 +118,83 @@ def in_slot(run: Run, slot: int) -> bool:
     return (run.virt >> 39) & 511 == slot
 
 
+def _text(
+    *,
+    head: str,
+    spec: LayoutSpec,
+    profile: HostProfile,
+    report: Report,
+    runs: Sequence[Run],
+    names: Sequence[Sequence[str]],
+    verdicts: Sequence[RunVerdict],
+    holes: RunVerdict,
+    findings: Sequence[Finding],
+    limit: int,
+    dropped_gbpage: bool,
+) -> list[str]:
+    """The text report, without its final verdict line."""
+    first = [profile.cpl3_oracle, profile.cpl0_oracle, "kvm-translate"]
+    oracles = sorted(
+        report.oracles, key=lambda o: (o not in first, first.index(o) if o in first else 0, o)
+    )
+    lines = [head, f"host: {report.host}; {cpu_line(spec.cpu)}"]
+    slot = spec.recursive_index
+    mine = [i for i, r in enumerate(runs) if slot is None or not in_slot(r, slot)]
+    lines += format_table(
+        [runs[i] for i in mine],
+        [names[i] for i in mine],
+        oracles,
+        [[verdicts[i].cell(o) for o in oracles] for i in mine],
+    )
+    if len(mine) < len(runs):
+        merged = RunVerdict()
+        for i in set(range(len(runs))) - set(mine):
+            merged.merge(verdicts[i])
+        cells = ", ".join(f"{o} {merged.cell(o)}" for o in oracles)
+        lines.append(
+            f"recursive slot {slot}: {len(runs) - len(mine)} runs (the tables seen as data "
+            f"through entry {slot}), probed: {cells}"
+        )
+    legend = {
+        profile.cpl3_oracle: "CPL3 probes",
+        profile.cpl0_oracle: "CPL0 probes",
+        "kvm-translate": "KVM_TRANSLATE, addresses only",
+    }
+    if profile.cpl3_oracle == profile.cpl0_oracle:
+        legend[profile.cpl3_oracle] = "CPL3 and CPL0 probes"
+    lines.append(
+        "columns: "
+        + ", ".join(f"{o} = {legend[o]}" for o in oracles if o in legend)
+        + "; ok = every probe of the run agreed, FAIL(n) = n disagreed, - = none ran"
+    )
+    hole_cells = ", ".join(f"{o} {holes.cell(o)}" for o in oracles if o in holes.probes)
+    lines.append(
+        f"holes: {report.coverage.holes} unmapped pages next to the runs, probed: "
+        f"{hole_cells or 'none'}"
+    )
+    lines += [d.format() for d in report.disagreements[:limit]]
+    if len(report.disagreements) > limit:
+        lines.append(f"... {len(report.disagreements) - limit} more disagreements (see --json)")
+    if dropped_gbpage:
+        lines.append("the built-in layout's 1 GiB page is left out: this host cannot verify one")
+    if report.unavailable:
+        lines.append(
+            f"not verifiable on this host: {', '.join(sorted(report.unavailable))} "
+            "(the evidence: kvmpage host)"
+        )
+    for reason, n in sorted(report.unverified.items()):
+        lines.append(f"not verified: {n} {reason}")
+    if report.coverage.skipped:
+        parts = [f"{n} ({reason})" for reason, n in sorted(report.coverage.skipped.items())]
+        lines.append(f"probes not run: {', '.join(parts)}")
+    if findings:
+        lines.append(
+            f"W+X audit: {len(findings)} finding{'s' if len(findings) > 1 else ''} "
+            "(details: kvmpage dump)"
+        )
+    return lines
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """``kvmpage verify [LAYOUT]``."""
     t0 = time.perf_counter()
@@ -134,8 +218,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         layout = layout_json(built)
         names = MappingNames(built.spec).of_runs(runs)
         slot = built.spec.recursive_index
+        findings = audit([r for r in runs if slot is None or not in_slot(r, slot)])
+        dropped_gbpage = (
+            spec.name == BUILTIN
+            and not spec.source
+            and not any(m.size.SIZE == 1 << 30 for m in built.spec.mappings)
+        )
+        spec = built.spec
         profile = verifier.profile
-        first = [profile.cpl3_oracle, profile.cpl0_oracle, "kvm-translate"]
     seconds = time.perf_counter() - t0
     code = EXIT_OK if report.ok else EXIT_FAIL
     if args.json:
@@ -154,58 +244,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     for r, v, n in zip(runs, verdicts, names, strict=True)
                 ],
                 "holes": holes.to_json(),
+                "audit": [finding_json(f) for f in findings],
                 "report": report.to_dict(),
                 "seconds": round(seconds, 4),
             }
         )
         return code
-    oracles = sorted(
-        report.oracles, key=lambda o: (o not in first, first.index(o) if o in first else 0, o)
+    lines = _text(
+        head=head,
+        spec=spec,
+        profile=profile,
+        report=report,
+        runs=runs,
+        names=names,
+        verdicts=verdicts,
+        holes=holes,
+        findings=findings,
+        limit=args.limit,
+        dropped_gbpage=dropped_gbpage,
     )
-    print(head)
-    print(f"host: {report.host}; {cpu_line(built.spec.cpu)}")
-    mine = [i for i, r in enumerate(runs) if slot is None or not in_slot(r, slot)]
-    table = format_table(
-        [runs[i] for i in mine],
-        [names[i] for i in mine],
-        oracles,
-        [[verdicts[i].cell(o) for o in oracles] for i in mine],
-    )
-    print("\n".join(table))
-    if len(mine) < len(runs):
-        merged = RunVerdict()
-        for i in set(range(len(runs))) - set(mine):
-            merged.merge(verdicts[i])
-        cells = ", ".join(f"{o} {merged.cell(o)}" for o in oracles)
-        print(
-            f"recursive slot {slot}: {len(runs) - len(mine)} runs (the tables seen as data "
-            f"through entry {slot}), probed: {cells}"
-        )
-    legend = {
-        profile.cpl3_oracle: "CPL3 probes",
-        profile.cpl0_oracle: "CPL0 probes",
-        "kvm-translate": "KVM_TRANSLATE, addresses only",
-    }
-    if profile.cpl3_oracle == profile.cpl0_oracle:
-        legend[profile.cpl3_oracle] = "CPL3 and CPL0 probes"
-    print(
-        "columns: "
-        + ", ".join(f"{o} = {legend[o]}" for o in oracles if o in legend)
-        + "; ok = every probe of the run agreed, FAIL(n) = n disagreed, - = none ran"
-    )
-    hole_cells = ", ".join(f"{o} {holes.cell(o)}" for o in oracles if o in holes.probes)
-    n_holes = report.coverage.holes
-    print(f"holes: {n_holes} unmapped pages next to the runs, probed: {hole_cells or 'none'}")
-    for d in report.disagreements[: args.limit]:
-        print(d.format())
-    if len(report.disagreements) > args.limit:
-        print(f"... {len(report.disagreements) - args.limit} more disagreements (see --json)")
-    for name, why in sorted(report.unavailable.items()):
-        print(f"unavailable: {name}: {why}")
-    for reason, n in sorted(report.unverified.items()):
-        print(f"not verified: {n} {reason}")
-    for reason, n in sorted(report.coverage.skipped.items()):
-        print(f"skipped: {n} probes: {reason}")
+    print("\n".join(lines))
     verdict = "hardware agrees" if report.ok else "HARDWARE DISAGREES"
     print(f"{verdict}: {report.summary().rsplit(';', 1)[0]}; {seconds:.2f} s")
     return code
