@@ -231,3 +231,61 @@ def test_walk_accepts_the_layout_first(capsys: pytest.CaptureFixture[str]) -> No
     layout = str(EXAMPLES / "kernel.toml")
     code, out, _ = run(capsys, "walk", layout, "0x600000", "--software-only")
     assert code == 0 and "in mapping 'user-data'" in out
+
+
+MALFORMED = {
+    "overlap": (
+        '[[mapping]]\nname = "a"\nvirt = 0x400000\ncount = 4\n'
+        '[[mapping]]\nname = "b"\nvirt = 0x402000\n',
+        "[[mapping]] #2 (b), key 'virt': 0x402000..0x402fff overlaps mapping 'a'",
+    ),
+    "misaligned": (
+        '[[mapping]]\nname = "a"\nvirt = 0x401000\npage_size = "2M"\n',
+        "[[mapping]] #1 (a), key 'virt': virtual start 0x401000 is not aligned to 2MiB",
+    ),
+    "non-canonical": (
+        '[[mapping]]\nname = "a"\nvirt = 0x1234_0000_0000_0000\n',
+        "key 'virt': 0x1234000000000000 is not canonical",
+    ),
+    "outside-memory": (
+        'memory = "16M"\n[[mapping]]\nname = "a"\nvirt = 0x400000\nphys = 0x2000000\n',
+        "key 'phys': physical range 0x2000000..0x2000fff is outside guest memory",
+    ),
+    "agent-memory": (
+        'memory = "16M"\n[[mapping]]\nname = "a"\nvirt = 0x400000\nphys = 0xf00000\n',
+        "overlaps the guest agent's reserved memory",
+    ),
+    "agent-slot": (
+        '[[mapping]]\nname = "a"\nvirt = 0xffff_ff80_0000_1000\n',
+        "key 'virt': touches level-4 slot 511",
+    ),
+    "unknown-flag": (
+        '[[mapping]]\nname = "a"\nvirt = 0x1000\nflags = ["EXECUTE"]\n',
+        "key 'flags': unknown flag 'EXECUTE'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+@pytest.mark.parametrize("command", ["verify", "dump"])
+def test_malformed_layout_files_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, case: str, command: str
+) -> None:
+    text, expected = MALFORMED[case]
+    path = tmp_path / f"{case}.toml"
+    path.write_text(text)
+    code, out, err = run(capsys, command, str(path))
+    assert code == 2 and out == ""
+    assert err.startswith(f"kvmpage {command}: error: {path}: ") and expected in err, err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_diff_with_a_bad_layout_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "dump", "--diff", "missing.toml")
+    assert code == 2 and "missing.toml: cannot read" in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("kvmpage ")

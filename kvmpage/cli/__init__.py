@@ -66,6 +66,15 @@ examples:
 """
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kvmpage")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def _common(quiet: bool = True, device: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -95,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=fmt,
     )
+    parser.add_argument("--version", action="version", version=f"kvmpage {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     v = sub.add_parser(
