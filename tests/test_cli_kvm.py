@@ -136,7 +136,7 @@ def test_failed_verify_leaves_no_machine_behind(
     capsys.readouterr()
     before = len(os.listdir("/proc/self/fd"))
     code, _, err = run(capsys, "verify", str(layout))
-    assert code == 2 and "mapping 'big'" in err and "no 0x800000 bytes" in err
+    assert code == 2 and "(big), key 'length'" in err and "no 0x800000 bytes" in err
     assert len(os.listdir("/proc/self/fd")) == before
 
 

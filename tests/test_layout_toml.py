@@ -141,6 +141,7 @@ BAD = [
     ("[mapper]\nphys_offset = 0x8000_0000_0000", ["key 'phys_offset'", "canonical"]),
     ('[cpu]\nsmep = "yes"', ["[cpu]", "key 'smep'", "true or false"]),
     ("mapping = 3", ["key 'mapping'", "[[mapping]]"]),
+    ('name = "empty"', ["key 'mapping'", "at least one mapping"]),
     (
         "[mapper]\nrecursive_index = 5\n" + M + "virt = 0x0000_0280_0000_0000",
         ["key 'virt'", "recursive slot 5"],

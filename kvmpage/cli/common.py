@@ -69,7 +69,8 @@ def header(built: BuiltLayout) -> str:
     where = f" ({spec.source})" if spec.source else ""
     return (
         f"layout {spec.name!r}{where}: {spec.kind} mapper, {human_size(spec.memory_size)} "
-        f"physical memory, level-4 table at {built.p4_phys:#x}, {tables} table frames{extra}"
+        f"physical memory, level-4 table at {built.p4_phys:#x}, {tables} table "
+        f"frame{'s' if tables != 1 else ''}{extra}"
     )
 
 

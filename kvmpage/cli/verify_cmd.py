@@ -162,11 +162,12 @@ def _text(
     }
     if profile.cpl3_oracle == profile.cpl0_oracle:
         legend[profile.cpl3_oracle] = "CPL3 and CPL0 probes"
-    lines.append(
-        "columns: "
-        + ", ".join(f"{o} = {legend[o]}" for o in oracles if o in legend)
-        + "; ok = every probe of the run agreed, FAIL(n) = n disagreed, - = none ran"
-    )
+    if oracles:
+        lines.append(
+            "columns: "
+            + ", ".join(f"{o} = {legend[o]}" for o in oracles if o in legend)
+            + "; ok = every probe of the run agreed, FAIL(n) = n disagreed, - = none ran"
+        )
     hole_cells = ", ".join(f"{o} {holes.cell(o)}" for o in oracles if o in holes.probes)
     lines.append(
         f"holes: {report.coverage.holes} unmapped pages next to the runs, probed: "

@@ -247,7 +247,7 @@ def _build(spec: LayoutSpec, memory: PhysMemory, alloc_end: int) -> BuiltLayout:
             try:
                 mapper.map_to(page, frame, m.flags, alloc).ignore()
             except Exception as e:
-                raise LayoutError(f"mapping {m.name!r}: {page!r} -> {frame!r}: {e}") from e
+                raise LayoutError(f"{m.where()}: {page!r} -> {frame!r}: {e}") from e
     return built
 
 
@@ -273,9 +273,11 @@ def _allocate_run(alloc: PoolFrameAllocator[Size4KiB], m: MappingSpec) -> int:
     """Contiguous, size-aligned physical memory for mapping ``m``."""
     start = alloc.allocate_contiguous(m.length, m.size.SIZE)
     if start is None:
+        hint = "; raise 'memory' in the layout file" if m.origin else ""
         raise LayoutError(
-            f"mapping {m.name!r}: no {m.length:#x} bytes of {m.size.DEBUG_STR}-aligned physical "
-            f"memory left (memory ends at {alloc.end:#x})"
+            f"{m.where('length' if m.origin else None)}: no {m.length:#x} bytes of "
+            f"{m.size.DEBUG_STR}-aligned physical memory left below {alloc.end:#x} for "
+            f'phys = "allocate"{hint}'
         )
     return start
 

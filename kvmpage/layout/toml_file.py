@@ -231,6 +231,8 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
     raw_mappings = doc.get("mapping", [])
     if not isinstance(raw_mappings, list) or not all(isinstance(m, dict) for m in raw_mappings):
         raise top.error("mapping", "expected [[mapping]] tables")
+    if not raw_mappings:
+        raise top.error("mapping", "no [[mapping]] tables: a layout needs at least one mapping")
     mappings: list[MappingSpec] = []
     for i, raw in enumerate(raw_mappings, 1):
         mappings.extend(_mapping(path, i, raw, cap_size))
