@@ -219,3 +219,17 @@ def test_readme_library_example_runs(capsys: pytest.CaptureFixture[str]) -> None
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "PhysAddr(0x200123)" in out and " 0 disagree" in out
+
+
+def test_layout_doc_examples_run(capsys: pytest.CaptureFixture[str]) -> None:
+    text = (ROOT / "docs" / "layout.md").read_text()
+    blocks = text.split("```python\n")[1:]
+    code = "\n".join(block.split("```", 1)[0] for block in blocks)
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        exec(compile(code, "docs/layout.md", "exec"), {})
+    finally:
+        os.chdir(cwd)
+    out = capsys.readouterr().out
+    assert "PhysAddr(0x5000)" in out and " 0 disagree" in out
