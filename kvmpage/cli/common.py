@@ -170,6 +170,8 @@ class MappingNames:
 
 
 LEVEL_NAME = {1: "4K", 2: "2M", 3: "1G"}
+#: The table that holds a run's leaf entries (level 1, 2, 3).
+TABLE_NAME = {1: "PT", 2: "PD", 3: "PDPT"}
 
 
 def format_table(
@@ -178,12 +180,13 @@ def format_table(
     columns: Sequence[str] = (),
     cells: Sequence[Sequence[str]] = (),
 ) -> list[str]:
-    """The run listing: virtual range, size, page size x count, physical start, effective
-    rights, leaf flags, then the extra ``columns`` (one cell per run each) and the names of
-    the layout's mappings the run belongs to."""
+    """The run listing: virtual range, size, page size x count, the table level of the leaves,
+    physical start, effective rights, leaf flags, then the extra ``columns`` (one cell per run
+    each) and the names of the layout's mappings the run belongs to."""
     width = max((len(c) for c in columns), default=0) + 2
     head = (
-        f"{'virtual start':>18}-{'end':<18} {'size':>6}  {'pages':<9} {'physical':>18}  "
+        f"{'virtual start':>18}-{'end':<18} {'size':>6}  {'pages':<9} {'level':<5} "
+        f"{'physical':>18}  "
         f"{'rights':6}  {'flags':<20}" + "".join(f"{c:>{width}}" for c in columns) + "  mapping"
     )
     lines = [head]
@@ -192,8 +195,8 @@ def format_table(
         extra = "".join(f"{c:>{width}}" for c in cells[i]) if cells else ""
         lines.append(
             f"{r.virt:#018x}-{r.virt_end - 1:#018x} {human_size(r.size):>6}  {pages:<9} "
-            f"{r.phys:#018x}  {r.rights!s:6}  {flag_names(r.flags):<20}{extra}  "
-            + ", ".join(names[i])
+            f"{TABLE_NAME[r.level]:<5} {r.phys:#018x}  {r.rights!s:6}  "
+            f"{flag_names(r.flags):<20}{extra}  " + ", ".join(names[i])
         )
     return lines
 
