@@ -297,14 +297,22 @@ def on_machine(
         spec = builtin_layout(gbpages=gbpages) if spec.name == BUILTIN else spec
     else:
         check_page_sizes(spec, gbpages=gbpages)
-        for wanted, feature in ((spec.cpu.smep, "smep"), (spec.cpu.smap, "smap")):
-            if wanted and not profile.supports(feature):
-                evidence = profile.features.get(feature)
-                why = f" ({evidence.evidence})" if evidence is not None else ""
-                raise LayoutError(
-                    f"{spec.source}: [cpu], key {feature!r}: this host cannot verify "
-                    f"{feature.upper()}{why}; set {feature} = false"
-                )
+        if not spec.cpu.nxe:
+            raise LayoutError(
+                f"{spec.source}: [cpu], key 'nxe': the verifier runs the guest with EFER.NXE "
+                "set, so nxe = false cannot be checked on the CPU yet (kvmpage dump and "
+                "walk --software-only accept it)"
+            )
+    for wanted, feature, key in (
+        (spec.cpu.nxe, "nx", "nxe"),
+        (spec.cpu.smep, "smep", "smep"),
+        (spec.cpu.smap, "smap", "smap"),
+    ):
+        if wanted and not profile.supports(feature):
+            evidence = profile.features.get(feature)
+            why = f" ({evidence.evidence})" if evidence is not None else ""
+            where = f"{spec.source}: [cpu], key {key!r}" if spec.source else "built-in layout"
+            raise LayoutError(f"{where}: this host cannot verify {feature.upper()}{why}")
     progress.stage("starting the machine")
     slot = min(spec.reserved_p4) if spec.reserved_p4 else AGENT_SLOT
     with Machine(spec.memory_size, device=device, agent_slot=slot) as machine:
