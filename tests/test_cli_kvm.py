@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from kvmpage.cli import common, main
 from kvmpage.machine import host_profile
+from kvmpage.paging.access import Outcome
 from kvmpage.verify import Predictor, Probe
 
 pytestmark = pytest.mark.kvm
@@ -245,3 +247,21 @@ def test_nxe_off_is_refused_on_the_cpu_but_dumped(
         assert code == 2 and out == "" and "[cpu], key 'nxe'" in err
     assert run(capsys, "dump", str(layout))[0] == 0
     assert run(capsys, "walk", "0x400000", str(layout), "--software-only")[0] == 0
+
+
+class NoDirty(Predictor):
+    """A deliberately wrong model: writes never set D."""
+
+    def evaluate(self, entries: tuple[int, ...], probe: Probe) -> Outcome:
+        out = super().evaluate(entries, probe)
+        return dataclasses.replace(out, d_must=frozenset())
+
+
+def test_accessed_dirty_disagreements_are_counted_apart(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(common, "PREDICTOR", NoDirty)
+    code, out, _ = run(capsys, "verify")
+    assert code == 1
+    assert "accessed/dirty bits: " in out and "entries disagree" in out
+    assert "DISAGREE [" in out and "D set although no write" in out

@@ -173,6 +173,12 @@ def _text(
         f"holes: {report.coverage.holes} unmapped pages next to the runs, probed: "
         f"{hole_cells or 'none'}"
     )
+    ad = sum(1 for d in report.disagreements if d.kind == "accessed-dirty")
+    if ad:
+        lines.append(
+            f"accessed/dirty bits: {ad} of {report.entries_checked} entries disagree (A/D are "
+            "per entry, not per run: see below)"
+        )
     lines += [d.format() for d in report.disagreements[:limit]]
     if len(report.disagreements) > limit:
         lines.append(f"... {len(report.disagreements) - limit} more disagreements (see --json)")
