@@ -354,3 +354,34 @@ def test_probes_beyond_the_machine_capacity_run_in_several_batches() -> None:
         assert len(v.last_results) > 3 * 64  # several KVM_RUNs, results in probe order
         # each result belongs to its probe, across the batch boundaries
         assert all(r.addr == p.va and r.cpl == p.cpl for p, _, r, _ in v.last_results)
+
+
+def test_a_replay_longer_than_a_batch_spans_several_runs() -> None:
+    """Unmapping more entries than one batch holds: the agent's writes are split over several
+    KVM_RUNs before the probes, and the guest sees every change."""
+    with Machine(MEMORY, capacity=64) as m:
+        spec = LayoutSpec(
+            name="many",
+            memory_size=MEMORY,
+            mappings=(MappingSpec("pages", 0x40_0000, Size4KiB, 200, P | W | U),),
+        )
+        built = on_machine(spec, m)
+        v = Verifier(built.mapper, m, keep_results=True)
+        assert v.verify(PlanOptions(holes=False)).ok
+        for i in range(1, 200, 2):  # every other page: 100 leaf writes through the agent
+            built.mapper.unmap(_page(Size4KiB, 0x40_0000 + i * 4096))[1].flush()
+        report = v.verify(PlanOptions(extra=(0x40_1000, 0x40_0000 + 199 * 4096)))
+        assert report.ok, report.format()
+        assert len(v.session.last_replayed) == 100
+        gone = _outcomes(v, 0x40_0000 + 199 * 4096)
+        assert gone[("read", 3)] == "fault 0x4"
+
+
+def test_efer_nxe_clear_makes_nx_a_reserved_bit(machine: Machine) -> None:
+    """With EFER.NXE clear (set by the agent), every NX page faults with RSVD, and the
+    verifier predicts exactly that."""
+    built = on_machine(small_layout("offset"), machine)
+    v = Verifier(built.mapper, machine, cpu=CpuState(nxe=False), keep_results=True)
+    report = v.verify()
+    assert report.ok, report.format()
+    assert _outcomes(v, 0x40_0000)[("read", 3)] == "fault 0xd"  # P|U|RSVD

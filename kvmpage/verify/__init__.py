@@ -382,8 +382,6 @@ class Verifier:
             result = self.profile.features.get(name)
             if result is not None and not result.works:
                 report.unavailable[name] = result.evidence
-        if not self.cpu.nxe:
-            report.unavailable["efer.nxe=0"] = "the machine runs with EFER.NXE set"
         for flag, feature in ((self.cpu.smep, "smep"), (self.cpu.smap, "smap")):
             if flag and not self.profile.supports(feature):
                 raise ValueError(f"CR4.{feature.upper()} was asked for but the host lacks it")

@@ -9,7 +9,8 @@ entry at CPL0, as a kernel would, followed by exactly the flushes the mapper's t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 from kvmpage.addr import VirtAddr
 from kvmpage.layout.scan import table_frames
@@ -62,47 +63,59 @@ class Session:
         """Frames the guest has used as page tables (their writes go through the agent)."""
         return set(self._walked)
 
-    def _prologue(self, batch: Batch, cpu: CpuState) -> None:
-        """Replay table changes through the agent, then the queued flushes, then CPU state."""
-        self.last_replayed = replay_through_agent(self.memory, batch, self._walked)
+    def _services(self, cpu: CpuState) -> list[Callable[[Batch], int]]:
+        """What must run before the probes, in order: the table changes replayed through the
+        agent, the first CR3 load, the queued flushes, the CPU state."""
+        scratch = Batch()
+        self.last_replayed = replay_through_agent(self.memory, scratch, self._walked)
+        services: list[Callable[[Batch], int]] = [
+            functools.partial(Batch.write_entry, phys_addr=addr, value=value)
+            for addr, value in self.last_replayed
+        ]
+        load_cr3 = functools.partial(Batch.load_cr3, cr3=self.p4_phys)
         if not self._cr3_loaded:
-            batch.load_cr3(self.p4_phys)
+            services.append(load_cr3)
             self._cr3_loaded = True
         self.last_flushes = list(self.tlb.pending)
         for kind, va in self.tlb.pending:
-            if kind == "invlpg":
-                batch.invlpg(va)
-            else:
-                batch.load_cr3(self.p4_phys)
+            services.append(
+                functools.partial(Batch.invlpg, addr=va) if kind == "invlpg" else load_cr3
+            )
         self.tlb.pending.clear()
         if cpu != self._cpu:
-            batch.set_wp(cpu.wp)
-            batch.set_smep(cpu.smep)
-            batch.set_smap(cpu.smap)
-            batch.set_ac(cpu.ac)
+            services += [
+                functools.partial(Batch.set_wp, on=cpu.wp),
+                functools.partial(Batch.set_smep, on=cpu.smep),
+                functools.partial(Batch.set_smap, on=cpu.smap),
+                functools.partial(Batch.set_ac, on=cpu.ac),
+                functools.partial(Batch.set_nxe, on=cpu.nxe),
+            ]
             self._cpu = cpu
+        return services
 
     def run(self, probes: Sequence[Probe], cpu: CpuState) -> RunResults:
-        """Run ``probes`` (in as few KVM_RUNs as the machine's capacity allows)."""
+        """Run the pending services, then ``probes``, in as few KVM_RUNs as the machine's
+        capacity allows (services first, in order; a long replay spans several runs)."""
         results = RunResults()
-        start = 0
+        services = self._services(cpu)
         capacity = self.machine.capacity
+        done_services = done_probes = 0
         while True:
             batch = Batch()
-            self._prologue(batch, cpu)
+            for service in services[done_services : done_services + capacity]:
+                service(batch)
             first = len(batch)
-            if first >= capacity:
-                raise RuntimeError(
-                    f"{first} table updates do not fit in one batch of {capacity} commands"
-                )
-            chunk = probes[start : start + capacity - first]
-            _encode(batch, chunk)
+            done_services += first
+            chunk: Sequence[Probe] = ()
+            if done_services == len(services):
+                chunk = probes[done_probes : done_probes + capacity - first]
+                _encode(batch, chunk)
             out: BatchResults = self.machine.run(batch)
             self._check_services(out, first)
             results.add(out, first)
             self._snapshot()
-            start += len(chunk)
-            if start >= len(probes):
+            done_probes += len(chunk)
+            if done_services == len(services) and done_probes >= len(probes):
                 return results
 
     def _check_services(self, out: BatchResults, count: int) -> None:
