@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 
 from kvmpage.cli import main
-from kvmpage.cli.common import Progress
+from kvmpage.cli.progress import Progress
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"

@@ -18,7 +18,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from kvmpage.cli.common import EXIT_ERROR, EXIT_FAIL, CliError, emit_json
+from kvmpage.cli.common import EXIT_ERROR, EXIT_FAIL, CliError
+from kvmpage.cli.output import emit_json
 
 EXAMPLES = """\
 examples:

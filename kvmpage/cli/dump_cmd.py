@@ -11,12 +11,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kvmpage.cli.common import (
-    EXIT_FAIL,
-    EXIT_OK,
+from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, alloc_end, load_spec
+from kvmpage.cli.output import (
     MappingNames,
-    Progress,
-    alloc_end,
     approx_size,
     emit_json,
     finding_json,
@@ -24,9 +21,9 @@ from kvmpage.cli.common import (
     header,
     hexa,
     layout_json,
-    load_spec,
     run_json,
 )
+from kvmpage.cli.progress import Progress
 from kvmpage.layout.audit import audit
 from kvmpage.layout.diff import Change, diff, format_diff
 from kvmpage.layout.dump import Run, coalesce

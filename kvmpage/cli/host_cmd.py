@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kvmpage.cli.common import EXIT_OK, emit_json
+from kvmpage.cli.common import EXIT_OK
+from kvmpage.cli.output import emit_json
 
 _HOW = (
     "the hypervisor kind comes from the loaded KVM modules' parameters in /sys/module; each "

@@ -16,22 +16,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kvmpage.cli.common import (
+from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, load_spec, on_machine
+from kvmpage.cli.output import (
     BUILTIN,
-    EXIT_FAIL,
-    EXIT_OK,
     MappingNames,
-    Progress,
     cpu_line,
     emit_json,
     finding_json,
     format_table,
     header,
     layout_json,
-    load_spec,
-    on_machine,
     run_json,
 )
+from kvmpage.cli.progress import Progress
 from kvmpage.layout.audit import Finding, audit
 from kvmpage.layout.dump import Run, coalesce
 from kvmpage.layout.scan import Leaf, scan

@@ -14,20 +14,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kvmpage.addr import VirtAddr
-from kvmpage.cli.common import (
-    EXIT_FAIL,
-    EXIT_OK,
-    CliError,
-    MappingNames,
-    Progress,
-    cpu_line,
-    emit_json,
-    header,
-    hexa,
-    layout_json,
-    load_spec,
-    on_machine,
-)
+from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, CliError, load_spec, on_machine
+from kvmpage.cli.output import MappingNames, cpu_line, emit_json, header, hexa, layout_json
+from kvmpage.cli.progress import Progress
 from kvmpage.layout.dump import flag_names
 from kvmpage.layout.spec import BuiltLayout, build
 from kvmpage.layout.walk import ADDRESS_MASK, Walk, format_steps, walk
