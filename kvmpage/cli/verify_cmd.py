@@ -143,7 +143,12 @@ def _text(
         oracles,
         [[verdicts[i].cell(o) for o in oracles] for i in mine],
     )
-    if len(mine) < len(runs):
+    if slot is not None and spec.kind == "recursive":
+        lines.append(
+            f"recursive slot {slot}: not probed (the RecursivePageTable reaches its tables "
+            "through it; probes there would write them)"
+        )
+    elif len(mine) < len(runs):
         merged = RunVerdict()
         for i in set(range(len(runs))) - set(mine):
             merged.merge(verdicts[i])
