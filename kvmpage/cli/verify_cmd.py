@@ -145,8 +145,8 @@ def _text(
     )
     if slot is not None and spec.kind == "recursive":
         lines.append(
-            f"recursive slot {slot}: not probed (the RecursivePageTable reaches its tables "
-            "through it; probes there would write them)"
+            f"recursive slot {slot}: not probed (the RecursivePageTable's own window onto its "
+            "tables)"
         )
     elif len(mine) < len(runs):
         merged = RunVerdict()
