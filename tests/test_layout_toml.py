@@ -142,6 +142,8 @@ BAD = [
     ('[cpu]\nsmep = "yes"', ["[cpu]", "key 'smep'", "true or false"]),
     ("mapping = 3", ["key 'mapping'", "[[mapping]]"]),
     ('name = "empty"', ["key 'mapping'", "at least one mapping"]),
+    (M + 'virt = "-0x1000"', ["key 'virt'", "non-negative integer"]),
+    (M + 'virt = 0x1000\nlength = "16G"', ["key 'mapping'", "at most 2097152"]),
     (
         "[mapper]\nrecursive_index = 5\n" + M + "virt = 0x0000_0280_0000_0000",
         ["key 'virt'", "recursive slot 5"],

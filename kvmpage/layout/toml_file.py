@@ -9,6 +9,7 @@ file name and names the key and what was expected, so a command can print it as 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 import tomllib
@@ -30,6 +31,8 @@ from kvmpage.paging.access import CpuState
 #: The guest agent's level-4 slot on a `kvmpage.machine.Machine` (its default ``agent_slot``).
 AGENT_SLOT = 511
 DEFAULT_MEMORY = 64 << 20
+#: Pages one layout may map: building costs a few microseconds per page, verifying more.
+MAX_PAGES = 1 << 21
 
 _SIZES: dict[str, type[PageSize]] = {}
 for _cls, _names in (
@@ -99,10 +102,8 @@ class _Reader:
             return default
         value = self.table[key]
         if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""), 0)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                value = int(value.replace("_", ""), 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise self.error(
                 key, f"expected a non-negative integer such as 0x400000, got {value!r}"
@@ -236,6 +237,13 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
     mappings: list[MappingSpec] = []
     for i, raw in enumerate(raw_mappings, 1):
         mappings.extend(_mapping(path, i, raw, cap_size))
+    pages = sum(m.count for m in mappings)
+    if pages > MAX_PAGES:
+        raise top.error(
+            "mapping",
+            f"the layout maps {pages} pages; kvmpage builds at most {MAX_PAGES} in one layout "
+            '(use page_size = "largest" or larger pages)',
+        )
     spec = LayoutSpec(
         name=top.string("name", default_name),
         mappings=tuple(mappings),
