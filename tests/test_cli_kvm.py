@@ -174,6 +174,7 @@ def test_host(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     assert "CPL3 accesses are checked by: " in out and "CPL0 accesses are checked by: " in out
     assert "1gib-pages" in out and "how: " in out
+    assert "verifiable here: 4K and 2M pages" in out
     code, doc = run_json(capsys, "host")
     profile = host_profile()
     assert doc["oracles"] == {"cpl3": profile.cpl3_oracle, "cpl0": profile.cpl0_oracle}

@@ -9,6 +9,8 @@ from typing import Any
 from kvmpage.cli.common import EXIT_OK
 from kvmpage.cli.output import emit_json
 
+#: The paging features a layout may use; the other entries of a profile describe the host.
+PAGING_FEATURES = ("nx", "smep", "smap", "1gib-pages", "pcid", "pku", "la57")
 _HOW = (
     "the hypervisor kind comes from the loaded KVM modules' parameters in /sys/module; each "
     "feature was tried in a guest (a probe that must fault or must succeed), not read from CPUID"
@@ -60,7 +62,13 @@ def cmd_host(args: argparse.Namespace) -> int:
         print(f"CPL{cpl} accesses are checked by: {oracle} ({_ORACLE.get(oracle, oracle)})")
     print("KVM_TRANSLATE (kvm-translate): KVM's own walker, a second opinion on addresses only")
     print(f"MAXPHYADDR {c.maxphyaddr}, linear address bits {c.linear_bits}")
-    print("paging features (tried in a guest):")
+    paging = [(n, r) for n, r in sorted(profile.features.items()) if n in PAGING_FEATURES]
+    works = [n for n, r in paging if r.works]
+    missing = [n for n, r in paging if not r.works]
+    print(f"verifiable here: 4K and 2M pages, {', '.join(works) or 'nothing more'}")
+    if missing:
+        print(f"not verifiable here: {', '.join(missing)}")
+    print("features and host behaviour (each tried in a guest):")
     for name, r in sorted(profile.features.items()):
         print(f"  {name:<21} {r.support.value:<12} {r.evidence}")
     print(f"how: {_HOW}")
