@@ -149,8 +149,9 @@ def test_walk_probes_the_hardware(capsys: pytest.CaptureFixture[str]) -> None:
     assert "read  cpl3  ok: reached physical 0xa000 (its tag)" in out
     assert "fetch cpl3  #PF(error 0x15) at 0x601040" in out
     assert out.count(" agree") == 6
+    assert "KVM_TRANSLATE (kvm-translate, addresses only): 0xa234" in out
     code, doc = run_json(capsys, "walk", "0x603000")
-    assert code == 0 and len(doc["hardware"]) == 6
+    assert code == 0 and len(doc["hardware"]) == 6 and doc["kvm_translate"] is None
     assert all(h["agree"] and h["actual"].startswith("#PF") for h in doc["hardware"])
 
 

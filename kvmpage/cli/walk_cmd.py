@@ -176,6 +176,8 @@ def cmd_walk(args: argparse.Namespace) -> int:
     va = parse_va(args.va)
     spec = load_spec(args.layout)
     probes: list[HardwareProbe] = []
+    translated: int | None = None
+    kvm_line = ""
     note = "(software walk only: no hardware check)"
     if args.software_only:
         from kvmpage.cli.common import alloc_end
@@ -198,6 +200,11 @@ def cmd_walk(args: argparse.Namespace) -> int:
                 note = f"(level-4 slot {machine.agent_slot} is the guest agent's: not probed)"
             else:
                 probes = hardware_probes(verifier, va)
+                if w.steps:  # canonical: ask KVM's own walker too (under the layout's CR3)
+                    translated = machine.translate(va)
+                    kvm_line = "  KVM_TRANSLATE (kvm-translate, addresses only): " + (
+                        "no valid translation" if translated is None else f"{translated:#x}"
+                    )
     code = EXIT_FAIL if any(p.agree is False for p in probes) else EXIT_OK
     if args.json:
         emit_json(
@@ -207,6 +214,7 @@ def cmd_walk(args: argparse.Namespace) -> int:
                 "va": hexa(va),
                 "layout": layout,
                 "walk": _walk_json(w),
+                "kvm_translate": None if translated is None else hexa(translated),
                 "hardware": [
                     {
                         "access": p.access,
@@ -239,4 +247,6 @@ def cmd_walk(args: argparse.Namespace) -> int:
         print(f"  {what}  {p.actual:<58} [{p.oracle}] {mark}")
         if not p.agree:
             print(f"             software: {p.expected}; {p.why}")
+    if kvm_line:
+        print(kvm_line)
     return code
