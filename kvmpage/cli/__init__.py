@@ -160,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser(
         "host",
-        parents=[_common(quiet=False)],
+        parents=[_common()],
         help="what this host's KVM can verify, and how that was established",
         description="Describe the KVM behind --device: the hypervisor kind, which oracle "
         "answers CPL3 and CPL0 accesses, and each paging feature with the evidence from a "
