@@ -71,12 +71,6 @@ def on_machine(
         spec = builtin_layout(gbpages=gbpages) if spec.name == BUILTIN else spec
     else:
         check_page_sizes(spec, gbpages=gbpages)
-        if not spec.cpu.nxe:
-            raise LayoutError(
-                f"{spec.source}: [cpu], key 'nxe': the verifier runs the guest with EFER.NXE "
-                "set, so nxe = false cannot be checked on the CPU yet (kvmpage dump and "
-                "walk --software-only accept it)"
-            )
     for wanted, feature, key in (
         (spec.cpu.nxe, "nx", "nxe"),
         (spec.cpu.smep, "smep", "smep"),

@@ -244,7 +244,7 @@ def cmd_walk(args: argparse.Namespace) -> int:
             print(f"  {what}  not run: {p.skipped}; software says {p.expected}")
             continue
         mark = "agree" if p.agree else "DISAGREE"
-        print(f"  {what}  {p.actual:<58} [{p.oracle}] {mark}")
+        print(f"  {what}  {p.actual:<64} [{p.oracle}] {mark}")
         if not p.agree:
             print(f"             software: {p.expected}; {p.why}")
     if kvm_line:
