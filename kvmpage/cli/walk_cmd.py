@@ -19,7 +19,7 @@ from kvmpage.cli.output import MappingNames, cpu_line, emit_json, header, hexa, 
 from kvmpage.cli.progress import Progress
 from kvmpage.layout.dump import flag_names
 from kvmpage.layout.spec import BuiltLayout, build
-from kvmpage.layout.walk import ADDRESS_MASK, Walk, format_steps, walk
+from kvmpage.layout.walk import ADDRESS_MASK, Walk, walk, walk_lines
 
 if TYPE_CHECKING:
     from kvmpage.machine.protocol import Result
@@ -155,12 +155,7 @@ def _walk_lines(built: BuiltLayout, va: int) -> tuple[Walk, list[str]]:
         w = Walk(va, (), None, None, "non-canonical address (an access raises #GP, no walk)")
         return w, [f"walk of {va:#018x}", f"  -> {w.stop}"]
     w = walk(built.memory, built.p4_phys, va)
-    lines = [f"walk of {va:#018x}", *format_steps(w.steps)]
-    if w.phys is None:
-        lines.append(f"  -> not mapped: {w.stop} (an access faults with #PF)")
-    else:
-        assert w.page_size is not None
-        lines.append(f"  -> physical {w.phys:#x} ({w.page_size >> 10} KiB page)")
+    lines = walk_lines(w)
     lines.append(f"  mapper.translate: {_translate_text(built, va)}")
     names = MappingNames(built.spec).of(va, va + 1)
     if names:

@@ -88,8 +88,12 @@ def steps_of(va: int, entries: tuple[int, ...], addrs: tuple[int, ...]) -> list[
 
 def format_walk(memory: PhysMemory, p4_phys: int, va: int) -> list[str]:
     """The walk of ``va`` as text lines, one per level, then the result."""
-    w = walk(memory, p4_phys, va)
-    lines = [f"walk of {va:#018x}", *format_steps(w.steps)]
+    return walk_lines(walk(memory, p4_phys, va))
+
+
+def walk_lines(w: Walk) -> list[str]:
+    """A `Walk` as text lines: a heading, one line per level, then where it ended."""
+    lines = [f"walk of {w.va:#018x}", *format_steps(w.steps)]
     if w.phys is None:
         lines.append(f"  -> not mapped: {w.stop} (an access faults with #PF)")
     else:
