@@ -130,13 +130,15 @@ class PoolFrameAllocator(BumpFrameAllocator[S_co]):
     def allocate_frame(self) -> PhysFrame[S_co] | None:
         """A freed frame (lowest first) or the next fresh one; None when both are exhausted."""
         if self._free:
-            frame = self._frame_type._make(heapq.heappop(self._free))
-            self.allocated.append(frame)
-        else:
-            frame = super().allocate_frame()
-            if frame is None:
+            start = heapq.heappop(self._free)
+        else:  # the bump path, inlined: this is on every table creation of a mapper
+            start = self._next
+            if start >= self.end:
                 return None
-        self._in_use.add(frame._start)
+            self._next = start + self._step
+        frame = self._frame_type._make(start)
+        self.allocated.append(frame)
+        self._in_use.add(start)
         return frame  # type: ignore[no-any-return]
 
     def deallocate_frame(self, frame: PhysFrame[S_co]) -> None:
