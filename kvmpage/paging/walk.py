@@ -77,3 +77,31 @@ def _outside(memory: PhysMemory, level: int, table: int, addr: int) -> None:
         f"level-{level} table at {table:#x} (walking {addr:#x}) is outside memory "
         f"[0, {memory.size:#x})"
     )
+
+
+def resolve_below(memory: PhysMemory, table: int, addr: int, level: int) -> int:
+    """Continue a walk of ``addr`` at ``level`` (3, 2 or 1) in the table at ``table``.
+
+    The same rules as `resolve`; used when the upper levels are already known (the leading
+    recursive indices of a recursive address all lead back to the level-4 table).
+    """
+    q = memory._q
+    limit = memory.size - 4096
+    while True:
+        if not 0 <= table <= limit:
+            _outside(memory, level, table, addr)
+        raw = q[(table >> 3) + ((addr >> (3 + 9 * level)) & 511)]
+        if not raw & _PRESENT:
+            raise SoftPageFault(addr, level, "is not present")
+        if level == 1:
+            return (raw & ADDRESS_MASK) | (addr & 0xFFF)
+        if raw & _PS:
+            if level == 3:
+                if raw & 0x3FFF_E000:
+                    raise SoftPageFault(addr, 3, "maps a 1 GiB page with reserved bits 13..29 set")
+                return (raw & 0x000F_FFFF_C000_0000) | (addr & 0x3FFF_FFFF)
+            if raw & 0x1F_E000:
+                raise SoftPageFault(addr, 2, "maps a 2 MiB page with reserved bits 13..20 set")
+            return (raw & 0x000F_FFFF_FFE0_0000) | (addr & 0x1F_FFFF)
+        table = raw & ADDRESS_MASK
+        level -= 1

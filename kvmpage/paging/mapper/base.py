@@ -57,6 +57,7 @@ __all__ = [
     "ADDRESS_MASK",
     "HUGE_PAGE",
     "PRESENT",
+    "WRITABLE",
     "S",
     "Table",
     "TableMapper",

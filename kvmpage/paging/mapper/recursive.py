@@ -11,14 +11,31 @@ quirk of the crate comes out the same way: a parent that is not present makes th
 
 from __future__ import annotations
 
-from kvmpage.addr import VirtAddr, _sign_extend_47
+from typing import Any
+
+from kvmpage.addr import PhysAddr, VirtAddr, _sign_extend_47
 from kvmpage.index import PageTableIndex
 from kvmpage.memory import PhysMemory, PhysMemoryError
-from kvmpage.paging.mapper.base import ADDRESS_MASK, HUGE_PAGE, PRESENT, Table, TableMapper
-from kvmpage.paging.mapper.errors import NotActive, NotRecursive
-from kvmpage.paging.mapper.flush import Tlb
+from kvmpage.paging.frame_alloc import FrameAllocator
+from kvmpage.paging.mapper.base import (
+    _ZERO_TABLE,
+    ADDRESS_MASK,
+    HUGE_PAGE,
+    PRESENT,
+    WRITABLE,
+    S,
+    Table,
+    TableMapper,
+)
+from kvmpage.paging.mapper.errors import (
+    FrameAllocationFailed,
+    NotActive,
+    NotRecursive,
+    PageAlreadyMapped,
+)
+from kvmpage.paging.mapper.flush import MapperFlush, Tlb
 from kvmpage.paging.page import Page, PhysFrame, Size4KiB
-from kvmpage.paging.walk import SoftPageFault, resolve
+from kvmpage.paging.walk import SoftPageFault, resolve, resolve_below
 
 
 def recursive_table_address(r: int, *indices: int) -> VirtAddr:
@@ -112,7 +129,22 @@ class RecursivePageTable(TableMapper):
         return recursive_table_address(self.recursive_index)
 
     def _words_at(self, va: int) -> Table:
-        phys = resolve(self.memory, self.cr3._start, va)
+        """The table at the (recursive) virtual address ``va``, found as the MMU would."""
+        memory, p4 = self.memory, self.cr3._start
+        r = self.recursive_index
+        level = 4
+        if p4 + 4096 <= memory.size:
+            entry = memory._q[(p4 >> 3) + r]
+            if entry & 0x81 == 1 and entry & 0x000F_FFFF_FFFF_F000 == p4:
+                # entry r leads back to this table at every level: skip the leading r indices
+                while level and (va >> (3 + 9 * level)) & 511 == r:
+                    level -= 1
+        if level == 4:
+            phys = resolve(memory, p4, va)
+        elif level == 0:
+            phys = p4 | (va & 0xFFF)
+        else:
+            phys = resolve_below(memory, p4, va, level)
         if phys + 4096 > self.memory.size:
             self.memory.check(phys, 4096)
         return (self.memory._q, phys >> 3)
@@ -130,3 +162,94 @@ class RecursivePageTable(TableMapper):
 
     def _skip_in_clean_up(self, level: int, index: int) -> bool:
         return level == 4 and index == self.recursive_index  # C-11
+
+    # -- fast paths -----------------------------------------------------------------------
+    # When entry r of the active PML4 points back at it (present, PS clear), every recursive
+    # address resolves level by level through the tables themselves: the table of a page at
+    # (r, r, r, p4) is the frame of PML4[p4], and so on down. The two hottest operations use
+    # that directly, and hand over to the shared engine as soon as anything is unusual (a
+    # missing or huge parent on the recursive path, memory bounds), so results are the same.
+
+    def _self_mapped(self) -> bool:
+        p4 = self.cr3._start
+        if p4 + 4096 > self.memory.size:
+            return False
+        entry = self.memory._q[(p4 >> 3) + self.recursive_index]
+        return entry & 0x81 == 1 and entry & _MASK == p4
+
+    def translate_addr(self, addr: VirtAddr) -> PhysAddr | None:
+        if type(addr) is not VirtAddr or not self._self_mapped():
+            return super().translate_addr(addr)
+        va, q, limit = addr._v, self.memory._q, self.memory.size - 4096
+        raw = q[(self.cr3._start >> 3) + ((va >> 39) & 511)]
+        if raw == 0:
+            return None  # R-14: raw == 0, not PRESENT, decides
+        if raw & 0x81 != 1 or raw & _MASK > limit:
+            return super().translate_addr(addr)  # huge PML4E panics; a fault on the way
+        raw = q[((raw & _MASK) >> 3) + ((va >> 30) & 511)]
+        if raw == 0:
+            return None
+        if raw & HUGE_PAGE:
+            return PhysAddr._raw((raw & 0x000F_FFFF_C000_0000) | (va & 0x3FFF_FFFF))
+        if not raw & PRESENT or raw & _MASK > limit:
+            return super().translate_addr(addr)
+        raw = q[((raw & _MASK) >> 3) + ((va >> 21) & 511)]
+        if raw == 0:
+            return None
+        if raw & HUGE_PAGE:
+            return PhysAddr._raw((raw & 0x000F_FFFF_FFE0_0000) | (va & 0x1F_FFFF))
+        if not raw & PRESENT or raw & _MASK > limit:
+            return super().translate_addr(addr)
+        raw = q[((raw & _MASK) >> 3) + ((va >> 12) & 511)]
+        if raw == 0:
+            return None
+        if raw & HUGE_PAGE:
+            return super().translate_addr(addr)  # R-15: panics
+        return PhysAddr._raw((raw & _MASK) | (va & 0xFFF))
+
+    def map_to_with_table_flags(
+        self,
+        page: Page[S],
+        frame: PhysFrame[S],
+        flags: int,
+        parent_table_flags: int,
+        frame_allocator: FrameAllocator[Any],
+    ) -> MapperFlush[S]:
+        # A 4 KiB page whose parents exist (present, not huge, carrying the insert flags) or
+        # are empty and get a new table, made as `_create_next_table` makes it (R-05).
+        if type(page) is Page and type(frame) is PhysFrame and self._self_mapped():
+            f, insert = int(flags), int(parent_table_flags)
+            if 0 <= f < 1 << 64 and not (f | insert) & HUGE_PAGE and 0 <= insert < 1 << 64:
+                va, q, limit = page._start, self.memory._q, self.memory.size - 4096
+                t = self.cr3._start
+                for shift in (39, 30, 21):
+                    i = (t >> 3) + ((va >> shift) & 511)
+                    e = q[i]
+                    if e == 0:
+                        new = frame_allocator.allocate_frame()
+                        if new is None:
+                            raise FrameAllocationFailed()
+                        if type(new) is not PhysFrame:
+                            raise TypeError(
+                                f"the allocator returned {new!r}, not a 4 KiB PhysFrame"
+                            )
+                        self._check_new_table(new._start)
+                        t = new._start
+                        q[i] = t | insert | PRESENT | WRITABLE
+                        q[t >> 3 : (t >> 3) + 512] = _ZERO_TABLE
+                        continue
+                    t = e & _MASK
+                    if e & 0x81 != 1 or e & insert != insert or t > limit:
+                        break
+                else:
+                    i = (t >> 3) + ((va >> 12) & 511)
+                    if q[i] != 0:
+                        raise PageAlreadyMapped(frame)
+                    q[i] = frame._start | f
+                    return MapperFlush(page, self.tlb)
+        return super().map_to_with_table_flags(
+            page, frame, flags, parent_table_flags, frame_allocator
+        )
+
+
+_MASK = ADDRESS_MASK
