@@ -269,3 +269,28 @@ def test_accessed_dirty_disagreements_are_counted_apart(
     assert code == 1
     assert "accessed/dirty bits: " in out and "entries disagree" in out
     assert "DISAGREE [" in out and "D set although no write" in out
+
+
+def test_fuzz_command_prints_its_seed_and_agrees(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, doc = run_json(capsys, "fuzz", "--seed", "11", "--seconds", "3", "--save", str(tmp_path))
+    assert code == 0 and doc["seed"] == 11 and doc["failures"] == []
+    assert doc["cases"] > 0 and doc["steps"] > 0 and doc["probes"] > 0
+    code, out, err = run(capsys, "fuzz", "--seed", "11", "--seconds", "1", "--save", str(tmp_path))
+    assert code == 0 and "seed 11" in err and "0 disagreeing cases" in out
+
+
+def test_fuzz_command_saves_a_reproducer_and_exits_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, wrong_software: None
+) -> None:
+    from kvmpage.verify import fuzz
+
+    code, doc = run_json(
+        capsys, "fuzz", "--seed", "3", "--cases", "5", "--seconds", "30", "--save", str(tmp_path)
+    )
+    assert code == 1 and doc["failures"]
+    first = doc["failures"][0]
+    assert first["reproducer"] and Path(first["reproducer"]).is_file()
+    assert len(first["operations"]) <= 3
+    assert fuzz.reproducer_toml  # the file is the campaign's own reproducer format

@@ -4,6 +4,7 @@
     kvmpage walk VA [LAYOUT]      one address level by level, then what the CPU did with it
     kvmpage dump [LAYOUT]         ptdump-style listing, W+X audit, --diff OTHER
     kvmpage host                  what this host's KVM can verify, and how that was established
+    kvmpage fuzz                  random layouts and operations, every step verified on KVM
 
 LAYOUT is a TOML layout file (docs/layout.md); without it, the built-in layout. Exit status:
 0 when the check passed, 1 when it ran and found a problem (a disagreement; a W+X finding with
@@ -30,6 +31,7 @@ examples:
   kvmpage dump examples/wx-alias.toml     list the mappings and audit W+X, also across aliases
   kvmpage dump a.toml --diff b.toml       what changed between two layouts
   kvmpage host                            which oracle checks what on this host
+  kvmpage fuzz --seed 1 --seconds 60      differential campaign; reproducers in ./fuzz-reproducers
 
 exit status: 0 passed, 1 found a problem, 2 could not run (reason on stderr)
 """
@@ -59,6 +61,14 @@ examples:
   kvmpage dump examples/kernel.toml --diff examples/kernel-hardened.toml
 
 exit status: 0 ok, 1 W+X finding with --strict or a difference with --diff, 2 could not run
+"""
+_FUZZ_EXAMPLES = """\
+examples:
+  kvmpage fuzz                            one minute, a random seed (printed first)
+  kvmpage fuzz --seed 42 --seconds 600    repeat a campaign, longer
+  kvmpage fuzz --seed 42 --json | jq .failures
+
+exit status: 0 every step agreed, 1 a case disagreed (reproducer saved), 2 could not run
 """
 _HOST_EXAMPLES = """\
 examples:
@@ -169,6 +179,25 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     h.set_defaults(func="host")
+
+    f = sub.add_parser(
+        "fuzz",
+        parents=[_common(device=False)],
+        help="random layouts and operation sequences, every step verified on KVM",
+        description="A differential campaign: random mapper kinds, mappings (every page size "
+        "the host can verify, random flags) and operations (map_to, unmap, update_flags, "
+        "set_flags_p4/p3/p2_entry, clean_up), each followed by its flush and a full "
+        "verification on a fresh guest. A disagreeing case is shrunk and saved as a layout "
+        "file with the operations as comments.",
+        epilog=_FUZZ_EXAMPLES,
+        formatter_class=fmt,
+    )
+    f.add_argument("--seed", type=int, default=None, help="campaign seed (default: random)")
+    f.add_argument("--seconds", type=float, default=60.0, help="time budget (default 60)")
+    f.add_argument("--cases", type=int, default=1_000_000, help="at most this many cases")
+    f.add_argument("--length", type=int, default=12, help="operations per case (default 12)")
+    f.add_argument("--save", default="fuzz-reproducers", metavar="DIR", help="where reproducers go")
+    f.set_defaults(func="fuzz")
     return parser
 
 
@@ -185,6 +214,10 @@ def _run(args: argparse.Namespace) -> int:
         from kvmpage.cli.dump_cmd import cmd_dump
 
         return cmd_dump(args)
+    if args.func == "fuzz":
+        from kvmpage.cli.fuzz_cmd import cmd_fuzz
+
+        return cmd_fuzz(args)
     from kvmpage.cli.host_cmd import cmd_host
 
     return cmd_host(args)
