@@ -90,5 +90,5 @@ def on_machine(
         progress.stage("building the tables")
         built = build(spec, machine.memory, alloc_end=machine.reserved[0])
         extra = {} if PREDICTOR is None else {"predictor": PREDICTOR}
-        verifier = Verifier(built.mapper, machine, cpu=spec.cpu, keep_results=True, **extra)
+        verifier = Verifier(built.mapper, machine, cpu=spec.cpu, **extra)
         yield machine, built, verifier

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,9 +30,9 @@ from kvmpage.cli.output import (
 from kvmpage.cli.progress import Progress
 from kvmpage.layout.audit import Finding, audit
 from kvmpage.layout.dump import Run, coalesce
-from kvmpage.layout.scan import Leaf, scan
+from kvmpage.layout.scan import scan
 from kvmpage.layout.spec import LayoutSpec
-from kvmpage.verify import TRANSLATE_SAMPLE, PlanOptions, Report, Verifier
+from kvmpage.verify import PlanOptions, Report, Verifier
 
 if TYPE_CHECKING:
     from kvmpage.kvm.host import HostProfile
@@ -78,13 +77,11 @@ class RunVerdict:
         }
 
 
-def run_verdicts(
-    runs: Sequence[Run], leaves: Sequence[Leaf], verifier: Verifier, report: Report, seed: int
-) -> tuple[list[RunVerdict], RunVerdict]:
+def run_verdicts(runs: Sequence[Run], verifier: Verifier) -> tuple[list[RunVerdict], RunVerdict]:
     """Each run's verdict per oracle, and the holes' (probes that hit no run).
 
-    Probe verdicts come from ``verifier.last_results``; KVM_TRANSLATE verdicts from the same
-    sample `Verifier` draws and the report's translate disagreements.
+    The verdicts are the verifier's own checks of the last run (`Verifier.last_checks`): every
+    probe, then every KVM_TRANSLATE of its sample.
     """
     starts = [r.virt for r in runs]
     verdicts = [RunVerdict() for _ in runs]
@@ -94,19 +91,8 @@ def run_verdicts(
         i = bisect.bisect_right(starts, va) - 1
         return verdicts[i] if i >= 0 and va < runs[i].virt_end else holes
 
-    for probe, _exp, result, verdict in verifier.last_results:
-        at(probe.va).add(result.oracle, verdict.agree)
-    if leaves:
-        rng = random.Random(seed)
-        sample = (
-            list(leaves)
-            if len(leaves) <= TRANSLATE_SAMPLE
-            else rng.sample(list(leaves), TRANSLATE_SAMPLE)
-        )
-        failed = {d.va for d in report.disagreements if d.kind == "translate"}
-        for leaf in sample:
-            va = leaf.virt + (leaf.size >> 1) + 0x18
-            at(va).add("kvm-translate", va not in failed)
+    for va, oracle, agree in verifier.last_checks:
+        at(va).add(oracle, agree)
     return verdicts, holes
 
 
@@ -222,7 +208,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         progress.stage(f"probing {len(leaves)} pages and the holes next to them")
         report = verifier.verify(options)
         runs = list(coalesce(leaves))
-        verdicts, holes = run_verdicts(runs, leaves, verifier, report, options.seed)
+        verdicts, holes = run_verdicts(runs, verifier)
         head = header(built)
         layout = layout_json(built)
         names = MappingNames(built.spec).of_runs(runs)

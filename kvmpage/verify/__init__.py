@@ -115,6 +115,9 @@ class Verifier:
         self.keep_results = keep_results
         #: (probe, expectation, result, verdict) of the last run, when ``keep_results``
         self.last_results: list[tuple[Probe, Expectation, Result, Verdict]] = []
+        #: (address, oracle, agreed) of every check of the last run: each probe, then each
+        #: KVM_TRANSLATE of the sample (always kept; cheap)
+        self.last_checks: list[tuple[int, str, bool]] = []
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -233,11 +236,14 @@ class Verifier:
         oracle = {3: self.profile.cpl3_oracle, 0: self.machine.cpl0_oracle}
         counts = {(o, ok): 0 for o in set(oracle.values()) for ok in (True, False)}
         self.last_results = []
+        checks = self.last_checks = []
         for i, (probe, exp, value, rec) in enumerate(
             zip(probes, expectations, values, results.raw, strict=True)
         ):
             ok = agrees(probe, exp.outcome, value, rec)
-            counts[oracle[probe.cpl], ok] += 1
+            name = oracle[probe.cpl]
+            counts[name, ok] += 1
+            checks.append((probe.va, name, ok))
             if ok and not self.keep_results:
                 continue
             result = results.result(i)
@@ -329,6 +335,7 @@ class Verifier:
             got = self.machine.translate(va)
             agree = got == exp.phys
             report.add_count("kvm-translate", agree, 1)
+            self.last_checks.append((va, "kvm-translate", agree))
             if not agree:
                 report.disagreements.append(
                     Disagreement(
