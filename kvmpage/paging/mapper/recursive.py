@@ -217,11 +217,17 @@ class RecursivePageTable(TableMapper):
     ) -> MapperFlush[S]:
         # A 4 KiB page whose parents exist (present, not huge, carrying the insert flags) or
         # are empty and get a new table, made as `_create_next_table` makes it.
-        if type(page) is Page and type(frame) is PhysFrame and self._self_mapped():
+        q, limit, t = self.memory._q, self.memory.size - 4096, self.cr3._start
+        if (
+            type(page) is Page
+            and type(frame) is PhysFrame
+            and t <= limit
+            and q[(t >> 3) + self.recursive_index] & (_MASK | 0x81) == t | 1  # self-mapped
+        ):
             f, insert = int(flags), int(parent_table_flags)
             if 0 <= f < 1 << 64 and not (f | insert) & HUGE_PAGE and 0 <= insert < 1 << 64:
-                va, q, limit = page._start, self.memory._q, self.memory.size - 4096
-                t = self.cr3._start
+                va = page._start
+                new_flags = insert | PRESENT | WRITABLE  # new parents are always P|W
                 for shift in (39, 30, 21):
                     i = (t >> 3) + ((va >> shift) & 511)
                     e = q[i]
@@ -233,9 +239,10 @@ class RecursivePageTable(TableMapper):
                             raise TypeError(
                                 f"the allocator returned {new!r}, not a 4 KiB PhysFrame"
                             )
-                        self._check_new_table(new._start)
                         t = new._start
-                        q[i] = t | insert | PRESENT | WRITABLE
+                        if t > limit:
+                            self._check_new_table(t)  # raises the memory error
+                        q[i] = t | new_flags
                         q[t >> 3 : (t >> 3) + 512] = _ZERO_TABLE
                         continue
                     t = e & _MASK
