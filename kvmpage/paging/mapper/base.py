@@ -13,7 +13,6 @@ Tables are handled as ``(words, base)`` pairs: ``words`` is the memory as u64 wo
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from kvmpage.addr import PhysAddr, VirtAddr, _sign_extend_47
@@ -442,6 +441,3 @@ def _va(addr: VirtAddr) -> int:
     if type(addr) is not VirtAddr:
         raise TypeError(f"expected a VirtAddr, got {type(addr).__name__}")
     return addr._v
-
-
-MapFn = Callable[..., Any]
