@@ -385,3 +385,32 @@ def test_efer_nxe_clear_makes_nx_a_reserved_bit(machine: Machine) -> None:
     report = v.verify()
     assert report.ok, report.format()
     assert _outcomes(v, 0x40_0000)[("read", 3)] == "fault 0xd"  # P|U|RSVD
+
+
+def test_a_stray_write_is_caught_by_the_tag_readback(machine: Machine) -> None:
+    """Tags and fetch stubs are read back after the run: a write that lands on a tagged frame
+    it should not have reached is a disagreement, even when every probe itself agreed."""
+    built = on_machine(small_layout("offset"), machine)
+    v = Verifier(built.mapper, machine)
+    real_run = v.session.run
+    victim: list[int] = []
+
+    def run_then_stray_write(probes, cpu):  # type: ignore[no-untyped-def]
+        results = real_run(probes, cpu)
+        leaf = next(p.leaf for p in probes if p.leaf is not None and p.leaf.size == 4096)
+        victim.append(leaf.phys)
+        machine.memory.write_u64(leaf.phys, 0xBAD)  # as if a write had gone astray
+        return results
+
+    v.session.run = run_then_stray_write  # type: ignore[method-assign]
+    report = v.verify()
+    data = [d for d in report.disagreements if d.kind == "data"]
+    assert len(data) == 1 and f"{victim[0]:#x}" in data[0].why
+    assert report.data_checked > 20 and not report.ok
+    assert all(d.kind == "data" for d in report.disagreements)
+
+
+def test_tags_are_read_back_after_a_clean_run(machine: Machine) -> None:
+    report = verify(on_machine(small_layout("mapped"), machine).mapper, machine)
+    assert report.ok and report.data_checked > 20
+    assert report.to_dict()["data_checked"] == report.data_checked

@@ -36,6 +36,7 @@ from kvmpage.verify.compare import (
 from kvmpage.verify.predict import Expectation, Predictor
 from kvmpage.verify.probes import (
     ACCESS_OFFSETS,
+    FETCH_OFFSET,
     FULL_SET,
     Coverage,
     Plan,
@@ -136,7 +137,7 @@ class Verifier:
         report.coverage = plan.coverage
         self._note_unverified(report, leaves)
         predictor = self._predictor_factory(memory, self.p4_phys, self.cpu, self.features)
-        probes, expectations, values = self._prepare(plan, predictor)
+        probes, expectations, values, written = self._prepare(plan, predictor)
         frames = table_frames(memory, self.p4_phys, skip_p4=self.skip_p4)
         before = {f: memory._q[f >> 3 : (f >> 3) + 512].tolist() for f in frames}
         t1 = time.perf_counter()
@@ -144,6 +145,7 @@ class Verifier:
         t2 = time.perf_counter()
         self._compare_probes(report, probes, expectations, values, results)
         self._compare_ad(report, probes, expectations, before)
+        self._compare_data(report, written)
         self._compare_translate(report, leaves, options.seed)
         t3 = time.perf_counter()
         report.seconds = {"plan+predict": t1 - t0, "run": t2 - t1, "compare": t3 - t2}
@@ -164,7 +166,7 @@ class Verifier:
         for access, cpl in FULL_SET:
             probe = Probe(base + ACCESS_OFFSETS[access], access, cpl, None)
             plan = Plan([probe], Coverage())
-            kept, exps, values = self._prepare(plan, predictor)
+            kept, exps, values, _ = self._prepare(plan, predictor)
             if kept:
                 to_run.append((probe, exps[0], values[0]))
             else:
@@ -180,8 +182,12 @@ class Verifier:
 
     def _prepare(
         self, plan: Plan, predictor: Predictor
-    ) -> tuple[list[Probe], list[Expectation], list[int | None]]:
-        """Predict every probe, tag the frames it should reach, drop the unsafe ones."""
+    ) -> tuple[list[Probe], list[Expectation], list[int | None], dict[int, tuple[int, int]]]:
+        """Predict every probe, tag the frames it should reach, drop the unsafe ones.
+
+        Also returns what was written: physical address -> (tag, the probe's address); a tag
+        at a fetch offset is a fetch stub.
+        """
         memory = self.machine.memory
         words = memory._q
         size = memory.size
@@ -191,6 +197,7 @@ class Verifier:
         probes: list[Probe] = []
         expectations: list[Expectation] = []
         values: list[int | None] = []
+        written: dict[int, tuple[int, int]] = {}
         fetch = AccessKind.FETCH
         blocked = self.profile.cpl3_blocked_slots
         for probe in plan.probes:
@@ -218,10 +225,11 @@ class Verifier:
                         memory.write(phys, fetch_stub(value))
                     else:
                         words[phys >> 3] = value
+                    written[phys] = (value, probe.va)
             probes.append(probe)
             expectations.append(exp)
             values.append(value)
-        return probes, expectations, values
+        return probes, expectations, values, written
 
     # -- comparisons --------------------------------------------------------------------------
 
@@ -317,6 +325,36 @@ class Verifier:
                 )
             )
 
+    def _compare_data(self, report: Report, written: dict[int, tuple[int, int]]) -> None:
+        """Every tag and fetch stub must still be there: write probes store the tag already in
+        place, so any change means a write reached a frame the software did not predict."""
+        memory = self.machine.memory
+        words = memory._q
+        report.data_checked = len(written)
+        for phys, (value, va) in written.items():
+            if phys & 0xFFF == FETCH_OFFSET:
+                ok = memory.read(phys, len(stub := fetch_stub(value))) == stub
+                found = memory.read(phys, len(stub)).hex()
+            else:
+                ok = words[phys >> 3] == value
+                found = f"{words[phys >> 3]:#x}"
+            if ok:
+                continue
+            report.disagreements.append(
+                Disagreement(
+                    kind="data",
+                    va=va,
+                    access="memory",
+                    cpl=None,
+                    oracle="readback",
+                    expected=f"physical {phys:#x} still holds {value:#x} (or its fetch stub)",
+                    actual=f"it holds {found}",
+                    why=f"memory at {phys:#x} changed during the run: a write landed there",
+                    software_walk=self._software_walk_of(va),
+                    hardware_walk=self._hardware_walk(va),
+                )
+            )
+
     def _compare_translate(self, report: Report, leaves: list[Leaf], seed: int) -> None:
         """KVM_TRANSLATE as a third opinion on addresses for a sample of pages.
 
@@ -359,6 +397,9 @@ class Verifier:
         lines += format_steps(steps_of(va, exp.entries, exp.entry_addrs))
         lines.append(f"  -> {describe_expectation(exp, None, va)}")
         return lines
+
+    def _software_walk_of(self, va: int) -> list[str]:
+        return format_walk(self.machine.memory, self.p4_phys, va)
 
     def _hardware_walk(self, va: int) -> list[str]:
         lines = format_walk(self.machine.memory, self.p4_phys, va)

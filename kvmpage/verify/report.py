@@ -64,6 +64,8 @@ class Report:
     unavailable: dict[str, str] = field(default_factory=dict)
     coverage: Coverage = field(default_factory=Coverage)
     entries_checked: int = 0
+    #: tags and fetch stubs read back after the run (each must be unchanged)
+    data_checked: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     #: mappings that could not be verified as such, by reason (e.g. 1 GiB pages on this host)
     unverified: dict[str, int] = field(default_factory=dict)
@@ -103,6 +105,7 @@ class Report:
             "disagreement_count": len(self.disagreements),
             "oracles": {k: asdict(v) for k, v in sorted(self.oracles.items())},
             "entries_checked": self.entries_checked,
+            "data_checked": self.data_checked,
             "unavailable": dict(self.unavailable),
             "unverified": dict(self.unverified),
             "coverage": asdict(self.coverage),
@@ -117,7 +120,8 @@ class Report:
         total = sum(self.seconds.values())
         return (
             f"{self.probes} probes, {self.agreements} agree, {len(self.disagreements)} disagree "
-            f"({per}); {self.entries_checked} entries' A/D checked; unavailable: {unavailable}; "
+            f"({per}); {self.entries_checked} entries' A/D and {self.data_checked} tags checked; "
+            f"unavailable: {unavailable}; "
             f"{total:.2f} s"
         )
 
