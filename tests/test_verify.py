@@ -414,3 +414,27 @@ def test_tags_are_read_back_after_a_clean_run(machine: Machine) -> None:
     report = verify(on_machine(small_layout("mapped"), machine).mapper, machine)
     assert report.ok and report.data_checked > 20
     assert report.to_dict()["data_checked"] == report.data_checked
+
+
+def test_after_a_watchdog_stop_the_next_verification_reloads_the_address_space(
+    machine: Machine,
+) -> None:
+    """A run that the watchdog ends resets the vCPU to the agent's CR3; the session must load
+    the layout's CR3 and CPU state again, or later probes would run in the wrong space."""
+    from kvmpage.machine import WatchdogTimeout
+
+    built = on_machine(small_layout("offset"), machine)
+    v = Verifier(built.mapper, machine, cpu=CpuState(wp=False))
+    assert v.verify().ok
+    real_run = machine.run
+
+    def hung(batch, timeout=None):  # type: ignore[no-untyped-def]
+        machine.reset_cpu()  # what the machine does after ending a stuck guest
+        raise WatchdogTimeout("simulated: the guest ran too long")
+
+    machine.run = hung  # type: ignore[method-assign]
+    with pytest.raises(WatchdogTimeout):
+        v.verify()
+    machine.run = real_run  # type: ignore[method-assign]
+    report = v.verify()
+    assert report.ok, report.format()

@@ -110,7 +110,14 @@ class Session:
             if done_services == len(services):
                 chunk = probes[done_probes : done_probes + capacity - first]
                 _encode(batch, chunk)
-            out: BatchResults = self.machine.run(batch)
+            try:
+                out: BatchResults = self.machine.run(batch)
+            except BaseException:
+                # a crash or the watchdog puts the vCPU back in its boot state (agent CR3,
+                # default control registers): load ours again on the next run
+                self._cr3_loaded = False
+                self._cpu = None
+                raise
             self._check_services(out, first)
             results.add(out, first)
             self._snapshot()
