@@ -14,6 +14,7 @@ import mmap
 from kvmpage.memory import PhysMemory
 
 _PAGE = 4096
+_HUGE = 2 << 20
 #: Linux's MAP_NORESERVE (not exported by the mmap module before Python 3.13).
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 
@@ -32,6 +33,11 @@ class GuestMemory(PhysMemory):
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
         mm = mmap.mmap(-1, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         try:
+            if size >= _HUGE and hasattr(mmap, "MADV_HUGEPAGE"):
+                # transparent huge pages where the host allows them: writing a large fresh
+                # guest memory (the verifier's tags) takes 512x fewer host page faults
+                # (measured: 262,144 tags 1.5 -> 1.0 s, and shadow first touch a bit faster)
+                mm.madvise(mmap.MADV_HUGEPAGE)
             anchor = ctypes.c_char.from_buffer(mm)
             address = ctypes.addressof(anchor)
             del anchor  # a live from_buffer object would pin the mmap open

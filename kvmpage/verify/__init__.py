@@ -15,17 +15,22 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from kvmpage.layout.scan import Leaf, scan, table_frames
 from kvmpage.layout.walk import format_steps, format_walk, steps_of
 from kvmpage.machine import Machine, fetch_stub
-from kvmpage.machine.protocol import Result
+from kvmpage.machine.protocol import ST_FAULT, ST_OK, Result
 from kvmpage.memory import PhysMemory
-from kvmpage.paging.access import AccessKind, CpuState, Features
+from kvmpage.paging.access import ADDRESS_MASK, AccessKind, CpuState, Features, Outcome
 from kvmpage.paging.mapper import RecursivePageTable, TableMapper
 from kvmpage.verify.compare import (
     OPEN_BUS,
+    REC_CR2,
+    REC_ERROR,
+    REC_STATUS,
+    REC_VALUE,
+    REC_VECTOR,
     AccessedDirty,
     Verdict,
     agrees,
@@ -38,6 +43,7 @@ from kvmpage.verify.probes import (
     ACCESS_OFFSETS,
     FETCH_OFFSET,
     FULL_SET,
+    TAG_PREFIX,
     Coverage,
     Plan,
     PlanOptions,
@@ -65,6 +71,14 @@ TRANSLATE_SAMPLE = 256
 _FEATURES_REPORTED = (
     "nx", "smep", "smap", "1gib-pages", "pcid", "pku", "la57", "cpl3-every-pml4-slot",
 )  # fmt: skip
+
+
+class BulkPage(NamedTuple):
+    """A page of a large layout probed only by a CPL3 read at its first byte."""
+
+    leaf: Leaf
+    outcome: Outcome  #: shared by every page of the same walk shape
+    value: int | None  #: the tag the read must return (None: no value to check)
 
 
 @dataclass(frozen=True)
@@ -133,18 +147,24 @@ class Verifier:
         self._note_unavailable(report)
         memory = self.machine.memory
         leaves = list(scan(memory, self.p4_phys, skip_p4=self.skip_p4))
-        plan = make_plan(leaves, options, excluded_p4=self.skip_p4)
+        predictor = self._predictor_factory(memory, self.p4_phys, self.cpu, self.features)
+        # pages that only get a CPL3 read are handled column-wise, unless every probe's full
+        # result is wanted or the software walk is not the architecture's own
+        bulk = not self.keep_results and predictor.plain
+        plan = make_plan(leaves, options, excluded_p4=self.skip_p4, bulk=bulk)
         report.coverage = plan.coverage
         self._note_unverified(report, leaves)
-        predictor = self._predictor_factory(memory, self.p4_phys, self.cpu, self.features)
-        probes, expectations, values, written = self._prepare(plan, predictor)
         frames = table_frames(memory, self.p4_phys, skip_p4=self.skip_p4)
+        protected = set(frames) | self.session.walked_frames()
+        probes, expectations, values, written = self._prepare(plan, predictor, protected)
+        pages = self._prepare_bulk(plan, predictor, protected, written)
         before = {f: memory._q[f >> 3 : (f >> 3) + 512].tolist() for f in frames}
         t1 = time.perf_counter()
-        results = self.session.run(probes, self.cpu)
+        results = self.session.run(probes, self.cpu, [p.leaf.virt for p in pages])
         t2 = time.perf_counter()
         self._compare_probes(report, probes, expectations, values, results)
-        self._compare_ad(report, probes, expectations, before)
+        self._compare_bulk(report, pages, predictor, results, len(probes))
+        self._compare_ad(report, probes, expectations, before, pages)
         self._compare_data(report, written)
         self._compare_translate(report, leaves, options.seed)
         t3 = time.perf_counter()
@@ -181,7 +201,7 @@ class Verifier:
         return checks
 
     def _prepare(
-        self, plan: Plan, predictor: Predictor
+        self, plan: Plan, predictor: Predictor, protected: set[int] | None = None
     ) -> tuple[list[Probe], list[Expectation], list[int | None], dict[int, tuple[int, int]]]:
         """Predict every probe, tag the frames it should reach, drop the unsafe ones.
 
@@ -191,8 +211,9 @@ class Verifier:
         memory = self.machine.memory
         words = memory._q
         size = memory.size
-        protected = set(table_frames(memory, self.p4_phys, skip_p4=self.skip_p4))
-        protected |= self.session.walked_frames()
+        if protected is None:
+            protected = set(table_frames(memory, self.p4_phys, skip_p4=self.skip_p4))
+            protected |= self.session.walked_frames()
         reserved_start = self.machine.reserved[0]
         probes: list[Probe] = []
         expectations: list[Expectation] = []
@@ -231,7 +252,81 @@ class Verifier:
             values.append(value)
         return probes, expectations, values, written
 
+    def _prepare_bulk(
+        self,
+        plan: Plan,
+        predictor: Predictor,
+        protected: set[int],
+        written: dict[int, tuple[int, int]],
+    ) -> list[BulkPage]:
+        """`_prepare` for the bulk pages: predict a CPL3 read at each page's first byte and tag
+        the frame it should reach, with no per-page objects beyond the result."""
+        memory = self.machine.memory
+        words, size, reserved_start = memory._q, memory.size, self.machine.reserved[0]
+        blocked = self.profile.cpl3_blocked_slots
+        pages: list[BulkPage] = []
+        add = pages.append
+        for leaf in plan.bulk:
+            va = leaf.virt
+            if blocked and (va >> 39) & 511 in blocked:
+                plan.coverage.skip("CPL3 access in a PML4 slot this host keeps for itself")
+                continue
+            outcome = predictor.bulk_read(leaf)
+            value: int | None = None
+            if outcome.fault is None:
+                phys = leaf.raw & ADDRESS_MASK & ~(leaf.size - 1)
+                if phys >= size:
+                    value = OPEN_BUS
+                elif phys >= reserved_start:
+                    plan.coverage.skip("reaches the agent's own memory")
+                    continue
+                elif phys & ~0xFFF in protected:
+                    plan.coverage.skip("reaches a page-table frame")
+                    continue
+                else:
+                    value = TAG_PREFIX | phys
+                    words[phys >> 3] = value
+                    written[phys] = (value, va)
+            add(BulkPage(leaf, outcome, value))
+        return pages
+
     # -- comparisons --------------------------------------------------------------------------
+
+    def _compare_bulk(
+        self,
+        report: Report,
+        pages: list[BulkPage],
+        predictor: Predictor,
+        results: RunResults,
+        first: int,
+    ) -> None:
+        """`_compare_probes` for the bulk pages (their records follow the probes')."""
+        oracle = self.profile.cpl3_oracle
+        checks = self.last_checks
+        agreed = 0
+        for j, (page, rec) in enumerate(zip(pages, results.raw[first:], strict=True)):
+            va, fault = page.leaf.virt, page.outcome.fault
+            if fault is None:
+                ok = rec[REC_STATUS] == ST_OK and (
+                    page.value is None or rec[REC_VALUE] == page.value
+                )
+            else:
+                ok = (
+                    rec[REC_STATUS] == ST_FAULT
+                    and rec[REC_VECTOR] == fault.vector
+                    and rec[REC_ERROR] == fault.error_code
+                    and (fault.vector != 14 or rec[REC_CR2] == va)
+                )
+            checks.append((va, oracle, ok))
+            if ok:
+                agreed += 1
+                continue
+            probe = Probe(va, AccessKind.READ, 3, page.leaf)
+            exp = predictor.expect(probe)
+            result = results.result(first + j)
+            self._report_probe(report, probe, exp, page.value, result)
+        report.add_count(oracle, True, agreed)
+        report.add_count(oracle, False, len(pages) - agreed)
 
     def _compare_probes(
         self,
@@ -246,7 +341,7 @@ class Verifier:
         self.last_results = []
         checks = self.last_checks = []
         for i, (probe, exp, value, rec) in enumerate(
-            zip(probes, expectations, values, results.raw, strict=True)
+            zip(probes, expectations, values, results.raw[: len(probes)], strict=True)
         ):
             ok = agrees(probe, exp.outcome, value, rec)
             name = oracle[probe.cpl]
@@ -258,25 +353,38 @@ class Verifier:
             verdict = compare(probe, exp, value, result)
             if self.keep_results:
                 self.last_results.append((probe, exp, result, verdict))
-            if verdict.agree:
-                continue
-            report.disagreements.append(
-                Disagreement(
-                    kind="probe",
-                    va=probe.va,
-                    access=probe.access.value,
-                    cpl=probe.cpl,
-                    oracle=result.oracle,
-                    expected=describe_expectation(exp, value, probe.va),
-                    actual=describe_result(result),
-                    why=verdict.why,
-                    software_walk=self._software_walk(probe.va, exp),
-                    hardware_walk=self._hardware_walk(probe.va),
-                    note=self._flush_note(probe.va),
-                )
-            )
+            if not verdict.agree:
+                self._report_probe(report, probe, exp, value, result, verdict)
         for (name, ok), n in counts.items():
             report.add_count(name, ok, n)
+
+    def _report_probe(
+        self,
+        report: Report,
+        probe: Probe,
+        exp: Expectation,
+        value: int | None,
+        result: Result,
+        verdict: Verdict | None = None,
+    ) -> None:
+        """Add the disagreement of one probe, with both walks."""
+        if verdict is None:
+            verdict = compare(probe, exp, value, result)
+        report.disagreements.append(
+            Disagreement(
+                kind="probe",
+                va=probe.va,
+                access=probe.access.value,
+                cpl=probe.cpl,
+                oracle=result.oracle,
+                expected=describe_expectation(exp, value, probe.va),
+                actual=describe_result(result),
+                why=verdict.why,
+                software_walk=self._software_walk(probe.va, exp),
+                hardware_walk=self._hardware_walk(probe.va),
+                note=self._flush_note(probe.va),
+            )
+        )
 
     def _compare_ad(
         self,
@@ -284,11 +392,15 @@ class Verifier:
         probes: list[Probe],
         expectations: list[Expectation],
         before: dict[int, list[int]],
+        pages: list[BulkPage],
     ) -> None:
         """Every entry's A and D bits after the run against what the probes required."""
         memory = self.machine.memory
         pairs = list(zip(probes, expectations, strict=True))
         ad = AccessedDirty.of(pairs)
+        for page in pages:
+            leaf = page.leaf
+            ad.add_walk(page.outcome, leaf.parent_addrs, leaf.entry_addr)
         watched = ad.entries()
         report.entries_checked = len(watched)
         must = ad.must_a | ad.must_d
@@ -303,7 +415,11 @@ class Verifier:
                 if problem is not None:
                     problems.append((addr, before_value, after_value, problem))
         for addr, old_value, new_value, problem in problems:
-            users = [p for p, e in pairs if addr in e.entry_addrs]
+            users = [p for p, e in pairs if addr in e.entry_addrs] + [
+                Probe(page.leaf.virt, AccessKind.READ, 3, page.leaf)
+                for page in pages
+                if addr in page.leaf.entry_addrs
+            ]
             oracle = self.profile.cpl3_oracle
             if users and all(p.cpl == 0 for p in users):
                 oracle = self.machine.cpl0_oracle

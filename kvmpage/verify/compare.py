@@ -13,8 +13,8 @@ from kvmpage.verify.probes import Probe
 A, D = 0x20, 0x40
 OPEN_BUS = (1 << 64) - 1  #: what a read of unbacked guest-physical memory returns
 
-# fields of a raw record (`kvmpage.machine.protocol.BatchResults.raw`)
-_VALUE, _CR2, _ERROR, _STATUS, _VECTOR = 5, 6, 7, 8, 9
+# positions in a raw record tuple (`kvmpage.machine.protocol.BatchResults.raw`)
+REC_VALUE, REC_CR2, REC_ERROR, REC_STATUS, REC_VECTOR = 5, 6, 7, 8, 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +49,14 @@ def agrees(probe: Probe, outcome: Outcome, value: int | None, rec: Sequence[int]
     """The fast test on a raw record: does the CPU's result match the expectation?"""
     fault = outcome.fault
     if fault is None:
-        return rec[_STATUS] == ST_OK and (
-            value is None or probe.access is AccessKind.WRITE or rec[_VALUE] == value
+        return rec[REC_STATUS] == ST_OK and (
+            value is None or probe.access is AccessKind.WRITE or rec[REC_VALUE] == value
         )
     return (
-        rec[_STATUS] == ST_FAULT
-        and rec[_VECTOR] == fault.vector
-        and rec[_ERROR] == fault.error_code
-        and (fault.vector != 14 or rec[_CR2] == probe.va)
+        rec[REC_STATUS] == ST_FAULT
+        and rec[REC_VECTOR] == fault.vector
+        and rec[REC_ERROR] == fault.error_code
+        and (fault.vector != 14 or rec[REC_CR2] == probe.va)
     )
 
 
@@ -99,30 +99,37 @@ class AccessedDirty:
     must_a: set[int]
     may_a: set[int]
     must_d: set[int]
+    _last_parents: tuple[int, ...] | None = None
 
     @classmethod
     def of(cls, pairs: Sequence[tuple[Probe, Expectation]]) -> AccessedDirty:
         must_a: set[int] = set()
         may_a: set[int] = set()
         must_d: set[int] = set()
-        last_parents: tuple[int, ...] | None = None
+        ad = cls(must_a, may_a, must_d)
         for _, exp in pairs:
-            o = exp.outcome
-            if o.a_must and len(o.a_must) == len(exp.parent_addrs) + 1:  # the whole walk
-                if exp.parent_addrs is not last_parents:  # shared per table: add once
-                    must_a.update(exp.parent_addrs)
-                    last_parents = exp.parent_addrs
-                must_a.add(exp.last_addr)  # type: ignore[arg-type]
-            elif o.a_must:
-                addrs = exp.entry_addrs
-                must_a.update(addrs[4 - level] for level in o.a_must)
-            if o.a_may:
-                addrs = exp.entry_addrs
-                may_a.update(addrs[4 - level] for level in o.a_may)
-            if o.d_must:
-                addrs = exp.entry_addrs
-                must_d.update(addrs[4 - level] for level in o.d_must)
-        return cls(must_a, may_a, must_d)
+            if exp.last_addr is not None:
+                ad.add_walk(exp.outcome, exp.parent_addrs, exp.last_addr)
+            elif exp.outcome.a_may or exp.outcome.a_must:
+                ad.add_walk(exp.outcome, exp.parent_addrs[:-1], exp.parent_addrs[-1])
+        return ad
+
+    def add_walk(self, o: Outcome, parent_addrs: tuple[int, ...], last_addr: int) -> None:
+        """Add what one walk (its entries' addresses, the last one apart) requires."""
+        if o.a_must and len(o.a_must) == len(parent_addrs) + 1:  # the whole walk
+            if parent_addrs is not self._last_parents:  # shared per table: add once
+                self.must_a.update(parent_addrs)
+                self._last_parents = parent_addrs
+            self.must_a.add(last_addr)
+        elif o.a_must:
+            addrs = (*parent_addrs, last_addr)
+            self.must_a.update(addrs[4 - level] for level in o.a_must)
+        if o.a_may:
+            addrs = (*parent_addrs, last_addr)
+            self.may_a.update(addrs[4 - level] for level in o.a_may)
+        if o.d_must:
+            addrs = (*parent_addrs, last_addr)
+            self.must_d.update(addrs[4 - level] for level in o.d_must)
 
     def entries(self) -> set[int]:
         """Every entry some expectation speaks about."""

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from kvmpage.layout.scan import Leaf
 from kvmpage.layout.walk import walk
 from kvmpage.memory import PhysMemory
 from kvmpage.paging.access import (
     ADDRESS_MASK,
+    AccessKind,
     CpuState,
     Features,
     Outcome,
@@ -23,6 +25,8 @@ from kvmpage.paging.access import (
     is_canonical,
 )
 from kvmpage.verify.probes import Probe
+
+_READ = AccessKind.READ
 
 _PS = 0x80
 
@@ -95,7 +99,7 @@ class Predictor:
             parents, addrs, last, last_addr = (
                 leaf.parents, leaf.parent_addrs, leaf.raw, leaf.entry_addr
             )  # fmt: skip
-            outcome = self._outcome(parents, last, probe)
+            outcome = self._outcome(parents, last, probe.va, probe.access, probe.cpl)
         else:
             entries, all_addrs = self.walk_of(probe)
             outcome = self.evaluate(entries, probe)
@@ -109,22 +113,37 @@ class Predictor:
             phys = (last & ADDRESS_MASK & ~(span - 1)) | (probe.va & (span - 1))
         return Expectation(outcome, phys, parents, addrs, last, last_addr)
 
+    @property
+    def plain(self) -> bool:
+        """Whether this is the architecture's own walk (no subclass changes it): then pages
+        can be predicted in bulk from their scan."""
+        return self._plain
+
+    def bulk_read(self, leaf: Leaf) -> Outcome:
+        """The outcome of a CPL3 read at the first byte of ``leaf`` (a plain predictor only)."""
+        return self._outcome(leaf.parents, leaf.raw, leaf.virt, _READ, 3)
+
     def evaluate(self, entries: tuple[int, ...], probe: Probe) -> Outcome:
         """`kvmpage.paging.access.evaluate`, cached on what can change the outcome."""
         if not entries:
             return self._evaluate(entries, probe)
-        return self._outcome(entries[:-1], entries[-1], probe)
+        return self._outcome(entries[:-1], entries[-1], probe.va, probe.access, probe.cpl)
 
-    def _outcome(self, parents: tuple[int, ...], last: int, probe: Probe) -> Outcome:
+    def _outcome(
+        self, parents: tuple[int, ...], last: int, va: int, access: AccessKind, cpl: int
+    ) -> Outcome:
         shape = self._parents.get(parents)
         if shape is None:
             shape = self._parents[parents] = tuple(raw & ~self._ignore for raw in parents)
         i = len(parents)
         ignore = self._huge_ignore[i] if last & _PS and i in (1, 2) else self._ignore
-        key = (shape, last & ~ignore, probe.access, probe.cpl)
+        key = (shape, last & ~ignore, access, cpl)
         outcome = self._cache.get(key)
         if outcome is None:
-            outcome = self._cache[key] = self._evaluate((*parents, last), probe)
+            outcome = self._cache[key] = evaluate(
+                (*parents, last), va, access=access, cpl=cpl, cpu=self.cpu,
+                features=self.features,
+            )  # fmt: skip
         return outcome
 
     def _evaluate(self, entries: tuple[int, ...], probe: Probe) -> Outcome:

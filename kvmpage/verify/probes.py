@@ -90,10 +90,16 @@ class Coverage:
 
 @dataclass
 class Plan:
-    """The probes, in the order they run."""
+    """The probes, in the order they run, then the bulk pages.
+
+    ``bulk`` (only with ``make_plan(..., bulk=True)``) holds the pages of a large layout that get
+    just a CPL3 read at their first byte; the verifier handles them column-wise, without a
+    `Probe` each.
+    """
 
     probes: list[Probe]
     coverage: Coverage
+    bulk: list[Leaf] = field(default_factory=list)
 
 
 def _points(leaf: Leaf) -> Sequence[int]:
@@ -113,9 +119,17 @@ def _full(leaf: Leaf, options: PlanOptions) -> list[Probe]:
 
 
 def make_plan(
-    leaves: Sequence[Leaf], options: PlanOptions = PlanOptions(), *, excluded_p4: Iterable[int] = ()
+    leaves: Sequence[Leaf],
+    options: PlanOptions = PlanOptions(),
+    *,
+    excluded_p4: Iterable[int] = (),
+    bulk: bool = False,
 ) -> Plan:
-    """The probes for ``leaves`` (ascending virtual order, as `kvmpage.layout.scan` yields)."""
+    """The probes for ``leaves`` (ascending virtual order, as `kvmpage.layout.scan` yields).
+
+    With ``bulk``, the pages that only get a CPL3 read go to `Plan.bulk` instead of becoming
+    probes.
+    """
     cov = Coverage(pages=len(leaves))
     runs = list(coalesce(leaves))
     if len(leaves) <= options.full_limit:
@@ -129,12 +143,16 @@ def make_plan(
             + ("; a CPL3 read of every other page" if options.every_page else "")
         )
     probes: list[Probe] = []
+    pages: list[Leaf] = []
     read, make = AccessKind.READ, tuple.__new__  # (a plain tuple.__new__: large plans)
     for i, leaf in enumerate(leaves):
         if i in full:
             probes.extend(_full(leaf, options))
         elif options.every_page:
-            probes.append(make(Probe, (leaf.virt + READ_OFFSET, read, 3, leaf)))
+            if bulk:
+                pages.append(leaf)
+            else:
+                probes.append(make(Probe, (leaf.virt + READ_OFFSET, read, 3, leaf)))
     cov.pages_full = len(full)
     cov.pages_read_only = len(leaves) - len(full) if options.every_page else 0
     if options.extra:
@@ -159,7 +177,7 @@ def make_plan(
             )
     if not options.cpl0:
         cov.strategy += " (CPL3 only)"
-    return Plan(probes, cov)
+    return Plan(probes, cov, pages)
 
 
 def _chosen(leaves: Sequence[Leaf], runs: Sequence[Run], options: PlanOptions) -> set[int]:

@@ -93,13 +93,16 @@ class Session:
             self._cpu = cpu
         return services
 
-    def run(self, probes: Sequence[Probe], cpu: CpuState) -> RunResults:
-        """Run the pending services, then ``probes``, in as few KVM_RUNs as the machine's
-        capacity allows (services first, in order; a long replay spans several runs)."""
+    def run(
+        self, probes: Sequence[Probe], cpu: CpuState, bulk_reads: Sequence[int] = ()
+    ) -> RunResults:
+        """Run the pending services, then ``probes``, then a CPL3 read at each address of
+        ``bulk_reads``, in as few KVM_RUNs as the machine's capacity allows (services first, in
+        order; a long replay spans several runs). Results come in that order."""
         results = RunResults()
         services = self._services(cpu)
         capacity = self.machine.capacity
-        done_services = done_probes = 0
+        done_services = done_probes = done_bulk = 0
         while True:
             batch = Batch()
             for service in services[done_services : done_services + capacity]:
@@ -107,9 +110,14 @@ class Session:
             first = len(batch)
             done_services += first
             chunk: Sequence[Probe] = ()
+            reads: Sequence[int] = ()
             if done_services == len(services):
                 chunk = probes[done_probes : done_probes + capacity - first]
                 _encode(batch, chunk)
+                if done_probes + len(chunk) >= len(probes):
+                    reads = bulk_reads[done_bulk : done_bulk + capacity - len(batch)]
+                    if reads:
+                        batch.reads(reads)
             try:
                 out: BatchResults = self.machine.run(batch)
             except BaseException:
@@ -122,7 +130,12 @@ class Session:
             results.add(out, first)
             self._snapshot()
             done_probes += len(chunk)
-            if done_services == len(services) and done_probes >= len(probes):
+            done_bulk += len(reads)
+            if (
+                done_services == len(services)
+                and done_probes >= len(probes)
+                and done_bulk >= len(bulk_reads)
+            ):
                 return results
 
     def _check_services(self, out: BatchResults, count: int) -> None:
