@@ -21,12 +21,12 @@ FLAGS = PageTableFlags.PRESENT | PageTableFlags.WRITABLE | PageTableFlags.USER_A
 BASE = 0x4000_0000
 
 
-def one_run(pages: int, cpl0: bool) -> dict[str, float]:
+def one_run(pages: int, cpl0: bool, huge: bool) -> dict[str, float]:
     data = pages * 4096
     tables = (pages // 512 + 16) * 4096
     memory_size = -(-(data + tables + (64 << 20)) // (2 << 20)) * (2 << 20)
     t_start = time.perf_counter()
-    with Machine(memory_size, capacity=pages + 65536, timeout=60.0) as m:
+    with Machine(memory_size, capacity=pages + 65536, timeout=60.0, huge_pages=huge) as m:
         t_machine = time.perf_counter()
         alloc: PoolFrameAllocator = PoolFrameAllocator(0x1000, tables, memory=m.memory)
         p4 = alloc.allocate_frame()
@@ -59,9 +59,14 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=262_144)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-cpl0", action="store_true", help="CPL3 probes only")
+    parser.add_argument(
+        "--no-huge-pages", action="store_true", help="guest RAM on 4 KiB host pages"
+    )
     args = parser.parse_args()
     warnings.simplefilter("error")
-    runs = [one_run(args.pages, not args.no_cpl0) for _ in range(args.repeat)]
+    runs = [
+        one_run(args.pages, not args.no_cpl0, not args.no_huge_pages) for _ in range(args.repeat)
+    ]
     print(f"{args.pages} pages of 4 KiB, median of {args.repeat} runs:")
     for key in runs[0]:
         value = statistics.median(r[key] for r in runs)

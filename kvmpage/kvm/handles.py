@@ -220,10 +220,16 @@ class Vm(_FdHandle):
         return self._ioctl(abi.KVM_CHECK_EXTENSION, cap)
 
     def add_memory(
-        self, size: int, guest_phys_addr: int = 0, *, readonly: bool = False
+        self,
+        size: int,
+        guest_phys_addr: int = 0,
+        *,
+        readonly: bool = False,
+        huge_pages: bool = False,
     ) -> GuestMemory:
-        """Allocate ``size`` bytes of guest RAM at ``guest_phys_addr`` and register it."""
-        memory = GuestMemory(size, guest_phys_addr=guest_phys_addr)
+        """Allocate ``size`` bytes of guest RAM at ``guest_phys_addr`` and register it
+        (``huge_pages``: see `GuestMemory`)."""
+        memory = GuestMemory(size, guest_phys_addr=guest_phys_addr, huge_pages=huge_pages)
         try:
             self.set_memory_region(
                 self._next_slot, guest_phys_addr, size, memory.host_address,
