@@ -43,33 +43,7 @@ def resolve(memory: PhysMemory, p4_phys: int, addr: int) -> int:
     raw = q[(p4_phys >> 3) + ((addr >> 39) & 511)]
     if raw & 0x81 != _PRESENT:  # not present, or PS (reserved) in a level-4 entry
         raise SoftPageFault(addr, 4, "is not present" if not raw & 1 else "has PS set (reserved)")
-    table = raw & ADDRESS_MASK
-    if table > limit:
-        _outside(memory, 3, table, addr)
-    raw = q[(table >> 3) + ((addr >> 30) & 511)]
-    if not raw & _PRESENT:
-        raise SoftPageFault(addr, 3, "is not present")
-    if raw & _PS:
-        if raw & 0x3FFF_E000:  # bits 13..29 of a 1 GiB leaf are reserved
-            raise SoftPageFault(addr, 3, "maps a 1 GiB page with reserved bits 13..29 set")
-        return (raw & 0x000F_FFFF_C000_0000) | (addr & 0x3FFF_FFFF)
-    table = raw & ADDRESS_MASK
-    if table > limit:
-        _outside(memory, 2, table, addr)
-    raw = q[(table >> 3) + ((addr >> 21) & 511)]
-    if not raw & _PRESENT:
-        raise SoftPageFault(addr, 2, "is not present")
-    if raw & _PS:
-        if raw & 0x1F_E000:  # bits 13..20 of a 2 MiB leaf are reserved
-            raise SoftPageFault(addr, 2, "maps a 2 MiB page with reserved bits 13..20 set")
-        return (raw & 0x000F_FFFF_FFE0_0000) | (addr & 0x1F_FFFF)
-    table = raw & ADDRESS_MASK
-    if table > limit:
-        _outside(memory, 1, table, addr)
-    raw = q[(table >> 3) + ((addr >> 12) & 511)]
-    if not raw & _PRESENT:
-        raise SoftPageFault(addr, 1, "is not present")
-    return (raw & ADDRESS_MASK) | (addr & 0xFFF)
+    return resolve_below(memory, raw & ADDRESS_MASK, addr, 3)
 
 
 def _outside(memory: PhysMemory, level: int, table: int, addr: int) -> None:

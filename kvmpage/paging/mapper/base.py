@@ -209,6 +209,51 @@ class TableMapper:
             cq[cb : cb + 512] = _ZERO_TABLE
         return child
 
+    def _map_4k_fast(
+        self,
+        page: Page[S],
+        frame: PhysFrame[S],
+        f: int,
+        insert: int,
+        allocator: FrameAllocator[Any],
+        root: int,
+        end: int,
+        new_flags: int | None,
+    ) -> MapperFlush[S] | None:
+        """The common case of `map_to_with_table_flags` for a 4 KiB page, inlined.
+
+        From the PML4 at ``root``, each parent either exists (present, not huge, carrying the
+        ``insert`` flags, below ``end``) or is empty and gets a new table with ``new_flags``
+        (None: do not create), exactly as `_create_next_table` would. Returns None as soon as
+        anything is unusual, having changed only what the general path would have changed
+        too, so the caller hands over to it and the result is the same.
+        """
+        va, q, t = page._start, self.memory._q, root
+        for shift in (39, 30, 21):  # levels 4, 3, 2
+            i = (t >> 3) + ((va >> shift) & 511)
+            e = q[i]
+            if e == 0 and new_flags is not None:
+                new = allocator.allocate_frame()
+                if new is None:
+                    raise FrameAllocationFailed()
+                if type(new) is not PhysFrame or new._start >= end:
+                    # raises exactly what the general path raises for this frame
+                    level = (shift - 3) // 9
+                    self._create_next_table((q, t >> 3), va, level, insert, _Given(new))
+                    raise AssertionError("unreachable: the general path raises here")
+                t = new._start
+                q[i] = t | new_flags
+                q[t >> 3 : (t >> 3) + 512] = _ZERO_TABLE
+                continue
+            t = e & ADDRESS_MASK
+            if e & 0x81 != 1 or e & insert != insert or t >= end:
+                return None
+        i = (t >> 3) + ((va >> 12) & 511)
+        if q[i] != 0:
+            raise PageAlreadyMapped(frame)
+        q[i] = frame._start | f
+        return MapperFlush(page, self.tlb)
+
     # -- Mapper ---------------------------------------------------------------------------
 
     def map_to(
@@ -435,6 +480,17 @@ class TableMapper:
 
 
 _ZERO_TABLE = memoryview(bytes(4096)).cast("Q")
+
+
+class _Given:
+    """An allocator that hands out one frame already taken from the caller's allocator."""
+
+    def __init__(self, frame: Any) -> None:
+        self._frame = frame
+
+    def allocate_frame(self) -> Any:
+        frame, self._frame = self._frame, None
+        return frame
 
 
 def _va(addr: VirtAddr) -> int:

@@ -13,8 +13,7 @@ from typing import Any
 from kvmpage.addr import PhysAddr, VirtAddr
 from kvmpage.memory import PhysMemory, PhysMemoryError
 from kvmpage.paging.frame_alloc import FrameAllocator
-from kvmpage.paging.mapper.base import _ZERO_TABLE, ADDRESS_MASK, S, Table
-from kvmpage.paging.mapper.errors import FrameAllocationFailed, PageAlreadyMapped
+from kvmpage.paging.mapper.base import ADDRESS_MASK, S, Table
 from kvmpage.paging.mapper.flush import MapperFlush, Tlb
 from kvmpage.paging.mapper.mapped import MappedPageTable
 from kvmpage.paging.page import Page, PhysFrame, Size4KiB
@@ -119,55 +118,19 @@ class OffsetPageTable(MappedPageTable):
         parent_table_flags: int,
         frame_allocator: FrameAllocator[Any],
     ) -> MapperFlush[S]:
-        # Fast path for a 4 KiB page. Each parent level either exists (present, not huge,
-        # already carrying the insert flags, in safe memory) or is empty and gets a new table
-        # exactly as `_create_next_table` would make it. Anything else hands over to the general
-        # path, which continues from the tables created so far: the result is the same.
+        # Fast path for a 4 KiB page (`_map_4k_fast`); new parents need PRESENT and not
+        # HUGE_PAGE in the insert flags, else the general path (and its panics) decides.
         if type(page) is Page and type(frame) is PhysFrame:
             f = int(flags)
             insert = int(parent_table_flags)
             if 0 <= f <= _U64 and not f & 0x80 and 0 <= insert <= _U64:
-                va = page._start
-                q = self.memory._q
-                limit = self._offset_mapping._safe_below
-                can_create = insert & 0x81 == 1  # new entries present and not huge
-                t = self._l4_table[1] << 3
-                for shift in (39, 30, 21):
-                    i = (t >> 3) + ((va >> shift) & 511)
-                    e = q[i]
-                    if e == 0 and can_create:
-                        new = frame_allocator.allocate_frame()
-                        if new is None:
-                            raise FrameAllocationFailed()
-                        if type(new) is not PhysFrame or new._start >= limit:
-                            self._create_next_table(
-                                (q, t >> 3), va, 4 - (39 - shift) // 9, insert, _Given(new)
-                            )
-                            raise AssertionError("unreachable: the general path raises here")
-                        t = new._start
-                        q[i] = t | insert
-                        q[t >> 3 : (t >> 3) + 512] = _ZERO_TABLE
-                        continue
-                    t = e & 0x000F_FFFF_FFFF_F000
-                    if e & 0x81 != 1 or e & insert != insert or t >= limit:
-                        break
-                else:
-                    i = (t >> 3) + ((va >> 12) & 511)
-                    if q[i] != 0:
-                        raise PageAlreadyMapped(frame)
-                    q[i] = frame._start | f
-                    return MapperFlush(page, self.tlb)
+                done = self._map_4k_fast(
+                    page, frame, f, insert, frame_allocator, self._l4_table[1] << 3,
+                    self._offset_mapping._safe_below,
+                    insert if insert & 0x81 == 1 else None,
+                )  # fmt: skip
+                if done is not None:
+                    return done
         return super().map_to_with_table_flags(
             page, frame, flags, parent_table_flags, frame_allocator
         )
-
-
-class _Given:
-    """An allocator that hands out one frame already taken from the caller's allocator."""
-
-    def __init__(self, frame: Any) -> None:
-        self._frame = frame
-
-    def allocate_frame(self) -> Any:
-        frame, self._frame = self._frame, None
-        return frame

@@ -18,7 +18,6 @@ from kvmpage.index import PageTableIndex
 from kvmpage.memory import PhysMemory, PhysMemoryError
 from kvmpage.paging.frame_alloc import FrameAllocator
 from kvmpage.paging.mapper.base import (
-    _ZERO_TABLE,
     ADDRESS_MASK,
     HUGE_PAGE,
     PRESENT,
@@ -28,10 +27,8 @@ from kvmpage.paging.mapper.base import (
     TableMapper,
 )
 from kvmpage.paging.mapper.errors import (
-    FrameAllocationFailed,
     NotActive,
     NotRecursive,
-    PageAlreadyMapped,
 )
 from kvmpage.paging.mapper.flush import MapperFlush, Tlb
 from kvmpage.paging.page import Page, PhysFrame, Size4KiB
@@ -215,8 +212,9 @@ class RecursivePageTable(TableMapper):
         parent_table_flags: int,
         frame_allocator: FrameAllocator[Any],
     ) -> MapperFlush[S]:
-        # A 4 KiB page whose parents exist (present, not huge, carrying the insert flags) or
-        # are empty and get a new table, made as `_create_next_table` makes it.
+        # Fast path for a 4 KiB page (`_map_4k_fast`) while entry r points back at the PML4:
+        # then each table's recursive address resolves to the frame its parent names. New
+        # parents get PRESENT | WRITABLE as well.
         q, limit, t = self.memory._q, self.memory.size - 4096, self.cr3._start
         if (
             type(page) is Page
@@ -226,34 +224,12 @@ class RecursivePageTable(TableMapper):
         ):
             f, insert = int(flags), int(parent_table_flags)
             if 0 <= f < 1 << 64 and not (f | insert) & HUGE_PAGE and 0 <= insert < 1 << 64:
-                va = page._start
-                new_flags = insert | PRESENT | WRITABLE  # new parents are always P|W
-                for shift in (39, 30, 21):
-                    i = (t >> 3) + ((va >> shift) & 511)
-                    e = q[i]
-                    if e == 0:
-                        new = frame_allocator.allocate_frame()
-                        if new is None:
-                            raise FrameAllocationFailed()
-                        if type(new) is not PhysFrame:
-                            raise TypeError(
-                                f"the allocator returned {new!r}, not a 4 KiB PhysFrame"
-                            )
-                        t = new._start
-                        if t > limit:
-                            self._check_new_table(t)  # raises the memory error
-                        q[i] = t | new_flags
-                        q[t >> 3 : (t >> 3) + 512] = _ZERO_TABLE
-                        continue
-                    t = e & _MASK
-                    if e & 0x81 != 1 or e & insert != insert or t > limit:
-                        break
-                else:
-                    i = (t >> 3) + ((va >> 12) & 511)
-                    if q[i] != 0:
-                        raise PageAlreadyMapped(frame)
-                    q[i] = frame._start | f
-                    return MapperFlush(page, self.tlb)
+                done = self._map_4k_fast(
+                    page, frame, f, insert, frame_allocator, t, limit + 1,
+                    insert | PRESENT | WRITABLE,
+                )  # fmt: skip
+                if done is not None:
+                    return done
         return super().map_to_with_table_flags(
             page, frame, flags, parent_table_flags, frame_allocator
         )
