@@ -21,6 +21,7 @@ CPL0 probes and services run in ring 0, which a PVM host emulates instruction by
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -157,6 +158,7 @@ class Result:
 
 _CMD = struct.Struct("<QQI")
 _RESULT = struct.Struct("<QQIIQQQQII")  # addr arg op pad rip value cr2 error status vector
+_COLUMN_WIDTHS = {R_RIP: 8, R_VALUE: 8, R_CR2: 8, R_ERROR: 8, R_STATUS: 4, R_VECTOR: 4}
 
 
 class Batch:
@@ -220,15 +222,20 @@ class Batch:
         if cpl not in (0, 3):
             raise ValueError(f"a probe runs at CPL 0 or 3, not {cpl}")
         op = int(Op.READ) | (OP_CPL3 if cpl == 3 else 0)
-        addresses = list(addresses)
-        if any(not 0 <= a < 1 << 64 for a in addresses):
-            raise ValueError("every address must fit in 64 bits")
-        self.slots.update({(a >> 39) & 511 for a in addresses})
+        try:
+            column = array("Q", addresses)
+        except (OverflowError, TypeError) as e:
+            raise ValueError("every address must be an integer that fits in 64 bits") from e
+        n = len(column)
+        self.slots.update({a >> 39 & 511 for a in column})
         start = self._count
-        pad = bytes(RECORD_SIZE - _CMD.size)
-        chunk = b"".join(_CMD.pack(a, 0, op) + pad for a in addresses)
-        self._buf += chunk
-        self._count += len(chunk) // RECORD_SIZE
+        # the records, filled a field at a time: address (word 0) and opcode (word 2)
+        records = array("Q", bytes(n * RECORD_SIZE))
+        stride = RECORD_SIZE // 8
+        records[0::stride] = column
+        records[2::stride] = array("Q", [op]) * n
+        self._buf += records.tobytes()
+        self._count += n
         return range(start, self._count)
 
     # -- services (CPL0) ------------------------------------------------------------------
@@ -342,21 +349,29 @@ class BatchResults(Sequence[Result]):
         for i in range(self._n):
             yield self._result(i)
 
-    def raw(self) -> list[tuple[int, ...]]:
-        """Every record as ``(addr, arg, op, pad, rip, value, cr2, error, status, vector)``,
-        decoded in one pass (no `Result` objects): for large batches."""
-        return list(_RESULT.iter_unpack(self._data[: self._n * RECORD_SIZE]))
+    def raw(self, start: int = 0, stop: int | None = None) -> list[tuple[int, ...]]:
+        """Records ``start`` to ``stop`` (default: all) as ``(addr, arg, op, pad, rip, value,
+        cr2, error, status, vector)`` tuples, decoded in one pass (no `Result` objects)."""
+        stop = self._n if stop is None else min(stop, self._n)
+        return list(_RESULT.iter_unpack(self._data[start * RECORD_SIZE : stop * RECORD_SIZE]))
 
     def result(self, index: int) -> Result:
         """The `Result` of one record (same as ``self[index]``)."""
         return self._result(index)
 
+    def column(self, offset: int) -> list[int]:
+        """One field of every record, by its offset in the record (``R_VALUE``, ``R_CR2``,
+        ``R_ERROR``: 8 bytes; ``R_STATUS``, ``R_VECTOR``: 4 bytes), without decoding records."""
+        if offset not in _COLUMN_WIDTHS:
+            raise ValueError(f"no result field at offset {offset}")
+        width = _COLUMN_WIDTHS[offset]
+        words = memoryview(self._data).cast("Q" if width == 8 else "I")
+        return words[offset // width :: RECORD_SIZE // width][: self._n].tolist()
+
     def statuses(self) -> list[int]:
         """Every record's status, fast (no `Result` objects)."""
-        words = memoryview(self._data).cast("I")
-        return words[R_STATUS // 4 :: RECORD_SIZE // 4].tolist()[: self._n]
+        return self.column(R_STATUS)
 
     def values(self) -> list[int]:
         """Every record's result value, fast (no `Result` objects; 0 for a faulted probe)."""
-        words = memoryview(self._data).cast("Q")
-        return words[R_VALUE // 8 :: RECORD_SIZE // 8].tolist()[: self._n]
+        return self.column(R_VALUE)

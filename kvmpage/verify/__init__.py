@@ -13,24 +13,23 @@ import contextlib
 import gc
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from itertools import repeat
+from typing import Any
 
-from kvmpage.layout.scan import Leaf, scan, table_frames
+from kvmpage.layout.leaves import Leaves
+from kvmpage.layout.scan import Leaf, table_frames
 from kvmpage.layout.walk import format_steps, format_walk, steps_of
 from kvmpage.machine import Machine, fetch_stub
-from kvmpage.machine.protocol import ST_FAULT, ST_OK, Result
+from kvmpage.machine.protocol import Result
 from kvmpage.memory import PhysMemory
-from kvmpage.paging.access import ADDRESS_MASK, AccessKind, CpuState, Features, Outcome
+from kvmpage.paging.access import AccessKind, CpuState, Features
 from kvmpage.paging.mapper import RecursivePageTable, TableMapper
+from kvmpage.verify import bulk as bulk_path
+from kvmpage.verify.bulk import BulkChunk
 from kvmpage.verify.compare import (
     OPEN_BUS,
-    REC_CR2,
-    REC_ERROR,
-    REC_STATUS,
-    REC_VALUE,
-    REC_VECTOR,
     AccessedDirty,
     Verdict,
     agrees,
@@ -43,7 +42,6 @@ from kvmpage.verify.probes import (
     ACCESS_OFFSETS,
     FETCH_OFFSET,
     FULL_SET,
-    TAG_PREFIX,
     Coverage,
     Plan,
     PlanOptions,
@@ -68,17 +66,12 @@ __all__ = [
 
 PredictorFactory = Callable[[PhysMemory, int, CpuState, Features], Predictor]
 TRANSLATE_SAMPLE = 256
+#: bulk reads above which tagging and probing run as a pipeline (see `Session.run`)
+PIPELINE_MIN = 65536
+_ALL_ENTRIES = frozenset(range(512))
 _FEATURES_REPORTED = (
     "nx", "smep", "smap", "1gib-pages", "pcid", "pku", "la57", "cpl3-every-pml4-slot",
 )  # fmt: skip
-
-
-class BulkPage(NamedTuple):
-    """A page of a large layout probed only by a CPL3 read at its first byte."""
-
-    leaf: Leaf
-    outcome: Outcome  #: shared by every page of the same walk shape
-    value: int | None  #: the tag the read must return (None: no value to check)
 
 
 @dataclass(frozen=True)
@@ -146,10 +139,10 @@ class Verifier:
         report = Report(host=self._host_line())
         self._note_unavailable(report)
         memory = self.machine.memory
-        leaves = list(scan(memory, self.p4_phys, skip_p4=self.skip_p4))
+        leaves = Leaves.scan(memory, self.p4_phys, skip_p4=self.skip_p4)
         predictor = self._predictor_factory(memory, self.p4_phys, self.cpu, self.features)
-        # pages that only get a CPL3 read are handled column-wise, unless every probe's full
-        # result is wanted or the software walk is not the architecture's own
+        # pages that only get a CPL3 read are handled a table at a time, unless every probe's
+        # full result is wanted or the software walk is not the architecture's own
         bulk = not self.keep_results and predictor.plain
         plan = make_plan(leaves, options, excluded_p4=self.skip_p4, bulk=bulk)
         report.coverage = plan.coverage
@@ -157,18 +150,33 @@ class Verifier:
         frames = table_frames(memory, self.p4_phys, skip_p4=self.skip_p4)
         protected = set(frames) | self.session.walked_frames()
         probes, expectations, values, written = self._prepare(plan, predictor, protected)
-        pages = self._prepare_bulk(plan, predictor, protected, written)
+        chunks = bulk_path.prepare(
+            plan.bulk,
+            predictor,
+            bulk_path.Memory(memory._q, memory.size, self.machine.reserved[0], protected),
+            plan.coverage,
+            self.profile.cpl3_blocked_slots,
+        )
+        reads: list[int] = []
+        for chunk in chunks:
+            chunk.first = len(probes) + len(reads)
+            reads += chunk.vas
         before = {f: memory._q[f >> 3 : (f >> 3) + 512].tolist() for f in frames}
+        stager = bulk_path.Stager(chunks, memory._q, len(probes))
         t1 = time.perf_counter()
-        results = self.session.run(probes, self.cpu, [p.leaf.virt for p in pages])
+        if len(reads) > PIPELINE_MIN:
+            results = self.session.run(probes, self.cpu, reads, stage=stager)
+        else:
+            stager.finish()
+            results = self.session.run(probes, self.cpu, reads)
         t2 = time.perf_counter()
         self._compare_probes(report, probes, expectations, values, results)
-        self._compare_bulk(report, pages, predictor, results, len(probes))
-        self._compare_ad(report, probes, expectations, before, pages)
-        self._compare_data(report, written)
+        self._compare_bulk(report, chunks, predictor, results)
+        self._compare_ad(report, probes, expectations, before, chunks)
+        self._compare_data(report, written, chunks)
         self._compare_translate(report, leaves, options.seed)
         t3 = time.perf_counter()
-        report.seconds = {"plan+predict": t1 - t0, "run": t2 - t1, "compare": t3 - t2}
+        report.seconds = {"plan+predict": t1 - t0, "tag+run": t2 - t1, "compare": t3 - t2}
         return report
 
     def probe(self, va: int) -> list[ProbeCheck]:
@@ -252,81 +260,29 @@ class Verifier:
             values.append(value)
         return probes, expectations, values, written
 
-    def _prepare_bulk(
-        self,
-        plan: Plan,
-        predictor: Predictor,
-        protected: set[int],
-        written: dict[int, tuple[int, int]],
-    ) -> list[BulkPage]:
-        """`_prepare` for the bulk pages: predict a CPL3 read at each page's first byte and tag
-        the frame it should reach, with no per-page objects beyond the result."""
-        memory = self.machine.memory
-        words, size, reserved_start = memory._q, memory.size, self.machine.reserved[0]
-        blocked = self.profile.cpl3_blocked_slots
-        pages: list[BulkPage] = []
-        add = pages.append
-        for leaf in plan.bulk:
-            va = leaf.virt
-            if blocked and (va >> 39) & 511 in blocked:
-                plan.coverage.skip("CPL3 access in a PML4 slot this host keeps for itself")
-                continue
-            outcome = predictor.bulk_read(leaf)
-            value: int | None = None
-            if outcome.fault is None:
-                phys = leaf.raw & ADDRESS_MASK & ~(leaf.size - 1)
-                if phys >= size:
-                    value = OPEN_BUS
-                elif phys >= reserved_start:
-                    plan.coverage.skip("reaches the agent's own memory")
-                    continue
-                elif phys & ~0xFFF in protected:
-                    plan.coverage.skip("reaches a page-table frame")
-                    continue
-                else:
-                    value = TAG_PREFIX | phys
-                    words[phys >> 3] = value
-                    written[phys] = (value, va)
-            add(BulkPage(leaf, outcome, value))
-        return pages
-
     # -- comparisons --------------------------------------------------------------------------
 
     def _compare_bulk(
-        self,
-        report: Report,
-        pages: list[BulkPage],
-        predictor: Predictor,
-        results: RunResults,
-        first: int,
+        self, report: Report, chunks: list[BulkChunk], predictor: Predictor, results: RunResults
     ) -> None:
-        """`_compare_probes` for the bulk pages (their records follow the probes')."""
+        """`_compare_probes` for the bulk pages, a chunk at a time."""
         oracle = self.profile.cpl3_oracle
-        checks = self.last_checks
-        agreed = 0
-        for j, (page, rec) in enumerate(zip(pages, results.raw[first:], strict=True)):
-            va, fault = page.leaf.virt, page.outcome.fault
-            if fault is None:
-                ok = rec[REC_STATUS] == ST_OK and (
-                    page.value is None or rec[REC_VALUE] == page.value
-                )
-            else:
-                ok = (
-                    rec[REC_STATUS] == ST_FAULT
-                    and rec[REC_VECTOR] == fault.vector
-                    and rec[REC_ERROR] == fault.error_code
-                    and (fault.vector != 14 or rec[REC_CR2] == va)
-                )
-            checks.append((va, oracle, ok))
-            if ok:
-                agreed += 1
-                continue
-            probe = Probe(va, AccessKind.READ, 3, page.leaf)
+        total = sum(len(c.vas) for c in chunks)
+        bad: dict[int, bool] = {}
+        for chunk, j in bulk_path.disagreeing(chunks, results):
+            bad[chunk.vas[j]] = False
+            probe = Probe(chunk.vas[j], AccessKind.READ, 3, chunk.leaf(j))
             exp = predictor.expect(probe)
-            result = results.result(first + j)
-            self._report_probe(report, probe, exp, page.value, result)
-        report.add_count(oracle, True, agreed)
-        report.add_count(oracle, False, len(pages) - agreed)
+            self._report_probe(
+                report, probe, exp, chunk.values[j], results.result(chunk.first + j)
+            )
+        for chunk in chunks:
+            if bad:
+                self.last_checks += [(va, oracle, bad.get(va, True)) for va in chunk.vas]
+            else:
+                self.last_checks += zip(chunk.vas, repeat(oracle), repeat(True))
+        report.add_count(oracle, True, total - len(bad))
+        report.add_count(oracle, False, len(bad))
 
     def _compare_probes(
         self,
@@ -341,7 +297,7 @@ class Verifier:
         self.last_results = []
         checks = self.last_checks = []
         for i, (probe, exp, value, rec) in enumerate(
-            zip(probes, expectations, values, results.raw[: len(probes)], strict=True)
+            zip(probes, expectations, values, results.records(0, len(probes)), strict=True)
         ):
             ok = agrees(probe, exp.outcome, value, rec)
             name = oracle[probe.cpl]
@@ -392,22 +348,24 @@ class Verifier:
         probes: list[Probe],
         expectations: list[Expectation],
         before: dict[int, list[int]],
-        pages: list[BulkPage],
+        chunks: list[BulkChunk],
     ) -> None:
         """Every entry's A and D bits after the run against what the probes required."""
         memory = self.machine.memory
         pairs = list(zip(probes, expectations, strict=True))
         ad = AccessedDirty.of(pairs)
-        for page in pages:
-            leaf = page.leaf
-            ad.add_walk(page.outcome, leaf.parent_addrs, leaf.entry_addr)
-        watched = ad.entries()
-        report.entries_checked = len(watched)
+        after = {f: memory._q[f >> 3 : (f >> 3) + 512].tolist() for f in before}
+        verified = bulk_path.check_accessed_dirty(chunks, ad, before, after)
         must = ad.must_a | ad.must_d
+        report.entries_checked = len(ad.entries()) + sum(len(v) for v in verified.values())
         problems: list[tuple[int, int, int, str]] = []
         for frame, old in before.items():
-            new = memory._q[frame >> 3 : (frame >> 3) + 512].tolist()
-            for i, (before_value, after_value) in enumerate(zip(old, new, strict=True)):
+            new = after[frame]
+            if old == new and not any(frame <= a < frame + 4096 for a in must):
+                continue
+            done = verified.get(frame)
+            for i in range(512) if done is None else sorted(_ALL_ENTRIES - done):
+                before_value, after_value = old[i], new[i]
                 addr = frame + 8 * i
                 if before_value == after_value and addr not in must:
                     continue
@@ -416,10 +374,12 @@ class Verifier:
                     problems.append((addr, before_value, after_value, problem))
         for addr, old_value, new_value, problem in problems:
             users = [p for p, e in pairs if addr in e.entry_addrs] + [
-                Probe(page.leaf.virt, AccessKind.READ, 3, page.leaf)
-                for page in pages
-                if addr in page.leaf.entry_addrs
-            ]
+                Probe(chunk.vas[j], AccessKind.READ, 3, chunk.leaf(j))
+                for chunk in chunks
+                for j in range(len(chunk.vas))
+                if addr in chunk.group.parent_addrs
+                or addr == chunk.group.table + 8 * chunk.indices[j]
+            ][:3]
             oracle = self.profile.cpl3_oracle
             if users and all(p.cpl == 0 for p in users):
                 oracle = self.machine.cpl0_oracle
@@ -441,21 +401,29 @@ class Verifier:
                 )
             )
 
-    def _compare_data(self, report: Report, written: dict[int, tuple[int, int]]) -> None:
+    def _compare_data(
+        self, report: Report, written: dict[int, tuple[int, int]], chunks: list[BulkChunk]
+    ) -> None:
         """Every tag and fetch stub must still be there: write probes store the tag already in
         place, so any change means a write reached a frame the software did not predict."""
         memory = self.machine.memory
         words = memory._q
         report.data_checked = len(written)
+        changed: list[tuple[int, int, int]] = []  # (physical address, tag, probe address)
+        for chunk in chunks:
+            report.data_checked += len(chunk.tagged)
+            changed += bulk_path.changed_tags(words, chunk)
         for phys, (value, va) in written.items():
             if phys & 0xFFF == FETCH_OFFSET:
-                ok = memory.read(phys, len(stub := fetch_stub(value))) == stub
-                found = memory.read(phys, len(stub)).hex()
+                if memory.read(phys, len(stub := fetch_stub(value))) != stub:
+                    changed.append((phys, value, va))
+            elif words[phys >> 3] != value:
+                changed.append((phys, value, va))
+        for phys, value, va in changed:
+            if phys & 0xFFF == FETCH_OFFSET:
+                found = memory.read(phys, len(fetch_stub(value))).hex()
             else:
-                ok = words[phys >> 3] == value
                 found = f"{words[phys >> 3]:#x}"
-            if ok:
-                continue
             report.disagreements.append(
                 Disagreement(
                     kind="data",
@@ -471,7 +439,7 @@ class Verifier:
                 )
             )
 
-    def _compare_translate(self, report: Report, leaves: list[Leaf], seed: int) -> None:
+    def _compare_translate(self, report: Report, leaves: Sequence[Leaf], seed: int) -> None:
         """KVM_TRANSLATE as a third opinion on addresses for a sample of pages.
 
         KVM translates as an implicit supervisor read: presence, reserved bits and SMAP decide,
@@ -550,9 +518,9 @@ class Verifier:
             if flag and not self.profile.supports(feature):
                 raise ValueError(f"CR4.{feature.upper()} was asked for but the host lacks it")
 
-    def _note_unverified(self, report: Report, leaves: list[Leaf]) -> None:
+    def _note_unverified(self, report: Report, leaves: Leaves) -> None:
         if not self.features.gbpages:
-            n = sum(1 for leaf in leaves if leaf.size == 1 << 30)
+            n = sum(len(g.indices) for g in leaves.groups if g.level == 3)
             if n:
                 report.unverified[
                     "1 GiB mappings: this host faults on 1 GiB pages (reserved bit); they were "

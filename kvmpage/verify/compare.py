@@ -47,16 +47,21 @@ def describe_result(result: Result) -> str:
 
 def agrees(probe: Probe, outcome: Outcome, value: int | None, rec: Sequence[int]) -> bool:
     """The fast test on a raw record: does the CPU's result match the expectation?"""
+    return agrees_raw(probe.va, probe.access is AccessKind.WRITE, outcome, value, rec)
+
+
+def agrees_raw(
+    va: int, write: bool, outcome: Outcome, value: int | None, rec: Sequence[int]
+) -> bool:
+    """`agrees` for an access at ``va`` (a write when ``write``) without a `Probe`."""
     fault = outcome.fault
     if fault is None:
-        return rec[REC_STATUS] == ST_OK and (
-            value is None or probe.access is AccessKind.WRITE or rec[REC_VALUE] == value
-        )
+        return rec[REC_STATUS] == ST_OK and (value is None or write or rec[REC_VALUE] == value)
     return (
         rec[REC_STATUS] == ST_FAULT
         and rec[REC_VECTOR] == fault.vector
         and rec[REC_ERROR] == fault.error_code
-        and (fault.vector != 14 or rec[REC_CR2] == probe.va)
+        and (fault.vector != 14 or rec[REC_CR2] == va)
     )
 
 
@@ -130,6 +135,14 @@ class AccessedDirty:
         if o.d_must:
             addrs = (*parent_addrs, last_addr)
             self.must_d.update(addrs[4 - level] for level in o.d_must)
+
+    def add_parents(self, o: Outcome, parent_addrs: tuple[int, ...]) -> None:
+        """Add what a walk requires of the entries above its last one (at ``parent_addrs``,
+        level 4 first)."""
+        top = len(parent_addrs)
+        rules = ((o.a_must, self.must_a), (o.a_may, self.may_a), (o.d_must, self.must_d))
+        for levels, into in rules:
+            into.update(parent_addrs[4 - level] for level in levels if 4 - level < top)
 
     def entries(self) -> set[int]:
         """Every entry some expectation speaks about."""

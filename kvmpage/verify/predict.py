@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from kvmpage.layout.scan import Leaf
 from kvmpage.layout.walk import walk
 from kvmpage.memory import PhysMemory
 from kvmpage.paging.access import (
@@ -119,9 +118,25 @@ class Predictor:
         can be predicted in bulk from their scan."""
         return self._plain
 
-    def bulk_read(self, leaf: Leaf) -> Outcome:
-        """The outcome of a CPL3 read at the first byte of ``leaf`` (a plain predictor only)."""
-        return self._outcome(leaf.parents, leaf.raw, leaf.virt, _READ, 3)
+    def bulk_reads(
+        self, parents: tuple[int, ...], raws: list[int], vas: list[int]
+    ) -> tuple[Outcome | None, list[Outcome]]:
+        """The outcomes of CPL3 reads at ``vas`` through the leaf entries ``raws`` below
+        ``parents`` (a plain predictor only), and the one outcome they all share if they do:
+        entries that differ only in address bits walk the same shape."""
+        if not raws:
+            return None, []
+        first = raws[0]
+        keep = ~self._ignore
+        if not first & _PS or len(parents) not in (1, 2):
+            key = first & keep
+            if all(raw & keep == key for raw in raws):
+                outcome = self._outcome(parents, first, vas[0], _READ, 3)
+                return outcome, [outcome] * len(raws)
+        outcomes = [
+            self._outcome(parents, r, va, _READ, 3) for r, va in zip(raws, vas, strict=True)
+        ]
+        return None, outcomes
 
     def evaluate(self, entries: tuple[int, ...], probe: Probe) -> Outcome:
         """`kvmpage.paging.access.evaluate`, cached on what can change the outcome."""

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from kvmpage.addr import _sign_extend_47
 from kvmpage.layout.dump import Run, coalesce
-from kvmpage.layout.scan import Leaf
+from kvmpage.layout.leaves import Leaves
+from kvmpage.layout.scan import Leaf, LeafGroup
 from kvmpage.paging.access import AccessKind
 
 READ_OFFSET = 0x0  #: where a read probe looks: the frame's tag
@@ -83,23 +84,35 @@ class Coverage:
     strategy: str = ""
     skipped: dict[str, int] = field(default_factory=dict)
 
-    def skip(self, reason: str) -> None:
-        """Count a probe left out, by reason."""
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+    def skip(self, reason: str, count: int = 1) -> None:
+        """Count probes left out, by reason."""
+        self.skipped[reason] = self.skipped.get(reason, 0) + count
+
+
+class BulkGroup(NamedTuple):
+    """Pages of one `LeafGroup` that get only a CPL3 read at their first byte."""
+
+    group: LeafGroup
+    indices: list[int]  #: the group's entries to read, ascending
 
 
 @dataclass
 class Plan:
     """The probes, in the order they run, then the bulk pages.
 
-    ``bulk`` (only with ``make_plan(..., bulk=True)``) holds the pages of a large layout that get
-    just a CPL3 read at their first byte; the verifier handles them column-wise, without a
-    `Probe` each.
+    ``bulk`` (only with ``make_plan(..., bulk=True)`` on `Leaves`) holds the pages of a large
+    layout that get just a CPL3 read at their first byte, a table at a time; the verifier
+    handles them column-wise, without a `Probe` or a `Leaf` each.
     """
 
     probes: list[Probe]
     coverage: Coverage
-    bulk: list[Leaf] = field(default_factory=list)
+    bulk: list[BulkGroup] = field(default_factory=list)
+
+    @property
+    def bulk_pages(self) -> int:
+        """How many pages are in ``bulk``."""
+        return sum(len(b.indices) for b in self.bulk)
 
 
 def _points(leaf: Leaf) -> Sequence[int]:
@@ -127,11 +140,12 @@ def make_plan(
 ) -> Plan:
     """The probes for ``leaves`` (ascending virtual order, as `kvmpage.layout.scan` yields).
 
-    With ``bulk``, the pages that only get a CPL3 read go to `Plan.bulk` instead of becoming
-    probes.
+    With ``bulk`` and ``leaves`` a `Leaves`, the pages of a large layout that only get a CPL3
+    read go to `Plan.bulk` instead of becoming probes.
     """
     cov = Coverage(pages=len(leaves))
-    runs = list(coalesce(leaves))
+    grouped = leaves if isinstance(leaves, Leaves) else None
+    runs = grouped.runs() if grouped is not None else list(coalesce(leaves))
     if len(leaves) <= options.full_limit:
         full = set(range(len(leaves)))
         cov.strategy = "every page: read, write and fetch at CPL3 and CPL0"
@@ -143,32 +157,31 @@ def make_plan(
             + ("; a CPL3 read of every other page" if options.every_page else "")
         )
     probes: list[Probe] = []
-    pages: list[Leaf] = []
-    read, make = AccessKind.READ, tuple.__new__  # (a plain tuple.__new__: large plans)
-    for i, leaf in enumerate(leaves):
-        if i in full:
-            probes.extend(_full(leaf, options))
-        elif options.every_page:
-            if bulk:
-                pages.append(leaf)
-            else:
+    pages: list[BulkGroup] = []
+    if grouped is not None and bulk and options.every_page and len(full) < len(leaves):
+        for k in sorted(full):
+            probes.extend(_full(grouped[k], options))
+        pages = _bulk_groups(grouped, full)
+    else:
+        read, make = AccessKind.READ, tuple.__new__  # (a plain tuple.__new__: large plans)
+        for i, leaf in enumerate(leaves):
+            if i in full:
+                probes.extend(_full(leaf, options))
+            elif options.every_page:
                 probes.append(make(Probe, (leaf.virt + READ_OFFSET, read, 3, leaf)))
     cov.pages_full = len(full)
     cov.pages_read_only = len(leaves) - len(full) if options.every_page else 0
-    if options.extra:
-        starts = [leaf.virt for leaf in leaves]
-        for va in options.extra:
-            i = bisect.bisect_right(starts, va) - 1
-            owner = leaves[i] if i >= 0 and va < leaves[i].virt + leaves[i].size else None
-            base = va & ~0xFFF
-            cov.extra += 1
-            probes.extend(
-                Probe(base + ACCESS_OFFSETS[a], a, cpl, owner)
-                for a, cpl in FULL_SET
-                if cpl == 3 or options.cpl0
-            )
+    find = grouped.find if grouped is not None else _finder(leaves)
+    for va in options.extra:
+        base = va & ~0xFFF
+        cov.extra += 1
+        probes.extend(
+            Probe(base + ACCESS_OFFSETS[a], a, cpl, find(va))
+            for a, cpl in FULL_SET
+            if cpl == 3 or options.cpl0
+        )
     if options.holes:
-        for va in _holes(leaves, runs, frozenset(excluded_p4)):
+        for va in _holes(runs, find, frozenset(excluded_p4)):
             cov.holes += 1
             probes.extend(
                 Probe(va + ACCESS_OFFSETS[a], a, cpl, None)
@@ -180,17 +193,55 @@ def make_plan(
     return Plan(probes, cov, pages)
 
 
+def _bulk_groups(leaves: Leaves, full: set[int]) -> list[BulkGroup]:
+    """Every page not in ``full``, a group at a time."""
+    chosen = sorted(full)
+    out: list[BulkGroup] = []
+    for group, first in zip(leaves.groups, leaves.offsets, strict=True):
+        n = len(group.indices)
+        lo, hi = bisect.bisect_left(chosen, first), bisect.bisect_left(chosen, first + n)
+        if hi == lo:
+            out.append(BulkGroup(group, group.indices))
+            continue
+        taken = {k - first for k in chosen[lo:hi]}
+        rest = [i for j, i in enumerate(group.indices) if j not in taken]
+        if rest:
+            out.append(BulkGroup(group, rest))
+    return out
+
+
+def _finder(leaves: Sequence[Leaf]) -> Callable[[int], Leaf | None]:
+    """``va`` -> the leaf whose page holds it, for a plain list of leaves."""
+    starts = [leaf.virt for leaf in leaves]
+
+    def find(va: int) -> Leaf | None:
+        i = bisect.bisect_right(starts, va) - 1
+        return leaves[i] if i >= 0 and va < leaves[i].virt + leaves[i].size else None
+
+    return find
+
+
 def _chosen(leaves: Sequence[Leaf], runs: Sequence[Run], options: PlanOptions) -> set[int]:
-    """Indices of the pages that get the full set in a large layout."""
+    """Indices of the pages that get the full set in a large layout: every table's first
+    page, every huge page, each run's first and last page, and a seeded sample."""
     chosen: set[int] = set()
-    seen_tables: set[int] = set()
-    for i, leaf in enumerate(leaves):
-        table = leaf.entry_addr & ~0xFFF
-        if table not in seen_tables:
-            seen_tables.add(table)
-            chosen.add(i)
-        if leaf.size > 4096:
-            chosen.add(i)
+    if isinstance(leaves, Leaves):
+        seen = set()
+        for group, first in zip(leaves.groups, leaves.offsets, strict=True):
+            if group.table not in seen:
+                seen.add(group.table)
+                chosen.add(first)
+            if group.level > 1:
+                chosen.update(range(first, first + len(group.indices)))
+    else:
+        seen_tables: set[int] = set()
+        for i, leaf in enumerate(leaves):
+            table = leaf.entry_addr & ~0xFFF
+            if table not in seen_tables:
+                seen_tables.add(table)
+                chosen.add(i)
+            if leaf.size > 4096:
+                chosen.add(i)
     first = 0
     for run in runs:  # the runs cover the leaves in order, run.count leaves each
         chosen.add(first)
@@ -201,15 +252,10 @@ def _chosen(leaves: Sequence[Leaf], runs: Sequence[Run], options: PlanOptions) -
     return chosen
 
 
-def _holes(leaves: Sequence[Leaf], runs: Sequence[Run], excluded_p4: frozenset[int]) -> list[int]:
+def _holes(
+    runs: Sequence[Run], find: Callable[[int], Leaf | None], excluded_p4: frozenset[int]
+) -> list[int]:
     """Unmapped 4 KiB pages right before and after each run of mappings."""
-    starts = [leaf.virt for leaf in leaves]
-    ends = [leaf.virt + leaf.size for leaf in leaves]
-
-    def mapped(va: int) -> bool:
-        i = bisect.bisect_right(starts, va) - 1
-        return i >= 0 and va < ends[i]
-
     holes: list[int] = []
     for run in runs:
         for va in (run.virt - 4096, run.virt_end):
@@ -217,6 +263,6 @@ def _holes(leaves: Sequence[Leaf], runs: Sequence[Run], excluded_p4: frozenset[i
                 continue
             if _sign_extend_47(va) != va or (va >> 39) & 511 in excluded_p4:
                 continue  # non-canonical (#GP, not a hole) or a reserved slot
-            if not mapped(va):
+            if find(va) is None:
                 holes.append(va)
     return sorted(set(holes))

@@ -10,15 +10,20 @@ entry at CPL0, as a kernel would, followed by exactly the flushes the mapper's t
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from kvmpage.addr import VirtAddr
 from kvmpage.layout.scan import table_frames
 from kvmpage.machine import Batch, BatchResults, Machine
 from kvmpage.machine.bridge import replay_through_agent
 from kvmpage.machine.protocol import Result
+from kvmpage.machine.watchdog import install_signal_handler
 from kvmpage.paging.access import AccessKind, CpuState
 from kvmpage.verify.probes import Probe, tag
+
+#: bulk reads per KVM_RUN when a run is pipelined (`Session.run` with ``stage``)
+PIPELINE_READS = 32768
 
 
 class MachineTlb:
@@ -94,12 +99,60 @@ class Session:
         return services
 
     def run(
-        self, probes: Sequence[Probe], cpu: CpuState, bulk_reads: Sequence[int] = ()
+        self,
+        probes: Sequence[Probe],
+        cpu: CpuState,
+        bulk_reads: Sequence[int] = (),
+        *,
+        stage: Callable[[int], None] | None = None,
+        reads_per_run: int = PIPELINE_READS,
     ) -> RunResults:
         """Run the pending services, then ``probes``, then a CPL3 read at each address of
         ``bulk_reads``, in as few KVM_RUNs as the machine's capacity allows (services first, in
-        order; a long replay spans several runs). Results come in that order."""
+        order; a long replay spans several runs). Results come in that order.
+
+        With ``stage``, the bulk reads go in runs of at most ``reads_per_run``, and
+        ``stage(n)`` is called before the run that needs read ``n - 1``: it must get the
+        memory of the first ``n`` reads ready (their tags). Each run executes in a worker
+        thread while ``stage`` prepares the next one, so the host's work on the next batch
+        (page faults on fresh memory, mostly) overlaps the guest's on this one.
+        """
+        batches = self._batches(probes, cpu, bulk_reads, reads_per_run if stage else None)
         results = RunResults()
+        if stage is None:
+            try:
+                for batch, services, _ in batches:
+                    self._add(results, self._run_one(batch), services)
+            finally:
+                self._snapshot()
+            return results
+        install_signal_handler()  # (the watchdog's, from this thread: the main one)
+        with ThreadPoolExecutor(1, thread_name_prefix="kvmpage-run") as worker:
+            running: tuple[Future[BatchResults], int] | None = None
+            try:
+                for batch, services, reads_needed in batches:
+                    stage(reads_needed)
+                    if running is not None:
+                        self._add(results, running[0].result(), running[1])
+                    running = worker.submit(self._run_one, batch), services
+                if running is not None:
+                    self._add(results, running[0].result(), running[1])
+                    running = None
+            finally:
+                if running is not None:  # an error in stage: let the run in flight finish
+                    wait([running[0]])
+                self._snapshot()
+        return results
+
+    def _batches(
+        self,
+        probes: Sequence[Probe],
+        cpu: CpuState,
+        bulk_reads: Sequence[int],
+        reads_per_run: int | None,
+    ) -> Iterator[tuple[Batch, int, int]]:
+        """The batches of a run, made as they are needed: ``(batch, services in it, bulk reads
+        needed by the end)``."""
         services = self._services(cpu)
         capacity = self.machine.capacity
         done_services = done_probes = done_bulk = 0
@@ -115,28 +168,35 @@ class Session:
                 chunk = probes[done_probes : done_probes + capacity - first]
                 _encode(batch, chunk)
                 if done_probes + len(chunk) >= len(probes):
-                    reads = bulk_reads[done_bulk : done_bulk + capacity - len(batch)]
+                    room = capacity - len(batch)
+                    if reads_per_run is not None:  # small first runs: the pipeline fills fast
+                        room = min(room, reads_per_run, max(4096, 2 * done_bulk))
+                    reads = bulk_reads[done_bulk : done_bulk + room]
                     if reads:
                         batch.reads(reads)
-            try:
-                out: BatchResults = self.machine.run(batch)
-            except BaseException:
-                # a crash or the watchdog puts the vCPU back in its boot state (agent CR3,
-                # default control registers): load ours again on the next run
-                self._cr3_loaded = False
-                self._cpu = None
-                raise
-            self._check_services(out, first)
-            results.add(out, first)
-            self._snapshot()
             done_probes += len(chunk)
             done_bulk += len(reads)
+            yield batch, first, done_bulk
             if (
                 done_services == len(services)
                 and done_probes >= len(probes)
                 and done_bulk >= len(bulk_reads)
             ):
-                return results
+                return
+
+    def _run_one(self, batch: Batch) -> BatchResults:
+        try:
+            return self.machine.run(batch)
+        except BaseException:
+            # a crash or the watchdog puts the vCPU back in its boot state (agent CR3,
+            # default control registers): load ours again on the next run
+            self._cr3_loaded = False
+            self._cpu = None
+            raise
+
+    def _add(self, results: RunResults, out: BatchResults, services: int) -> None:
+        self._check_services(out, services)
+        results.add(out, services)
 
     def _check_services(self, out: BatchResults, count: int) -> None:
         for r in out[:count]:
@@ -157,17 +217,43 @@ class Session:
 class RunResults:
     """The probes' results of one `Session.run`, in probe order, possibly over several batches.
 
-    ``raw`` holds one decoded record tuple per probe (see `BatchResults.raw`); `result` builds
-    the full `Result` of one probe when an explanation is needed.
+    Records are decoded on demand: `records` gives raw tuples (see `BatchResults.raw`) for a
+    range, `column` one field of every record (for comparing a large run column-wise), and
+    `result` the full `Result` of one probe when an explanation is needed.
     """
 
     def __init__(self) -> None:
-        self.raw: list[tuple[int, ...]] = []
         self._chunks: list[tuple[int, BatchResults, int]] = []  # (first probe, batch, skip)
+        self._n = 0
+        self._columns: dict[int, list[int]] = {}
 
     def add(self, out: BatchResults, skip: int) -> None:
-        self._chunks.append((len(self.raw), out, skip))
-        self.raw.extend(out.raw()[skip:])
+        self._chunks.append((self._n, out, skip))
+        self._n += len(out) - skip
+        self._columns.clear()
+
+    def records(self, start: int = 0, stop: int | None = None) -> list[tuple[int, ...]]:
+        """Raw record tuples of probes ``start`` to ``stop``."""
+        stop = self._n if stop is None else min(stop, self._n)
+        out: list[tuple[int, ...]] = []
+        for first, batch, skip in self._chunks:
+            end = first + len(batch) - skip
+            if end <= start or first >= stop:
+                continue
+            lo, hi = max(start, first) - first + skip, min(stop, end) - first + skip
+            out += batch.raw(lo, hi)
+        return out
+
+    def column(self, offset: int) -> list[int]:
+        """Field ``offset`` (a `kvmpage.machine.protocol` ``R_*`` constant) of every probe's
+        record, in probe order."""
+        col = self._columns.get(offset)
+        if col is None:
+            col = []
+            for _, batch, skip in self._chunks:
+                col += batch.column(offset)[skip:]
+            self._columns[offset] = col
+        return col
 
     def result(self, index: int) -> Result:
         for first, out, skip in reversed(self._chunks):
@@ -176,7 +262,7 @@ class RunResults:
         raise IndexError(index)
 
     def __len__(self) -> int:
-        return len(self.raw)
+        return self._n
 
 
 def _encode(batch: Batch, probes: Sequence[Probe]) -> None:

@@ -1,0 +1,252 @@
+"""Large layouts a table at a time: the pages that get only a CPL3 read at their first byte.
+
+A layout of 262,144 pages cannot afford a `Probe`, an `Expectation` or even a `Leaf` per page.
+Each `BulkGroup` of the plan becomes one `BulkChunk`: its pages are predicted per walk shape
+(entries that differ only in address bits share one outcome), their frames tagged, read by the
+guest, and compared with the results column by column; their leaf entries' A and D bits are
+checked the same way. Whatever does not agree at once takes the per-page path, so the report
+explains it like any other probe.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from kvmpage.layout.scan import Leaf, LeafGroup
+from kvmpage.machine.protocol import R_CR2, R_ERROR, R_STATUS, R_VALUE, R_VECTOR, ST_FAULT, ST_OK
+from kvmpage.paging.access import ADDRESS_MASK, Outcome
+from kvmpage.verify.compare import OPEN_BUS, AccessedDirty, agrees_raw
+from kvmpage.verify.predict import Predictor
+from kvmpage.verify.probes import TAG_PREFIX, BulkGroup, Coverage
+from kvmpage.verify.session import RunResults
+
+A = 0x20
+BLOCKED = "CPL3 access in a PML4 slot this host keeps for itself"
+AGENT = "reaches the agent's own memory"
+TABLE = "reaches a page-table frame"
+
+
+@dataclass(slots=True)
+class BulkChunk:
+    """The bulk pages of one group, ready to run: addresses, predictions, tags."""
+
+    group: LeafGroup
+    indices: list[int]  #: the group's entries read
+    vas: list[int]  #: the address each read goes to
+    outcomes: list[Outcome]  #: per page (the same object for pages of one walk shape)
+    uniform: Outcome | None  #: the outcome of every page, when they all share it
+    values: list[int | None]  #: what each read must return (None: nothing to check)
+    tagged: list[int]  #: physical addresses given a tag (``TAG_PREFIX | address``)
+    first: int = 0  #: index of the chunk's first read in the run's results
+
+    def leaf(self, j: int) -> Leaf:
+        """The `Leaf` of the chunk's page ``j``."""
+        return self.group.leaf(self.indices[j])
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What tagging needs to know of guest memory."""
+
+    words: memoryview  #: guest RAM as u64 words
+    size: int  #: bytes of guest RAM (reads above it return `OPEN_BUS`)
+    reserved_start: int  #: the agent's memory starts here
+    protected: set[int]  #: page-table frames: never tagged
+
+
+def prepare(
+    bulk: list[BulkGroup],
+    predictor: Predictor,
+    memory: Memory,
+    coverage: Coverage,
+    blocked: frozenset[int] = frozenset(),
+) -> list[BulkChunk]:
+    """Predict every bulk page and choose the frames to tag (dropping, and counting in
+    ``coverage``, the reads that must not run). Nothing is written yet: `Stager` writes the
+    tags just before the guest needs them."""
+    chunks: list[BulkChunk] = []
+    for group, indices in bulk:
+        if blocked and (group.base >> 39) & 511 in blocked:
+            coverage.skip(BLOCKED, len(indices))
+            continue
+        words, base, span = group.words, group.base, group.span
+        raws = [words[i] for i in indices]
+        vas = [base + i * span for i in indices]
+        uniform, outcomes = predictor.bulk_reads(group.parents, raws, vas)
+        chunk = BulkChunk(group, indices, vas, outcomes, uniform, [None] * len(vas), [])
+        if uniform is not None and uniform.fault is not None:
+            chunks.append(chunk)
+            continue
+        if uniform is not None:
+            phys = [raw & ADDRESS_MASK & ~(span - 1) for raw in raws]
+            if max(phys) < memory.reserved_start and memory.protected.isdisjoint(phys):
+                chunk.values[:] = [TAG_PREFIX | p for p in phys]
+                chunk.tagged = phys
+                chunks.append(chunk)
+                continue
+        chunks.append(_prepare_each(chunk, raws, memory, coverage))
+    return chunks
+
+
+def _prepare_each(
+    chunk: BulkChunk, raws: list[int], memory: Memory, coverage: Coverage
+) -> BulkChunk:
+    """`prepare` page by page, for a chunk with mixed outcomes or unusual frames."""
+    span = chunk.group.span
+    kept = BulkChunk(chunk.group, [], [], [], None, [], [], 0)
+    for i, va, outcome, raw in zip(chunk.indices, chunk.vas, chunk.outcomes, raws, strict=True):
+        value: int | None = None
+        if outcome.fault is None:
+            phys = raw & ADDRESS_MASK & ~(span - 1)
+            if phys >= memory.size:
+                value = OPEN_BUS
+            elif phys >= memory.reserved_start:
+                coverage.skip(AGENT)
+                continue
+            elif phys in memory.protected:
+                coverage.skip(TABLE)
+                continue
+            else:
+                value = TAG_PREFIX | phys
+                kept.tagged.append(phys)
+        kept.indices.append(i)
+        kept.vas.append(va)
+        kept.outcomes.append(outcome)
+        kept.values.append(value)
+    return kept
+
+
+class Stager:
+    """Writes the chunks' tags in read order, as `Session.run` asks for them (its ``stage``):
+    the first touch of each frame (a host page fault on fresh memory) then overlaps the guest's
+    work on the previous batch."""
+
+    def __init__(self, chunks: list[BulkChunk], words: memoryview, first_read: int) -> None:
+        self._chunks = chunks
+        self._words = words
+        self._first_read = first_read  #: the result index of bulk read 0
+        self._next = 0
+
+    def __call__(self, reads_needed: int) -> None:
+        """Tag every chunk whose reads start below read number ``reads_needed``."""
+        chunks = self._chunks
+        while self._next < len(chunks) and chunks[self._next].first - self._first_read < (
+            reads_needed
+        ):
+            chunk = chunks[self._next]
+            if chunk.tagged:
+                _store(self._words, chunk.tagged, [TAG_PREFIX | p for p in chunk.tagged])
+            self._next += 1
+
+    def finish(self) -> None:
+        """Tag whatever is left."""
+        self(1 << 62)
+
+
+def _contiguous(phys: list[int]) -> bool:
+    """Whether ``phys`` are consecutive 4 KiB frames."""
+    p0 = phys[0]
+    return phys[-1] - p0 == 4096 * (len(phys) - 1) and phys == list(
+        range(p0, p0 + 4096 * len(phys), 4096)
+    )
+
+
+def _store(words: memoryview, phys: list[int], tags: list[int]) -> None:
+    """Write ``tags[k]`` at ``phys[k]``; consecutive frames take one strided store."""
+    if _contiguous(phys):
+        first = phys[0] >> 3
+        words[first : first + 512 * len(phys) : 512] = array("Q", tags)
+        return
+    for p, t in zip(phys, tags, strict=True):
+        words[p >> 3] = t
+
+
+def load(words: memoryview, phys: list[int]) -> list[int]:
+    """The u64 at each of ``phys``; consecutive frames take one strided load."""
+    if phys and _contiguous(phys):
+        first = phys[0] >> 3
+        return words[first : first + 512 * len(phys) : 512].tolist()
+    return [words[p >> 3] for p in phys]
+
+
+def changed_tags(words: memoryview, chunk: BulkChunk) -> list[tuple[int, int, int]]:
+    """``(physical address, tag, page address)`` of every tag of ``chunk`` no longer in
+    memory after the run."""
+    tags = [TAG_PREFIX | p for p in chunk.tagged]
+    if load(words, chunk.tagged) == tags:
+        return []
+    vas = [va for va, v in zip(chunk.vas, chunk.values, strict=True) if v not in (None, OPEN_BUS)]
+    return [
+        (p, t, va)
+        for p, t, va in zip(chunk.tagged, tags, vas, strict=True)
+        if words[p >> 3] != t
+    ]
+
+
+def disagreeing(chunks: list[BulkChunk], results: RunResults) -> Iterator[tuple[BulkChunk, int]]:
+    """``(chunk, page)`` for every bulk read whose result differs from its prediction; a chunk
+    of one shape is compared a column at a time."""
+    status, value = results.column(R_STATUS), results.column(R_VALUE)
+    for chunk in chunks:
+        a, n = chunk.first, len(chunk.vas)
+        u = chunk.uniform
+        if u is not None and u.fault is None and status[a : a + n] == [ST_OK] * n:
+            if value[a : a + n] == chunk.values:
+                continue
+        elif u is not None and u.fault is not None and status[a : a + n] == [ST_FAULT] * n:
+            f = u.fault
+            if (
+                results.column(R_VECTOR)[a : a + n] == [f.vector] * n
+                and results.column(R_ERROR)[a : a + n] == [f.error_code] * n
+                and (f.vector != 14 or results.column(R_CR2)[a : a + n] == chunk.vas)
+            ):
+                continue
+        records = results.records(a, a + n)
+        for j, rec in enumerate(records):
+            if not agrees_raw(chunk.vas[j], False, chunk.outcomes[j], chunk.values[j], rec):
+                yield chunk, j
+
+
+def _leaf_rule(outcome: Outcome, level: int) -> Callable[[list[int], list[int]], bool] | None:
+    """How the leaf entries of a uniform chunk must change, as a column test; None when the
+    rule is not one of the simple ones (checked entry by entry instead)."""
+    if level in outcome.d_must:
+        return None
+    if level in outcome.a_must:
+        return lambda old, new: new == [x | A for x in old]
+    if level in outcome.a_may:
+        return lambda old, new: [x & ~A for x in new] == [x & ~A for x in old]
+    return lambda old, new: new == old
+
+
+def check_accessed_dirty(
+    chunks: list[BulkChunk],
+    ad: AccessedDirty,
+    before: dict[int, list[int]],
+    after: dict[int, list[int]],
+) -> dict[int, set[int]]:
+    """Check the chunks' leaf entries column-wise and add the rules for the entries above them
+    to ``ad``. Returns the entries verified here (table frame -> entry indices); the entries of
+    a chunk that fails, or that other probes also walk, go to ``ad`` one by one instead."""
+    shared: dict[int, set[int]] = {}
+    for addr in ad.entries():
+        shared.setdefault(addr & ~0xFFF, set()).add((addr & 0xFFF) >> 3)
+    verified: dict[int, set[int]] = {}
+    for chunk in chunks:
+        group = chunk.group
+        table, addrs = group.table, group.parent_addrs
+        u = chunk.uniform
+        rule = _leaf_rule(u, group.level) if u is not None else None
+        clash = shared.get(table)
+        alone = clash is None or clash.isdisjoint(chunk.indices)
+        if u is not None and rule is not None and alone:
+            old, new = before[table], after[table]
+            if rule([old[i] for i in chunk.indices], [new[i] for i in chunk.indices]):
+                ad.add_parents(u, addrs)
+                verified.setdefault(table, set()).update(chunk.indices)
+                continue
+        for i, outcome in zip(chunk.indices, chunk.outcomes, strict=True):
+            ad.add_walk(outcome, addrs, table + 8 * i)
+    return verified
