@@ -171,7 +171,7 @@ class Verifier:
             results = self.session.run(probes, self.cpu, reads)
         t2 = time.perf_counter()
         self._compare_probes(report, probes, expectations, values, results)
-        self._compare_bulk(report, chunks, predictor, results)
+        self._compare_bulk(report, chunks, results)
         self._compare_ad(report, probes, expectations, before, chunks)
         self._compare_data(report, written, chunks)
         self._compare_translate(report, leaves, options.seed)
@@ -262,23 +262,24 @@ class Verifier:
 
     # -- comparisons --------------------------------------------------------------------------
 
-    def _compare_bulk(
-        self, report: Report, chunks: list[BulkChunk], predictor: Predictor, results: RunResults
-    ) -> None:
-        """`_compare_probes` for the bulk pages, a chunk at a time."""
+    def _compare_bulk(self, report: Report, chunks: list[BulkChunk], results: RunResults) -> None:
+        """`_compare_probes` for the bulk pages, a chunk at a time; a disagreement is explained
+        with the very prediction it was compared against."""
         oracle = self.profile.cpl3_oracle
         total = sum(len(c.vas) for c in chunks)
-        bad: dict[int, bool] = {}
+        bad: set[int] = set()
         for chunk, j in bulk_path.disagreeing(chunks, results):
-            bad[chunk.vas[j]] = False
-            probe = Probe(chunk.vas[j], AccessKind.READ, 3, chunk.leaf(j))
-            exp = predictor.expect(probe)
-            self._report_probe(
-                report, probe, exp, chunk.values[j], results.result(chunk.first + j)
+            va, leaf, outcome = chunk.vas[j], chunk.leaf(j), chunk.outcomes[j]
+            bad.add(va)
+            phys = None if outcome.fault is not None else leaf.phys | (va & (leaf.size - 1))
+            exp = Expectation(
+                outcome, phys, leaf.parents, leaf.parent_addrs, leaf.raw, leaf.entry_addr
             )
+            probe = Probe(va, AccessKind.READ, 3, leaf)
+            self._report_probe(report, probe, exp, chunk.values[j], results.result(chunk.first + j))
         for chunk in chunks:
             if bad:
-                self.last_checks += [(va, oracle, bad.get(va, True)) for va in chunk.vas]
+                self.last_checks += [(va, oracle, va not in bad) for va in chunk.vas]
             else:
                 self.last_checks += zip(chunk.vas, repeat(oracle), repeat(True))
         report.add_count(oracle, True, total - len(bad))

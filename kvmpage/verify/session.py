@@ -105,19 +105,21 @@ class Session:
         bulk_reads: Sequence[int] = (),
         *,
         stage: Callable[[int], None] | None = None,
-        reads_per_run: int = PIPELINE_READS,
+        reads_per_run: int | None = None,
     ) -> RunResults:
         """Run the pending services, then ``probes``, then a CPL3 read at each address of
         ``bulk_reads``, in as few KVM_RUNs as the machine's capacity allows (services first, in
         order; a long replay spans several runs). Results come in that order.
 
-        With ``stage``, the bulk reads go in runs of at most ``reads_per_run``, and
+        With ``stage``, the bulk reads go in runs of at most ``reads_per_run`` (default
+        `PIPELINE_READS`; the first runs are smaller, so the pipeline fills fast), and
         ``stage(n)`` is called before the run that needs read ``n - 1``: it must get the
         memory of the first ``n`` reads ready (their tags). Each run executes in a worker
         thread while ``stage`` prepares the next one, so the host's work on the next batch
         (page faults on fresh memory, mostly) overlaps the guest's on this one.
         """
-        batches = self._batches(probes, cpu, bulk_reads, reads_per_run if stage else None)
+        per_run = (reads_per_run or PIPELINE_READS) if stage is not None else None
+        batches = self._batches(probes, cpu, bulk_reads, per_run)
         results = RunResults()
         if stage is None:
             try:

@@ -1,0 +1,173 @@
+"""The verifier's large-layout path on real /dev/kvm: pages read a table at a time, tags written
+in a pipeline with the guest's runs, and a wrong prediction still caught and explained."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import pytest
+
+from kvmpage.layout.spec import BuiltLayout, LayoutSpec, MappingSpec, build
+from kvmpage.machine import Machine
+from kvmpage.paging import PageTableFlags, Size2MiB, Size4KiB
+from kvmpage.paging.access import Fault, Outcome
+from kvmpage.verify import PlanOptions, Predictor, Verifier, bulk, session
+from kvmpage.verify import __name__ as verify_module
+
+pytestmark = pytest.mark.kvm
+
+F = PageTableFlags
+P, W, U, NX = F.PRESENT, F.WRITABLE, F.USER_ACCESSIBLE, F.NO_EXECUTE
+MEMORY = 64 << 20
+FORCE_BULK = PlanOptions(full_limit=64, sample=16)
+
+
+@pytest.fixture
+def machine() -> Iterator[Machine]:
+    with Machine(MEMORY, timeout=30.0) as m:
+        yield m
+
+
+def large(m: Machine) -> BuiltLayout:
+    """About 2,600 pages over several tables, user and supervisor, 4 KiB and 2 MiB."""
+    spec = LayoutSpec(
+        name="large",
+        memory_size=MEMORY,
+        reserved_p4=frozenset({m.agent_slot}),
+        mappings=(
+            MappingSpec("user", 0x40_0000, Size4KiB, 1500, P | W | U | NX),
+            MappingSpec("kernel", 0xFFFF_C000_0000_0000, Size4KiB, 600, P | W),
+            MappingSpec("user-ro", 0x7F00_0000_0000, Size4KiB, 500, P | U),
+            MappingSpec("huge", 0x4000_0000, Size2MiB, 2, P | U),
+        ),
+    )
+    return build(spec, m.memory, alloc_end=m.reserved[0])
+
+
+def test_a_large_layout_is_verified_page_by_page_in_bulk(machine: Machine) -> None:
+    built = large(machine)
+    v = Verifier(built.mapper, machine)
+    report = v.verify(FORCE_BULK)
+    assert report.ok, report.format(limit=3)
+    cov = report.coverage
+    assert cov.pages == 1500 + 600 + 500 + 2 and cov.pages_read_only > 2000
+    mmu = report.oracles[machine.host_profile().cpl3_oracle]
+    # every read-only page was read once at CPL3 (supervisor pages fault, as predicted)
+    assert mmu.agree >= cov.pages_read_only and mmu.disagree == 0
+    assert report.entries_checked >= cov.pages and report.data_checked >= 1900
+    assert sum(1 for _, _, ok in v.last_checks if ok) == len(v.last_checks) > 2000
+
+
+class BulkSaysFault(Predictor):
+    """A broken bulk prediction: every page read in bulk is said to fault not-present."""
+
+    def bulk_reads(
+        self, parents: tuple[int, ...], raws: list[int], vas: list[int]
+    ) -> tuple[Outcome | None, list[Outcome]]:
+        shared, outcomes = super().bulk_reads(parents, raws, vas)
+        wrong = [
+            dataclasses.replace(o, fault=Fault(14, 0x4, 0), reason="software says not present")
+            for o in outcomes
+        ]
+        return (wrong[0] if shared is not None else None), wrong
+
+
+class BulkForgetsAccessed(Predictor):
+    """A broken bulk prediction: the walk never sets A in the leaf."""
+
+    def bulk_reads(
+        self, parents: tuple[int, ...], raws: list[int], vas: list[int]
+    ) -> tuple[Outcome | None, list[Outcome]]:
+        shared, outcomes = super().bulk_reads(parents, raws, vas)
+        wrong = [
+            dataclasses.replace(o, a_must=o.a_must - {1}, a_may=o.a_may - {1}) for o in outcomes
+        ]
+        return (wrong[0] if shared is not None else None), wrong
+
+
+def test_a_wrong_bulk_prediction_is_reported_page_by_page(machine: Machine) -> None:
+    built = large(machine)
+    report = Verifier(built.mapper, machine, predictor=BulkSaysFault).verify(FORCE_BULK)
+    probes = [d for d in report.disagreements if d.kind == "probe"]
+    user_pages = 1500 + 500 - 2 * 16  # roughly: the user pages read in bulk
+    assert len(probes) > user_pages * 0.9, report.format(limit=2)
+    d = probes[0]
+    assert "the access completed" in d.why and d.access == "read" and d.cpl == 3
+    text = d.format()
+    assert "PML4" in text and "KVM_TRANSLATE" in text
+
+
+def test_a_wrong_accessed_bit_in_bulk_is_reported_per_entry(machine: Machine) -> None:
+    built = large(machine)
+    report = Verifier(built.mapper, machine, predictor=BulkForgetsAccessed).verify(FORCE_BULK)
+    ad = [d for d in report.disagreements if d.kind == "accessed-dirty"]
+    assert len(ad) > 1900, report.format(limit=2)
+    assert all("A set although no walk used this entry" in d.why for d in ad)
+    assert not [d for d in report.disagreements if d.kind == "probe"]
+
+
+def test_a_wrong_expected_frame_in_bulk_is_reported(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Expect the tag of the next frame for one page: the CPU reached another frame."""
+    real = bulk.prepare
+    shifted: list[int] = []
+
+    def prepare_shifted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        chunks = real(*args, **kwargs)
+        chunk = next(c for c in chunks if c.tagged)
+        chunk.values[3] = chunk.values[3] + 0x1000  # type: ignore[operator]
+        shifted.append(chunk.vas[3])
+        return chunks
+
+    monkeypatch.setattr(bulk, "prepare", prepare_shifted)
+    report = Verifier(large(machine).mapper, machine).verify(FORCE_BULK)
+    assert [d.va for d in report.disagreements] == shifted
+    assert "reached a different frame" in report.disagreements[0].why
+
+
+def test_the_pipelined_run_stages_each_batch_before_it_runs(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many small pipelined batches: a read whose tag were written too late would return 0 and
+    disagree, so agreement on every page shows the ordering held."""
+    monkeypatch.setattr(f"{verify_module}.PIPELINE_MIN", 100)
+    monkeypatch.setattr(session, "PIPELINE_READS", 300)
+    runs: list[int] = []
+    real_run = machine.run
+
+    def counting_run(batch, **kwargs):  # type: ignore[no-untyped-def]
+        runs.append(len(batch))
+        return real_run(batch, **kwargs)
+
+    monkeypatch.setattr(machine, "run", counting_run)
+    v = Verifier(large(machine).mapper, machine)
+    report = v.verify(FORCE_BULK)
+    assert report.ok, report.format(limit=3)
+    assert len(runs) > 6
+    assert report.oracles[machine.host_profile().cpl3_oracle].agree > 2000
+    assert report.seconds.keys() == {"plan+predict", "tag+run", "compare"}
+
+
+def test_an_error_while_staging_ends_the_run_cleanly(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(f"{verify_module}.PIPELINE_MIN", 100)
+    monkeypatch.setattr(session, "PIPELINE_READS", 300)
+    calls: list[int] = []
+    real_call = bulk.Stager.__call__
+
+    def failing(self: bulk.Stager, reads_needed: int) -> None:
+        calls.append(reads_needed)
+        if len(calls) == 3:
+            raise MemoryError("simulated: staging failed")
+        real_call(self, reads_needed)
+
+    monkeypatch.setattr(bulk.Stager, "__call__", failing)
+    v = Verifier(large(machine).mapper, machine)
+    with pytest.raises(MemoryError, match="simulated"):
+        v.verify(FORCE_BULK)
+    monkeypatch.setattr(bulk.Stager, "__call__", real_call)
+    report = v.verify(FORCE_BULK)  # the machine and the session are still usable
+    assert report.ok, report.format(limit=3)
