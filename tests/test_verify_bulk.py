@@ -63,9 +63,9 @@ class BulkSaysFault(Predictor):
     """A broken bulk prediction: every page read in bulk is said to fault not-present."""
 
     def bulk_reads(
-        self, parents: tuple[int, ...], raws: list[int], vas: list[int]
+        self, parents: tuple[int, ...], raws: list[int], vas: list[int], **kwargs: bool
     ) -> tuple[Outcome | None, list[Outcome]]:
-        shared, outcomes = super().bulk_reads(parents, raws, vas)
+        shared, outcomes = super().bulk_reads(parents, raws, vas, **kwargs)
         wrong = [
             dataclasses.replace(o, fault=Fault(14, 0x4, 0), reason="software says not present")
             for o in outcomes
@@ -77,9 +77,9 @@ class BulkForgetsAccessed(Predictor):
     """A broken bulk prediction: the walk never sets A in the leaf."""
 
     def bulk_reads(
-        self, parents: tuple[int, ...], raws: list[int], vas: list[int]
+        self, parents: tuple[int, ...], raws: list[int], vas: list[int], **kwargs: bool
     ) -> tuple[Outcome | None, list[Outcome]]:
-        shared, outcomes = super().bulk_reads(parents, raws, vas)
+        shared, outcomes = super().bulk_reads(parents, raws, vas, **kwargs)
         wrong = [
             dataclasses.replace(o, a_must=o.a_must - {1}, a_may=o.a_may - {1}) for o in outcomes
         ]

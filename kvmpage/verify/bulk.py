@@ -23,6 +23,7 @@ from kvmpage.verify.probes import TAG_PREFIX, BulkGroup, Coverage
 from kvmpage.verify.session import RunResults
 
 A = 0x20
+_FLAG_BITS = ~ADDRESS_MASK & ((1 << 64) - 1)
 BLOCKED = "CPL3 access in a PML4 slot this host keeps for itself"
 AGENT = "reaches the agent's own memory"
 TABLE = "reaches a page-table frame"
@@ -72,17 +73,35 @@ def prepare(
             coverage.skip(BLOCKED, len(indices))
             continue
         words, base, span = group.words, group.base, group.span
-        raws = [words[i] for i in indices]
-        vas = [base + i * span for i in indices]
-        uniform, outcomes = predictor.bulk_reads(group.parents, raws, vas)
-        chunk = BulkChunk(group, indices, vas, outcomes, uniform, [None] * len(vas), [])
+        first, n = indices[0], len(indices)
+        run = False
+        if indices[-1] - first == n - 1:  # consecutive entries: slices, not per-page lists
+            raws = words[first : first + n]
+            vas = list(range(base + first * span, base + (first + n) * span, span))
+            w0 = raws[0]
+            end = w0 + (n - 1) * span
+            run = not (end ^ w0) & _FLAG_BITS and raws == list(range(w0, end + 1, span))
+        else:
+            raws = [words[i] for i in indices]
+            vas = [base + i * span for i in indices]
+        uniform, outcomes = predictor.bulk_reads(group.parents, raws, vas, same_shape=run)
+        chunk = BulkChunk(group, indices, vas, outcomes, uniform, [None] * n, [])
         if uniform is not None and uniform.fault is not None:
             chunks.append(chunk)
             continue
         if uniform is not None:
-            phys = [raw & ADDRESS_MASK & ~(span - 1) for raw in raws]
+            if run:  # one physically contiguous run: frames and tags are ranges too
+                p0 = raws[0] & ADDRESS_MASK & ~(span - 1)
+                phys = list(range(p0, p0 + n * span, span))
+            else:
+                phys = [raw & ADDRESS_MASK & ~(span - 1) for raw in raws]
             if max(phys) < memory.reserved_start and memory.protected.isdisjoint(phys):
-                chunk.values[:] = [TAG_PREFIX | p for p in phys]
+                # below the agent's memory, addresses stay clear of the tag's prefix bits
+                chunk.values[:] = (
+                    range(TAG_PREFIX | phys[0], (TAG_PREFIX | phys[0]) + n * span, span)
+                    if run
+                    else [TAG_PREFIX | p for p in phys]
+                )
                 chunk.tagged = phys
                 chunks.append(chunk)
                 continue
@@ -137,12 +156,19 @@ class Stager:
         ):
             chunk = chunks[self._next]
             if chunk.tagged:
-                _store(self._words, chunk.tagged, [TAG_PREFIX | p for p in chunk.tagged])
+                _store(self._words, chunk.tagged, _tags(chunk.tagged))
             self._next += 1
 
     def finish(self) -> None:
         """Tag whatever is left."""
         self(1 << 62)
+
+
+def _tags(phys: list[int]) -> list[int]:
+    """The tag of each frame of ``phys`` (below 2**48, so ``TAG_PREFIX | p == TAG_PREFIX + p``)."""
+    if phys and _contiguous(phys) and phys[-1] < 1 << 48:
+        return list(range(TAG_PREFIX | phys[0], (TAG_PREFIX | phys[-1]) + 1, 4096))
+    return [TAG_PREFIX | p for p in phys]
 
 
 def _contiguous(phys: list[int]) -> bool:
@@ -174,7 +200,7 @@ def load(words: memoryview, phys: list[int]) -> list[int]:
 def changed_tags(words: memoryview, chunk: BulkChunk) -> list[tuple[int, int, int]]:
     """``(physical address, tag, page address)`` of every tag of ``chunk`` no longer in
     memory after the run."""
-    tags = [TAG_PREFIX | p for p in chunk.tagged]
+    tags = _tags(chunk.tagged)
     if load(words, chunk.tagged) == tags:
         return []
     vas = [va for va, v in zip(chunk.vas, chunk.values, strict=True) if v not in (None, OPEN_BUS)]
@@ -243,7 +269,12 @@ def check_accessed_dirty(
         alone = clash is None or clash.isdisjoint(chunk.indices)
         if u is not None and rule is not None and alone:
             old, new = before[table], after[table]
-            if rule([old[i] for i in chunk.indices], [new[i] for i in chunk.indices]):
+            idx = chunk.indices
+            if idx[-1] - idx[0] == len(idx) - 1:
+                old_entries, new_entries = old[idx[0] : idx[-1] + 1], new[idx[0] : idx[-1] + 1]
+            else:
+                old_entries, new_entries = [old[i] for i in idx], [new[i] for i in idx]
+            if rule(old_entries, new_entries):
                 ad.add_parents(u, addrs)
                 verified.setdefault(table, set()).update(chunk.indices)
                 continue

@@ -119,18 +119,24 @@ class Predictor:
         return self._plain
 
     def bulk_reads(
-        self, parents: tuple[int, ...], raws: list[int], vas: list[int]
+        self,
+        parents: tuple[int, ...],
+        raws: list[int],
+        vas: list[int],
+        *,
+        same_shape: bool = False,
     ) -> tuple[Outcome | None, list[Outcome]]:
         """The outcomes of CPL3 reads at ``vas`` through the leaf entries ``raws`` below
         ``parents`` (a plain predictor only), and the one outcome they all share if they do:
-        entries that differ only in address bits walk the same shape."""
+        entries that differ only in address bits walk the same shape. ``same_shape``: the
+        caller knows they do (their flags are identical)."""
         if not raws:
             return None, []
         first = raws[0]
         keep = ~self._ignore
         if not first & _PS or len(parents) not in (1, 2):
             key = first & keep
-            if all(raw & keep == key for raw in raws):
+            if same_shape or all(raw & keep == key for raw in raws):
                 outcome = self._outcome(parents, first, vas[0], _READ, 3)
                 return outcome, [outcome] * len(raws)
         outcomes = [
