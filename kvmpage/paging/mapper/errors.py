@@ -41,6 +41,10 @@ class TranslateError(PagingError):
 class FrameAllocationFailed(MapToError):
     """The frame allocator had no frame left for a new page table."""
 
+    #: Set by `map_range` (not in the crate): how many pages of the range it mapped before the
+    #: allocator ran out. None when raised by `map_to`.
+    pages_mapped: int | None = None
+
     def __str__(self) -> str:
         return "FrameAllocationFailed: the frame allocator returned no frame for a new page table"
 

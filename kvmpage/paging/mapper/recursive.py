@@ -149,13 +149,37 @@ class RecursivePageTable(TableMapper):
     def _p4(self) -> Table:
         return self._words_at(_sign_extend_47(self._r_prefix[4] << 12))
 
+    def _table_va(self, va: int, level: int) -> int:
+        """The recursive address of the table of ``level`` on the walk of ``va``."""
+        # (r x level, then va's top indices)
+        used = 9 * (4 - level)
+        indices = (va >> (12 + 9 * level)) & ((1 << used) - 1)
+        return _sign_extend_47(((self._r_prefix[level] << used) | indices) << 12)
+
     def _child(self, raw: int, va: int, child_level: int) -> Table:
-        # the table of child_level for va sits at (r x child_level, then va's top indices)
-        used = 9 * (4 - child_level)
-        indices = (va >> (12 + 9 * child_level)) & ((1 << used) - 1)
-        return self._words_at(
-            _sign_extend_47(((self._r_prefix[child_level] << used) | indices) << 12)
-        )
+        return self._words_at(self._table_va(va, child_level))
+
+    def _prepare_range_walk(self) -> None:
+        self._p4()  # where map_to faults first, if it does
+        if not self._self_mapped():
+            raise ValueError(
+                f"map_range needs entry {self.recursive_index} of the level-4 table at "
+                f"{self.cr3._start:#x} to point back at it"
+            )
+
+    def _child_of(self, raw: int, va: int, child_level: int) -> Table:
+        # Entry r points back at the level-4 table (_prepare_range_walk), so the recursive
+        # address of the child resolves through the leading r's to the level-4 table, then
+        # through the parents above `raw` on the walk of va (already followed by the caller:
+        # present, not huge, inside memory; a map_to loop never takes PRESENT away), and last
+        # through `raw` itself (not huge: checked), as the walk's level-1 step. That is what
+        # _words_at finds once `raw` is stored.
+        if not raw & PRESENT:
+            raise SoftPageFault(self._table_va(va, child_level), 1, "is not present")
+        phys = raw & ADDRESS_MASK
+        if phys + 4096 > self.memory.size:
+            self.memory.check(phys, 4096)
+        return (self.memory._q, phys >> 3)
 
     def _skip_in_clean_up(self, level: int, index: int) -> bool:
         return level == 4 and index == self.recursive_index  # C-11
