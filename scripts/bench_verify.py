@@ -1,8 +1,9 @@
 """End-to-end cost of verifying 1 GiB of 4 KiB mappings on this host's KVM.
 
-Build (262,144 ``map_to`` calls of an OffsetPageTable into guest memory) + predict + probe (every
-page read once at CPL3, plus the full probe set on every table's first page, each run's ends and
-a sample) + compare. Run: ``python scripts/bench_verify.py [--pages N] [--repeat K]``.
+Build (an OffsetPageTable in guest memory: one ``map_range``, or ``--map-to`` for 262,144
+``map_to`` calls) + predict + probe (every page read once at CPL3, plus the full probe set at
+CPL3 and CPL0 on every table's first page, each run's ends and a sample) + compare. Run:
+``python scripts/bench_verify.py [--pages N] [--repeat K] [--map-to] [--no-cpl0]``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ FLAGS = PageTableFlags.PRESENT | PageTableFlags.WRITABLE | PageTableFlags.USER_A
 BASE = 0x4000_0000
 
 
-def one_run(pages: int, cpl0: bool, huge: bool) -> dict[str, float]:
+def one_run(pages: int, cpl0: bool, huge: bool, map_to: bool = False) -> dict[str, float]:
     data = pages * 4096
     tables = (pages // 512 + 16) * 4096
     memory_size = -(-(data + tables + (64 << 20)) // (2 << 20)) * (2 << 20)
@@ -32,10 +33,19 @@ def one_run(pages: int, cpl0: bool, huge: bool) -> dict[str, float]:
         p4 = alloc.allocate_frame()
         assert p4 is not None
         mapper = OffsetPageTable(m.memory.table(p4.start_address()), VirtAddr(0))
-        for i in range(pages):
-            mapper.map_to(
-                Page.containing_address(VirtAddr(BASE + i * 4096)),
-                PhysFrame.containing_address(PhysAddr(tables + i * 4096)),
+        if map_to:
+            for i in range(pages):
+                mapper.map_to(
+                    Page.containing_address(VirtAddr(BASE + i * 4096)),
+                    PhysFrame.containing_address(PhysAddr(tables + i * 4096)),
+                    FLAGS,
+                    alloc,
+                ).ignore()
+        else:
+            first = Page.containing_address(VirtAddr(BASE))
+            mapper.map_range(
+                Page.range(first, first + pages),
+                PhysFrame.containing_address(PhysAddr(tables)),
                 FLAGS,
                 alloc,
             ).ignore()
@@ -43,11 +53,14 @@ def one_run(pages: int, cpl0: bool, huge: bool) -> dict[str, float]:
         report = Verifier(mapper, m).verify(PlanOptions(cpl0=cpl0))
         t_done = time.perf_counter()
         assert report.ok, report.format(limit=3)
+    t_closed = time.perf_counter()
     out = {
         "machine": t_machine - t_start,
         "build": t_built - t_machine,
         "verify": t_done - t_built,
         "end to end (build + verify)": t_done - t_machine,
+        "machine closed": t_closed - t_done,
+        "all (machine, build, verify, close)": t_closed - t_start,
     }
     out.update({f"  verify: {k}": v for k, v in report.seconds.items()})
     out["probes"] = report.probes
@@ -60,17 +73,28 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-cpl0", action="store_true", help="CPL3 probes only")
     parser.add_argument(
-        "--no-huge-pages", action="store_true", help="guest RAM on 4 KiB host pages"
+        "--huge-pages", action="store_true", help="guest RAM on transparent huge pages"
+    )
+    parser.add_argument(
+        "--map-to", action="store_true", help="build with one map_to per page, not map_range"
     )
     args = parser.parse_args()
     warnings.simplefilter("error")
     runs = [
-        one_run(args.pages, not args.no_cpl0, not args.no_huge_pages) for _ in range(args.repeat)
+        one_run(args.pages, not args.no_cpl0, args.huge_pages, args.map_to)
+        for _ in range(args.repeat)
     ]
-    print(f"{args.pages} pages of 4 KiB, median of {args.repeat} runs:")
+    build = "map_to per page" if args.map_to else "one map_range"
+    ram = "transparent huge pages" if args.huge_pages else "4 KiB host pages"
+    cpl = "CPL3 only" if args.no_cpl0 else "CPL3 and CPL0"
+    print(f"{args.pages} pages of 4 KiB ({build}, {ram}, {cpl}), median of {args.repeat} runs:")
     for key in runs[0]:
-        value = statistics.median(r[key] for r in runs)
-        print(f"  {key}: {value:.3f} s" if key != "probes" else f"  probes: {int(value)}")
+        values = [r[key] for r in runs]
+        if key == "probes":
+            print(f"  probes: {int(values[0])}")
+            continue
+        spread = f" (min {min(values):.3f}, max {max(values):.3f})" if len(values) > 1 else ""
+        print(f"  {key}: {statistics.median(values):.3f} s{spread}")
 
 
 if __name__ == "__main__":

@@ -205,9 +205,7 @@ def changed_tags(words: memoryview, chunk: BulkChunk) -> list[tuple[int, int, in
         return []
     vas = [va for va, v in zip(chunk.vas, chunk.values, strict=True) if v not in (None, OPEN_BUS)]
     return [
-        (p, t, va)
-        for p, t, va in zip(chunk.tagged, tags, vas, strict=True)
-        if words[p >> 3] != t
+        (p, t, va) for p, t, va in zip(chunk.tagged, tags, vas, strict=True) if words[p >> 3] != t
     ]
 
 

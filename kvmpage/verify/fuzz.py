@@ -55,22 +55,26 @@ P1_SLOTS = (0, 1, 2, 511)
 LEAF_FLAGS = (F.WRITABLE, F.USER_ACCESSIBLE, F.NO_EXECUTE, F.GLOBAL, F.WRITE_THROUGH, F.NO_CACHE,
               F.ACCESSED, F.DIRTY, F.BIT_9)  # fmt: skip
 PARENT_FLAGS = (F.WRITABLE, F.USER_ACCESSIBLE, F.NO_EXECUTE)
+#: pages per map_range: beyond the campaign's full_limit, so the verifier's bulk path runs
+RANGE_COUNTS = {"4K": (70, 300, 600, 1100), "2M": (2, 3), "1G": (2,)}
 
 
 @dataclass(frozen=True)
 class Op:
     """One operation of a case."""
 
-    kind: str  #: map, unmap, update, set_p4, set_p3, set_p2, clean
+    kind: str  #: map, map_range, unmap, update, set_p4, set_p3, set_p2, clean
     size: str = "4K"
     va: int = 0
     flags: int = 0
+    count: int = 1  #: pages mapped by a map_range
 
     def describe(self) -> str:
         if self.kind == "clean":
             return "clean_up"
         flags = " | ".join(PageTableFlags(self.flags).names()) or "empty"
-        return f"{self.kind} {self.size} {self.va:#x} [{flags}]"
+        size = f"{self.count} x {self.size}" if self.kind == "map_range" else self.size
+        return f"{self.kind} {size} {self.va:#x} [{flags}]"
 
 
 @dataclass(frozen=True)
@@ -125,8 +129,14 @@ def random_case(seed: int, sizes: Sequence[str], *, length: int = 12) -> Case:
             for f in LEAF_FLAGS:
                 if rng.random() < 0.35:
                     flags |= int(f)
-            ops.append(Op("map", size, va, flags))
-            mapped.append((size, va))
+            if rng.random() < 0.3:  # a run of pages: large enough for the bulk path
+                count = rng.choice(RANGE_COUNTS[size])
+                ops.append(Op("map_range", size, va, flags, count))
+                span = SIZES[size].SIZE
+                mapped += [(size, va + k * span) for k in (0, count // 2, count - 1)]
+            else:
+                ops.append(Op("map", size, va, flags))
+                mapped.append((size, va))
             continue
         size, va = rng.choice(mapped)
         if roll < 0.6:
@@ -199,12 +209,16 @@ class _World:
             return
         size = SIZES[op.size]
         page: Any = cast(Any, Page)[size].containing_address(VirtAddr(op.va))
-        if op.kind == "map":
-            phys = self.alloc.allocate_contiguous(size.SIZE, size.SIZE)
+        if op.kind in ("map", "map_range"):
+            phys = self.alloc.allocate_contiguous(size.SIZE * op.count, size.SIZE)
             if phys is None:
                 return
             frame = cast(Any, PhysFrame)[size].containing_address(PhysAddr(phys))
-            m.map_to(page, frame, op.flags, self.alloc).flush()
+            if op.kind == "map":
+                m.map_to(page, frame, op.flags, self.alloc).flush()
+            else:
+                pages = cast(Any, Page).range(page, page + op.count)
+                m.map_range(pages, frame, op.flags, self.alloc).flush_all()
         elif op.kind == "unmap":
             m.unmap(page)[1].flush()
         elif op.kind == "update":
