@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,8 +30,8 @@ from kvmpage.cli.output import (
 )
 from kvmpage.cli.progress import Progress
 from kvmpage.layout.audit import Finding, audit
-from kvmpage.layout.dump import Run, coalesce
-from kvmpage.layout.scan import scan
+from kvmpage.layout.dump import Run
+from kvmpage.layout.leaves import Leaves
 from kvmpage.layout.spec import LayoutSpec
 from kvmpage.verify import PlanOptions, Report, Verifier
 
@@ -45,10 +46,10 @@ class RunVerdict:
     probes: dict[str, int] = field(default_factory=dict)
     disagree: dict[str, int] = field(default_factory=dict)
 
-    def add(self, oracle: str, agree: bool) -> None:
-        self.probes[oracle] = self.probes.get(oracle, 0) + 1
+    def add(self, oracle: str, agree: bool, count: int = 1) -> None:
+        self.probes[oracle] = self.probes.get(oracle, 0) + count
         if not agree:
-            self.disagree[oracle] = self.disagree.get(oracle, 0) + 1
+            self.disagree[oracle] = self.disagree.get(oracle, 0) + count
 
     def merge(self, other: RunVerdict) -> None:
         for k, n in other.probes.items():
@@ -86,13 +87,19 @@ def run_verdicts(runs: Sequence[Run], verifier: Verifier) -> tuple[list[RunVerdi
     starts = [r.virt for r in runs]
     verdicts = [RunVerdict() for _ in runs]
     holes = RunVerdict()
-
-    def at(va: int) -> RunVerdict:
-        i = bisect.bisect_right(starts, va) - 1
-        return verdicts[i] if i >= 0 and va < runs[i].virt_end else holes
-
+    counts: Counter[tuple[int, str, bool]] = Counter()  # (run index or -1, oracle, agree)
+    lo = hi = 0  # the run of the previous check: checks come mostly in address order
+    index = -1
     for va, oracle, agree in verifier.last_checks:
-        at(va).add(oracle, agree)
+        if not lo <= va < hi:
+            i = bisect.bisect_right(starts, va) - 1
+            if i >= 0 and va < runs[i].virt_end:
+                index, lo, hi = i, runs[i].virt, runs[i].virt_end
+            else:
+                index, lo, hi = -1, 0, 0
+        counts[index, oracle, agree] += 1
+    for (i, oracle, agree), n in counts.items():
+        (verdicts[i] if i >= 0 else holes).add(oracle, agree, n)
     return verdicts, holes
 
 
@@ -204,10 +211,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         ),
     ):
         # the tables as built, before the CPU sets A and D in them
-        leaves = list(scan(built.memory, built.p4_phys, skip_p4=verifier.skip_p4))
+        leaves = Leaves.scan(built.memory, built.p4_phys, skip_p4=verifier.skip_p4)
         progress.stage(f"probing {len(leaves)} pages and the holes next to them")
         report = verifier.verify(options)
-        runs = list(coalesce(leaves))
+        runs = leaves.runs()
         verdicts, holes = run_verdicts(runs, verifier)
         head = header(built)
         layout = layout_json(built)
