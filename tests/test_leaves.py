@@ -175,8 +175,7 @@ def test_a_changed_tag_is_found_with_its_page() -> None:
         values=[TAG_PREFIX | p for p in phys],
         tagged=phys,
     )
-    stager = bulk.Stager([chunk], memory._q, 0)
-    stager(1)
+    bulk._store(memory._q, phys, [TAG_PREFIX | p for p in phys])
     assert bulk.changed_tags(memory._q, chunk) == []
     memory.write_u64(phys[5], 0xBAD)
     assert bulk.changed_tags(memory._q, chunk) == [(phys[5], TAG_PREFIX | phys[5], 0x40_5000)]

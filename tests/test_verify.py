@@ -395,8 +395,8 @@ def test_a_stray_write_is_caught_by_the_tag_readback(machine: Machine) -> None:
     real_run = v.session.run
     victim: list[int] = []
 
-    def run_then_stray_write(probes, cpu, bulk_reads=()):  # type: ignore[no-untyped-def]
-        results = real_run(probes, cpu, bulk_reads)
+    def run_then_stray_write(probes, cpu, bulk_reads=(), **kwargs):  # type: ignore[no-untyped-def]
+        results = real_run(probes, cpu, bulk_reads, **kwargs)
         leaf = next(p.leaf for p in probes if p.leaf is not None and p.leaf.size == 4096)
         victim.append(leaf.phys)
         machine.memory.write_u64(leaf.phys, 0xBAD)  # as if a write had gone astray

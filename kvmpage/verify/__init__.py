@@ -150,25 +150,19 @@ class Verifier:
         frames = table_frames(memory, self.p4_phys, skip_p4=self.skip_p4)
         protected = set(frames) | self.session.walked_frames()
         probes, expectations, values, written = self._prepare(plan, predictor, protected)
-        chunks = bulk_path.prepare(
+        reads = bulk_path.BulkReads(
             plan.bulk,
             predictor,
             bulk_path.Memory(memory._q, memory.size, self.machine.reserved[0], protected),
             plan.coverage,
-            self.profile.cpl3_blocked_slots,
+            blocked=self.profile.cpl3_blocked_slots,
+            first_result=len(probes),
         )
-        reads: list[int] = []
-        for chunk in chunks:
-            chunk.first = len(probes) + len(reads)
-            reads += chunk.vas
         before = {f: memory._q[f >> 3 : (f >> 3) + 512].tolist() for f in frames}
-        stager = bulk_path.Stager(chunks, memory._q, len(probes))
         t1 = time.perf_counter()
-        if len(reads) > PIPELINE_MIN:
-            results = self.session.run(probes, self.cpu, reads, stage=stager)
-        else:
-            stager.finish()
-            results = self.session.run(probes, self.cpu, reads)
+        pipelined = reads.pages > PIPELINE_MIN
+        results = self.session.run(probes, self.cpu, reads, pipelined=pipelined)
+        chunks = reads.chunks
         t2 = time.perf_counter()
         self._compare_probes(report, probes, expectations, values, results)
         self._compare_bulk(report, chunks, results)
@@ -176,7 +170,7 @@ class Verifier:
         self._compare_data(report, written, chunks)
         self._compare_translate(report, leaves, options.seed)
         t3 = time.perf_counter()
-        report.seconds = {"plan+predict": t1 - t0, "tag+run": t2 - t1, "compare": t3 - t2}
+        report.seconds = {"plan": t1 - t0, "predict+tag+run": t2 - t1, "compare": t3 - t2}
         return report
 
     def probe(self, va: int) -> list[ProbeCheck]:
@@ -360,9 +354,10 @@ class Verifier:
         must = ad.must_a | ad.must_d
         report.entries_checked = len(ad.entries()) + sum(len(v) for v in verified.values())
         problems: list[tuple[int, int, int, str]] = []
+        must_frames = {a & ~0xFFF for a in must}
         for frame, old in before.items():
             new = after[frame]
-            if old == new and not any(frame <= a < frame + 4096 for a in must):
+            if old == new and frame not in must_frames:
                 continue
             done = verified.get(frame)
             for i in range(512) if done is None else sorted(_ALL_ENTRIES - done):

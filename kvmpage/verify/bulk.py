@@ -57,62 +57,59 @@ class Memory:
     protected: set[int]  #: page-table frames: never tagged
 
 
-def prepare(
-    bulk: list[BulkGroup],
+def predict_chunk(
+    group: LeafGroup,
+    indices: list[int],
     predictor: Predictor,
     memory: Memory,
     coverage: Coverage,
     blocked: frozenset[int] = frozenset(),
-) -> list[BulkChunk]:
-    """Predict every bulk page and choose the frames to tag (dropping, and counting in
-    ``coverage``, the reads that must not run). Nothing is written yet: `Stager` writes the
-    tags just before the guest needs them."""
-    chunks: list[BulkChunk] = []
-    for group, indices in bulk:
-        if blocked and (group.base >> 39) & 511 in blocked:
-            coverage.skip(BLOCKED, len(indices))
-            continue
-        words, base, span = group.words, group.base, group.span
-        first, n = indices[0], len(indices)
-        run = False
-        if indices[-1] - first == n - 1:  # consecutive entries: slices, not per-page lists
-            raws = words[first : first + n]
-            vas = list(range(base + first * span, base + (first + n) * span, span))
-            w0 = raws[0]
-            end = w0 + (n - 1) * span
-            run = not (end ^ w0) & _FLAG_BITS and raws == list(range(w0, end + 1, span))
+) -> BulkChunk | None:
+    """Predict the reads of one group's bulk pages and choose the frames to tag (dropping, and
+    counting in ``coverage``, the reads that must not run); None when none is left. Nothing is
+    written: `BulkReads` tags a chunk when the run is about to need it."""
+    if blocked and (group.base >> 39) & 511 in blocked:
+        coverage.skip(BLOCKED, len(indices))
+        return None
+    words, base, span = group.words, group.base, group.span
+    first, n = indices[0], len(indices)
+    run = False
+    if indices[-1] - first == n - 1:  # consecutive entries: slices, not per-page lists
+        raws = words[first : first + n]
+        vas = list(range(base + first * span, base + (first + n) * span, span))
+        w0 = raws[0]
+        end = w0 + (n - 1) * span
+        run = not (end ^ w0) & _FLAG_BITS and raws == list(range(w0, end + 1, span))
+    else:
+        raws = [words[i] for i in indices]
+        vas = [base + i * span for i in indices]
+    uniform, outcomes = predictor.bulk_reads(group.parents, raws, vas, same_shape=run)
+    chunk = BulkChunk(group, indices, vas, outcomes, uniform, [None] * n, [])
+    if uniform is not None and uniform.fault is not None:
+        return chunk
+    if uniform is not None:
+        if run:  # one physically contiguous run: frames and tags are ranges too
+            p0 = raws[0] & ADDRESS_MASK & ~(span - 1)
+            phys = list(range(p0, p0 + n * span, span))
         else:
-            raws = [words[i] for i in indices]
-            vas = [base + i * span for i in indices]
-        uniform, outcomes = predictor.bulk_reads(group.parents, raws, vas, same_shape=run)
-        chunk = BulkChunk(group, indices, vas, outcomes, uniform, [None] * n, [])
-        if uniform is not None and uniform.fault is not None:
-            chunks.append(chunk)
-            continue
-        if uniform is not None:
-            if run:  # one physically contiguous run: frames and tags are ranges too
-                p0 = raws[0] & ADDRESS_MASK & ~(span - 1)
-                phys = list(range(p0, p0 + n * span, span))
-            else:
-                phys = [raw & ADDRESS_MASK & ~(span - 1) for raw in raws]
-            if max(phys) < memory.reserved_start and memory.protected.isdisjoint(phys):
-                # below the agent's memory, addresses stay clear of the tag's prefix bits
-                chunk.values[:] = (
-                    range(TAG_PREFIX | phys[0], (TAG_PREFIX | phys[0]) + n * span, span)
-                    if run
-                    else [TAG_PREFIX | p for p in phys]
-                )
-                chunk.tagged = phys
-                chunks.append(chunk)
-                continue
-        chunks.append(_prepare_each(chunk, raws, memory, coverage))
-    return chunks
+            phys = [raw & ADDRESS_MASK & ~(span - 1) for raw in raws]
+        if max(phys) < memory.reserved_start and memory.protected.isdisjoint(phys):
+            # below the agent's memory, addresses stay clear of the tag's prefix bits
+            chunk.values[:] = (
+                range(TAG_PREFIX | phys[0], (TAG_PREFIX | phys[0]) + n * span, span)
+                if run
+                else [TAG_PREFIX | p for p in phys]
+            )
+            chunk.tagged = phys
+            return chunk
+    kept = _prepare_each(chunk, raws, memory, coverage)
+    return kept if kept.vas else None
 
 
 def _prepare_each(
     chunk: BulkChunk, raws: list[int], memory: Memory, coverage: Coverage
 ) -> BulkChunk:
-    """`prepare` page by page, for a chunk with mixed outcomes or unusual frames."""
+    """`predict_chunk` page by page, for a chunk with mixed outcomes or unusual frames."""
     span = chunk.group.span
     kept = BulkChunk(chunk.group, [], [], [], None, [], [], 0)
     for i, va, outcome, raw in zip(chunk.indices, chunk.vas, chunk.outcomes, raws, strict=True):
@@ -137,31 +134,55 @@ def _prepare_each(
     return kept
 
 
-class Stager:
-    """Writes the chunks' tags in read order, as `Session.run` asks for them (its ``stage``):
-    the first touch of each frame (a host page fault on fresh memory) then overlaps the guest's
-    work on the previous batch."""
+class BulkReads:
+    """The bulk pages as the reads of a `Session.run` (a `ReadSource`), a group at a time.
 
-    def __init__(self, chunks: list[BulkChunk], words: memoryview, first_read: int) -> None:
-        self._chunks = chunks
-        self._words = words
-        self._first_read = first_read  #: the result index of bulk read 0
-        self._next = 0
+    A group is predicted and its frames tagged only when the run asks for its reads, so in a
+    pipelined run that work (the host's page faults on fresh memory, mostly) overlaps the
+    guest's work on the batch before. `chunks` holds what was handed out, for the comparison.
+    """
 
-    def __call__(self, reads_needed: int) -> None:
-        """Tag every chunk whose reads start below read number ``reads_needed``."""
-        chunks = self._chunks
-        while self._next < len(chunks) and chunks[self._next].first - self._first_read < (
-            reads_needed
-        ):
-            chunk = chunks[self._next]
+    def __init__(
+        self,
+        bulk: list[BulkGroup],
+        predictor: Predictor,
+        memory: Memory,
+        coverage: Coverage,
+        *,
+        blocked: frozenset[int] = frozenset(),
+        first_result: int = 0,
+    ) -> None:
+        """``first_result``: the index of the first bulk read among the run's results."""
+        self.chunks: list[BulkChunk] = []
+        self.pages = sum(len(b.indices) for b in bulk)  #: bulk pages planned (an upper bound)
+        self._groups = iter(bulk)
+        self._predictor = predictor
+        self._memory = memory
+        self._coverage = coverage
+        self._blocked = blocked
+        self._next_result = first_result
+        self._ready: list[int] = []  # addresses tagged and not handed out yet
+
+    def take(self, limit: int) -> list[int]:
+        """Up to ``limit`` more addresses, their frames tagged; fewer only at the end."""
+        while len(self._ready) < limit:
+            group = next(self._groups, None)
+            if group is None:
+                break
+            chunk = predict_chunk(
+                group.group, group.indices, self._predictor, self._memory, self._coverage,
+                self._blocked,
+            )  # fmt: skip
+            if chunk is None:
+                continue
+            chunk.first = self._next_result + len(self._ready)
             if chunk.tagged:
-                _store(self._words, chunk.tagged, _tags(chunk.tagged))
-            self._next += 1
-
-    def finish(self) -> None:
-        """Tag whatever is left."""
-        self(1 << 62)
+                _store(self._memory.words, chunk.tagged, _tags(chunk.tagged))
+            self.chunks.append(chunk)
+            self._ready += chunk.vas
+        out, self._ready = self._ready[:limit], self._ready[limit:]
+        self._next_result += len(out)
+        return out
 
 
 def _tags(phys: list[int]) -> list[int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Protocol, runtime_checkable
 
 from kvmpage.addr import VirtAddr
 from kvmpage.layout.scan import table_frames
@@ -24,6 +25,29 @@ from kvmpage.verify.probes import Probe, tag
 
 #: bulk reads per KVM_RUN when a run is pipelined (`Session.run` with ``stage``)
 PIPELINE_READS = 32768
+
+
+@runtime_checkable
+class ReadSource(Protocol):
+    """Addresses for the CPL3 reads of a `Session.run`, handed out batch by batch."""
+
+    def take(self, limit: int) -> Sequence[int]:
+        """Up to ``limit`` more addresses, their memory ready to be read; fewer only when no
+        more remain."""
+        ...
+
+
+class _Listed:
+    """A sequence of addresses as a `ReadSource`."""
+
+    def __init__(self, addresses: Sequence[int]) -> None:
+        self._addresses = addresses
+        self._next = 0
+
+    def take(self, limit: int) -> Sequence[int]:
+        out = self._addresses[self._next : self._next + limit]
+        self._next += len(out)
+        return out
 
 
 class MachineTlb:
@@ -102,62 +126,60 @@ class Session:
         self,
         probes: Sequence[Probe],
         cpu: CpuState,
-        bulk_reads: Sequence[int] = (),
+        bulk_reads: Sequence[int] | ReadSource = (),
         *,
-        stage: Callable[[int], None] | None = None,
+        pipelined: bool = False,
         reads_per_run: int | None = None,
     ) -> RunResults:
         """Run the pending services, then ``probes``, then a CPL3 read at each address of
         ``bulk_reads``, in as few KVM_RUNs as the machine's capacity allows (services first, in
         order; a long replay spans several runs). Results come in that order.
 
-        With ``stage``, the bulk reads go in runs of at most ``reads_per_run`` (default
-        `PIPELINE_READS`; the first runs are smaller, so the pipeline fills fast), and
-        ``stage(n)`` is called before the run that needs read ``n - 1``: it must get the
-        memory of the first ``n`` reads ready (their tags). Each run executes in a worker
-        thread while ``stage`` prepares the next one, so the host's work on the next batch
-        (page faults on fresh memory, mostly) overlaps the guest's on this one.
+        ``bulk_reads`` may be a `ReadSource`, asked for its addresses batch by batch. With
+        ``pipelined``, the reads go in runs of at most ``reads_per_run`` (default
+        `PIPELINE_READS`; the first runs are smaller, so the pipeline fills fast) and each run
+        executes in a worker thread while the next batch is made: the source's work for it
+        (predicting, tagging fresh memory) overlaps the guest's work on this one.
         """
-        per_run = (reads_per_run or PIPELINE_READS) if stage is not None else None
-        batches = self._batches(probes, cpu, bulk_reads, per_run)
+        source = bulk_reads if isinstance(bulk_reads, ReadSource) else _Listed(bulk_reads)
+        per_run = (reads_per_run or PIPELINE_READS) if pipelined else None
+        batches = self._batches(probes, cpu, source, per_run)
         results = RunResults()
-        if stage is None:
-            try:
-                for batch, services, _ in batches:
+        try:
+            if not pipelined:
+                for batch, services in batches:
                     self._add(results, self._run_one(batch), services)
-            finally:
-                self._snapshot()
-            return results
-        install_signal_handler()  # (the watchdog's, from this thread: the main one)
-        with ThreadPoolExecutor(1, thread_name_prefix="kvmpage-run") as worker:
-            running: tuple[Future[BatchResults], int] | None = None
-            try:
-                for batch, services, reads_needed in batches:
-                    stage(reads_needed)
+                return results
+            install_signal_handler()  # (the watchdog's, from this thread: the main one)
+            with ThreadPoolExecutor(1, thread_name_prefix="kvmpage-run") as worker:
+                running: tuple[Future[BatchResults], int] | None = None
+                try:
+                    for batch, services in batches:  # (made while the previous batch runs)
+                        if running is not None:
+                            self._add(results, running[0].result(), running[1])
+                        running = worker.submit(self._run_one, batch), services
                     if running is not None:
                         self._add(results, running[0].result(), running[1])
-                    running = worker.submit(self._run_one, batch), services
-                if running is not None:
-                    self._add(results, running[0].result(), running[1])
-                    running = None
-            finally:
-                if running is not None:  # an error in stage: let the run in flight finish
-                    wait([running[0]])
-                self._snapshot()
-        return results
+                        running = None
+                finally:
+                    if running is not None:  # an error making a batch: let the run finish
+                        wait([running[0]])
+            return results
+        finally:
+            self._snapshot()
 
     def _batches(
         self,
         probes: Sequence[Probe],
         cpu: CpuState,
-        bulk_reads: Sequence[int],
+        source: ReadSource,
         reads_per_run: int | None,
-    ) -> Iterator[tuple[Batch, int, int]]:
-        """The batches of a run, made as they are needed: ``(batch, services in it, bulk reads
-        needed by the end)``."""
+    ) -> Iterator[tuple[Batch, int]]:
+        """The batches of a run, made as they are needed: ``(batch, services in it)``."""
         services = self._services(cpu)
         capacity = self.machine.capacity
         done_services = done_probes = done_bulk = 0
+        exhausted = False
         while True:
             batch = Batch()
             for service in services[done_services : done_services + capacity]:
@@ -165,7 +187,6 @@ class Session:
             first = len(batch)
             done_services += first
             chunk: Sequence[Probe] = ()
-            reads: Sequence[int] = ()
             if done_services == len(services):
                 chunk = probes[done_probes : done_probes + capacity - first]
                 _encode(batch, chunk)
@@ -173,17 +194,15 @@ class Session:
                     room = capacity - len(batch)
                     if reads_per_run is not None:  # small first runs: the pipeline fills fast
                         room = min(room, reads_per_run, max(4096, 2 * done_bulk))
-                    reads = bulk_reads[done_bulk : done_bulk + room]
+                    reads = source.take(room) if room else []
+                    exhausted = len(reads) < room
                     if reads:
                         batch.reads(reads)
+                    done_bulk += len(reads)
             done_probes += len(chunk)
-            done_bulk += len(reads)
-            yield batch, first, done_bulk
-            if (
-                done_services == len(services)
-                and done_probes >= len(probes)
-                and done_bulk >= len(bulk_reads)
-            ):
+            if len(batch) or not done_bulk:  # (an empty batch only when there is nothing)
+                yield batch, first
+            if done_services == len(services) and done_probes >= len(probes) and exhausted:
                 return
 
     def _run_one(self, batch: Batch) -> BatchResults:
