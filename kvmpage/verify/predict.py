@@ -63,6 +63,9 @@ class Predictor:
 
     Subclass and override `walk_of` (what the software believes the tables hold) or `evaluate`
     (what it believes they mean) to model a different, for example a deliberately wrong, walk.
+
+    A predictor reads the tables as they are when it first walks a page and keeps that walk:
+    make a new one when the tables change (a verification makes its own).
     """
 
     def __init__(self, memory: PhysMemory, p4_phys: int, cpu: CpuState, features: Features) -> None:
@@ -78,6 +81,7 @@ class Predictor:
         }
         self._cache: dict[tuple[object, ...], Outcome] = {}
         self._parents: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self._walks: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         # subclasses that change the walk or its meaning take the general path
         cls = type(self)
         self._plain = cls.walk_of is Predictor.walk_of and cls.evaluate is Predictor.evaluate
@@ -88,8 +92,13 @@ class Predictor:
             return probe.leaf.entries, probe.leaf.entry_addrs
         if not is_canonical(probe.va):
             return (), ()
-        w = walk(self.memory, self.p4_phys, probe.va)
-        return tuple(s.raw for s in w.steps), tuple(s.entry_addr for s in w.steps)
+        page = probe.va >> 12  # every access to a page walks the same entries
+        found = self._walks.get(page)
+        if found is None:
+            w = walk(self.memory, self.p4_phys, probe.va)
+            found = tuple(s.raw for s in w.steps), tuple(s.entry_addr for s in w.steps)
+            self._walks[page] = found
+        return found
 
     def expect(self, probe: Probe) -> Expectation:
         """The architecture's outcome for ``probe``."""
