@@ -4,7 +4,7 @@ in a pipeline with the guest's runs, and a wrong prediction still caught and exp
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -59,31 +59,29 @@ def test_a_large_layout_is_verified_page_by_page_in_bulk(machine: Machine) -> No
     assert sum(1 for _, _, ok in v.last_checks if ok) == len(v.last_checks) > 2000
 
 
-class BulkSaysFault(Predictor):
-    """A broken bulk prediction: every page read in bulk is said to fault not-present."""
+def wrong_in_bulk(change: Callable[[Outcome], Outcome], doc: str) -> type[Predictor]:
+    """A predictor whose bulk predictions (only) are ``change``d."""
 
-    def bulk_reads(
-        self, parents: tuple[int, ...], raws: list[int], vas: list[int], **kwargs: bool
-    ) -> tuple[Outcome | None, list[Outcome]]:
-        shared, outcomes = super().bulk_reads(parents, raws, vas, **kwargs)
-        wrong = [
-            dataclasses.replace(o, fault=Fault(14, 0x4, 0), reason="software says not present")
-            for o in outcomes
-        ]
-        return (wrong[0] if shared is not None else None), wrong
+    class WrongInBulk(Predictor):
+        def bulk_reads(
+            self, parents: tuple[int, ...], raws: list[int], vas: list[int], **kwargs: bool
+        ) -> tuple[Outcome | None, list[Outcome]]:
+            shared, outcomes = super().bulk_reads(parents, raws, vas, **kwargs)
+            wrong = [change(o) for o in outcomes]
+            return (wrong[0] if shared is not None else None), wrong
+
+    WrongInBulk.__doc__ = doc
+    return WrongInBulk
 
 
-class BulkForgetsAccessed(Predictor):
-    """A broken bulk prediction: the walk never sets A in the leaf."""
-
-    def bulk_reads(
-        self, parents: tuple[int, ...], raws: list[int], vas: list[int], **kwargs: bool
-    ) -> tuple[Outcome | None, list[Outcome]]:
-        shared, outcomes = super().bulk_reads(parents, raws, vas, **kwargs)
-        wrong = [
-            dataclasses.replace(o, a_must=o.a_must - {1}, a_may=o.a_may - {1}) for o in outcomes
-        ]
-        return (wrong[0] if shared is not None else None), wrong
+BulkSaysFault = wrong_in_bulk(
+    lambda o: dataclasses.replace(o, fault=Fault(14, 0x4, 0), reason="software: not present"),
+    "A broken bulk prediction: every page read in bulk is said to fault not-present.",
+)
+BulkForgetsAccessed = wrong_in_bulk(
+    lambda o: dataclasses.replace(o, a_must=o.a_must - {1}, a_may=o.a_may - {1}),
+    "A broken bulk prediction: the walk never sets A in the leaf.",
+)
 
 
 def test_a_wrong_bulk_prediction_is_reported_page_by_page(machine: Machine) -> None:
