@@ -10,10 +10,12 @@ import pytest
 
 from kvmpage.layout.spec import BuiltLayout, LayoutSpec, MappingSpec, build
 from kvmpage.machine import Machine
+from kvmpage.machine.protocol import R_VALUE
 from kvmpage.paging import PageTableFlags, Size2MiB, Size4KiB
-from kvmpage.paging.access import Fault, Outcome
+from kvmpage.paging.access import AccessKind, CpuState, Fault, Outcome
 from kvmpage.verify import PlanOptions, Predictor, Verifier, bulk, session
 from kvmpage.verify import __name__ as verify_module
+from kvmpage.verify.probes import Probe
 
 pytestmark = pytest.mark.kvm
 
@@ -171,3 +173,30 @@ def test_an_error_while_making_a_batch_ends_the_run_cleanly(
     monkeypatch.setattr(bulk.BulkReads, "take", real_take)
     report = v.verify(FORCE_BULK)
     assert report.ok, report.format(limit=3)
+
+
+def test_runs_fill_each_batch_and_add_no_empty_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probes that fill a batch exactly take one KVM_RUN, not one plus an empty one; reads from
+    a source fill the room the probes leave."""
+    with Machine(MEMORY, capacity=64) as m:
+        built = large(m)
+        s = session.Session(m, built.p4_phys)
+        s.sync()  # the CR3 load and the CPU state: nothing is pending after this
+        runs: list[int] = []
+        real_run = m.run
+
+        def counting_run(batch, **kwargs):  # type: ignore[no-untyped-def]
+            runs.append(len(batch))
+            return real_run(batch, **kwargs)
+
+        monkeypatch.setattr(m, "run", counting_run)
+        probes = [Probe(0x40_0000 + 4096 * i, AccessKind.READ, 3, None) for i in range(64)]
+        assert len(s.run(probes, CpuState())) == 64 and runs == [64]
+        runs.clear()
+        reads = [0x40_0000 + 4096 * i for i in range(100)]
+        results = s.run(probes[:10], CpuState(), reads)
+        assert runs == [64, 46] and len(results) == 110
+        user = built.phys_of["user"]
+        assert results.column(R_VALUE)[10:] == [
+            m.memory.read_u64(user + 4096 * i) for i in range(100)
+        ]

@@ -23,7 +23,7 @@ from kvmpage.machine.watchdog import install_signal_handler
 from kvmpage.paging.access import AccessKind, CpuState
 from kvmpage.verify.probes import Probe, tag
 
-#: bulk reads per KVM_RUN when a run is pipelined (`Session.run` with ``stage``)
+#: bulk reads per KVM_RUN when a run is pipelined (`Session.run` with ``pipelined``)
 PIPELINE_READS = 32768
 
 
@@ -180,6 +180,7 @@ class Session:
         capacity = self.machine.capacity
         done_services = done_probes = done_bulk = 0
         exhausted = False
+        first_batch = True
         while True:
             batch = Batch()
             for service in services[done_services : done_services + capacity]:
@@ -200,8 +201,9 @@ class Session:
                         batch.reads(reads)
                     done_bulk += len(reads)
             done_probes += len(chunk)
-            if len(batch) or not done_bulk:  # (an empty batch only when there is nothing)
+            if len(batch) or first_batch:  # (an empty batch only when there is nothing)
                 yield batch, first
+            first_batch = False
             if done_services == len(services) and done_probes >= len(probes) and exhausted:
                 return
 
