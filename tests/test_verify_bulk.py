@@ -104,6 +104,8 @@ def test_a_wrong_accessed_bit_in_bulk_is_reported_per_entry(machine: Machine) ->
     ad = [d for d in report.disagreements if d.kind == "accessed-dirty"]
     assert len(ad) > 1900, report.format(limit=2)
     assert all("A set although no walk used this entry" in d.why for d in ad)
+    # each names the read that went through its entry
+    assert all(f"read@cpl3 {d.va:#x}" in d.software_walk[0] for d in ad)
     assert not [d for d in report.disagreements if d.kind == "probe"]
 
 
@@ -200,3 +202,24 @@ def test_runs_fill_each_batch_and_add_no_empty_one(monkeypatch: pytest.MonkeyPat
         assert results.column(R_VALUE)[10:] == [
             m.memory.read_u64(user + 4096 * i) for i in range(100)
         ]
+
+
+def test_past_the_detail_limit_disagreements_keep_their_reason_but_not_their_walks(
+    machine: Machine,
+) -> None:
+    """A systematic error in a large layout is reported in full, fast: every disagreement is
+    counted and has its one-line reason; only the first few pay for both walks."""
+    built = large(machine)
+    v = Verifier(built.mapper, machine, predictor=BulkSaysFault, detail_limit=5)
+    report = v.verify(FORCE_BULK)
+    probes = [d for d in report.disagreements if d.kind == "probe"]
+    assert len(probes) > 1800 and report.to_dict()["disagreement_count"] == len(probes)
+    explained = [d for d in probes if d.hardware_walk]
+    assert len(explained) == 5 and all(
+        "KVM_TRANSLATE" in "".join(d.hardware_walk) for d in explained
+    )
+    rest = [d for d in probes if not d.hardware_walk]
+    assert all("walks left out: more than 5" in d.software_walk[0] and d.why for d in rest)
+    assert "walks left out" in rest[0].format()
+    mmu = report.oracles[machine.host_profile().cpl3_oracle]
+    assert mmu.disagree == len(probes)

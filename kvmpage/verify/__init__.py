@@ -66,6 +66,8 @@ __all__ = [
 
 PredictorFactory = Callable[[PhysMemory, int, CpuState, Features], Predictor]
 TRANSLATE_SAMPLE = 256
+#: disagreements per run explained with both walks (`Verifier`'s ``detail_limit``)
+DETAIL_LIMIT = 1000
 #: bulk reads above which tagging and probing run as a pipeline (see `Session.run`)
 PIPELINE_MIN = 65536
 _ALL_ENTRIES = frozenset(range(512))
@@ -98,8 +100,12 @@ class Verifier:
         cpu: CpuState = CpuState(),  # noqa: B008 (frozen)
         predictor: PredictorFactory = Predictor,
         keep_results: bool = False,
+        detail_limit: int = DETAIL_LIMIT,
     ) -> None:
-        """``keep_results``: keep every probe's outcome of the last run in `last_results`."""
+        """``keep_results``: keep every probe's outcome of the last run in `last_results`.
+        ``detail_limit``: how many disagreements of a run are explained with both walks (each
+        costs a KVM_TRANSLATE); the others keep their one-line reason, and every count stays
+        exact, so a systematic error in a large layout is reported in seconds."""
         if mapper.memory is not machine.memory:
             raise ValueError(
                 "the mapper's tables must live in the machine's memory: build them over "
@@ -121,6 +127,8 @@ class Verifier:
         )
         self._predictor_factory = predictor
         self.keep_results = keep_results
+        self.detail_limit = detail_limit
+        self._explained = 0  # disagreements of the current run explained with their walks
         #: (probe, expectation, result, verdict) of the last run, when ``keep_results``
         self.last_results: list[tuple[Probe, Expectation, Result, Verdict]] = []
         #: (address, oracle, agreed) of every check of the last run: each probe, then each
@@ -136,6 +144,7 @@ class Verifier:
 
     def _verify(self, options: PlanOptions) -> Report:
         t0 = time.perf_counter()
+        self._explained = 0
         report = Report(host=self._host_line())
         self._note_unavailable(report)
         memory = self.machine.memory
@@ -321,6 +330,7 @@ class Verifier:
         """Add the disagreement of one probe, with both walks."""
         if verdict is None:
             verdict = compare(probe, exp, value, result)
+        software, hardware = self._walks(probe.va, exp)
         report.disagreements.append(
             Disagreement(
                 kind="probe",
@@ -331,8 +341,8 @@ class Verifier:
                 expected=describe_expectation(exp, value, probe.va),
                 actual=describe_result(result),
                 why=verdict.why,
-                software_walk=self._software_walk(probe.va, exp),
-                hardware_walk=self._hardware_walk(probe.va),
+                software_walk=software,
+                hardware_walk=hardware,
                 note=self._flush_note(probe.va),
             )
         )
@@ -368,14 +378,9 @@ class Verifier:
                 problem = ad.check(addr, before_value, after_value)
                 if problem is not None:
                     problems.append((addr, before_value, after_value, problem))
+        users_of = _users(pairs, chunks, {addr for addr, _, _, _ in problems})
         for addr, old_value, new_value, problem in problems:
-            users = [p for p, e in pairs if addr in e.entry_addrs] + [
-                Probe(chunk.vas[j], AccessKind.READ, 3, chunk.leaf(j))
-                for chunk in chunks
-                for j in range(len(chunk.vas))
-                if addr in chunk.group.parent_addrs
-                or addr == chunk.group.table + 8 * chunk.indices[j]
-            ][:3]
+            users = users_of[addr]
             oracle = self.profile.cpl3_oracle
             if users and all(p.cpl == 0 for p in users):
                 oracle = self.machine.cpl0_oracle
@@ -420,6 +425,7 @@ class Verifier:
                 found = memory.read(phys, len(fetch_stub(value))).hex()
             else:
                 found = f"{words[phys >> 3]:#x}"
+            software, hardware = self._walks(va)
             report.disagreements.append(
                 Disagreement(
                     kind="data",
@@ -430,8 +436,8 @@ class Verifier:
                     expected=f"physical {phys:#x} still holds {value:#x} (or its fetch stub)",
                     actual=f"it holds {found}",
                     why=f"memory at {phys:#x} changed during the run: a write landed there",
-                    software_walk=self._software_walk_of(va),
-                    hardware_walk=self._hardware_walk(va),
+                    software_walk=software,
+                    hardware_walk=hardware,
                 )
             )
 
@@ -455,6 +461,7 @@ class Verifier:
             report.add_count("kvm-translate", agree, 1)
             self.last_checks.append((va, "kvm-translate", agree))
             if not agree:
+                software, hardware = self._walks(va, exp)
                 report.disagreements.append(
                     Disagreement(
                         kind="translate",
@@ -465,12 +472,25 @@ class Verifier:
                         expected=describe_expectation(exp, None, va),
                         actual="no translation" if got is None else f"physical {got:#x}",
                         why="KVM_TRANSLATE disagrees with the software walk",
-                        software_walk=self._software_walk(va, exp),
-                        hardware_walk=self._hardware_walk(va),
+                        software_walk=software,
+                        hardware_walk=hardware,
                     )
                 )
 
     # -- explanations -----------------------------------------------------------------------
+
+    def _walks(self, va: int, exp: Expectation | None = None) -> tuple[list[str], list[str]]:
+        """Both walks of ``va`` for a disagreement (the software's: ``exp``'s, or the tables'
+        in memory), or a line saying why they are left out once `detail_limit` is reached."""
+        if self._explained >= self.detail_limit:
+            why = (
+                f"  (walks left out: more than {self.detail_limit} disagreements in this run; "
+                "Verifier(detail_limit=...) raises the limit)"
+            )
+            return [why], []
+        self._explained += 1
+        software = self._software_walk_of(va) if exp is None else self._software_walk(va, exp)
+        return software, self._hardware_walk(va)
 
     def _software_walk(self, va: int, exp: Expectation) -> list[str]:
         lines = [f"walk of {va:#018x}"]
@@ -522,6 +542,28 @@ class Verifier:
                     "1 GiB mappings: this host faults on 1 GiB pages (reserved bit); they were "
                     "predicted and checked as such, not as mappings"
                 ] = n
+
+
+def _users(
+    pairs: list[tuple[Probe, Expectation]], chunks: list[BulkChunk], addrs: set[int], most: int = 3
+) -> dict[int, list[Probe]]:
+    """Up to ``most`` probes whose walks go through each entry of ``addrs`` (one pass over the
+    probes and the bulk pages, however many entries are asked about)."""
+    users: dict[int, list[Probe]] = {a: [] for a in addrs}
+    for probe, exp in pairs:
+        for a in exp.entry_addrs:
+            found = users.get(a)
+            if found is not None and len(found) < most:
+                found.append(probe)
+    for chunk in chunks:
+        group = chunk.group
+        above = [users[a] for a in group.parent_addrs if a in users]
+        for j, i in enumerate(chunk.indices):
+            own = users.get(group.table + 8 * i)
+            for found in (*above, own) if own is not None else above:
+                if len(found) < most:
+                    found.append(Probe(chunk.vas[j], AccessKind.READ, 3, chunk.leaf(j)))
+    return users
 
 
 @contextlib.contextmanager
