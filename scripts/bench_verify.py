@@ -15,14 +15,51 @@ import warnings
 
 from kvmpage import PhysAddr, VirtAddr
 from kvmpage.machine import Machine
-from kvmpage.paging import OffsetPageTable, Page, PageTableFlags, PhysFrame, PoolFrameAllocator
+from kvmpage.memory import PhysMemory
+from kvmpage.paging import (
+    MappedPageTable,
+    OffsetPageTable,
+    Page,
+    PageTable,
+    PageTableFlags,
+    PhysFrame,
+    PoolFrameAllocator,
+    RecursivePageTable,
+    TableMapper,
+    recursive_table_address,
+)
 from kvmpage.verify import PlanOptions, Verifier
 
 FLAGS = PageTableFlags.PRESENT | PageTableFlags.WRITABLE | PageTableFlags.USER_ACCESSIBLE
 BASE = 0x4000_0000
+RECURSIVE_INDEX = 300
 
 
-def one_run(pages: int, cpl0: bool, huge: bool, map_to: bool = False) -> dict[str, float]:
+def make_mapper(kind: str, memory: PhysMemory, table: PageTable, p4: PhysFrame) -> TableMapper:
+    """An empty address space of ``kind`` over the level-4 ``table`` (frame ``p4``)."""
+    if kind == "offset":
+        return OffsetPageTable(table, VirtAddr(0))
+    if kind == "mapped":
+        return MappedPageTable(table, _Direct(memory))
+    table[RECURSIVE_INDEX] = p4.start_address().as_u64() | int(
+        PageTableFlags.PRESENT | PageTableFlags.WRITABLE
+    )
+    return RecursivePageTable(memory, recursive_table_address(RECURSIVE_INDEX), p4)
+
+
+class _Direct:
+    """Tables reached at their physical address (a `MappedPageTable` mapping)."""
+
+    def __init__(self, memory: PhysMemory) -> None:
+        self.memory = memory
+
+    def frame_to_pointer(self, frame: PhysFrame) -> PageTable:
+        return self.memory.table(frame.start_address().as_u64())
+
+
+def one_run(
+    pages: int, cpl0: bool, huge: bool, map_to: bool = False, kind: str = "offset"
+) -> dict[str, float]:
     data = pages * 4096
     tables = (pages // 512 + 16) * 4096
     memory_size = -(-(data + tables + (64 << 20)) // (2 << 20)) * (2 << 20)
@@ -32,7 +69,8 @@ def one_run(pages: int, cpl0: bool, huge: bool, map_to: bool = False) -> dict[st
         alloc: PoolFrameAllocator = PoolFrameAllocator(0x1000, tables, memory=m.memory)
         p4 = alloc.allocate_frame()
         assert p4 is not None
-        mapper = OffsetPageTable(m.memory.table(p4.start_address()), VirtAddr(0))
+        table = m.memory.table(p4.start_address())
+        mapper = make_mapper(kind, m.memory, table, p4)
         if map_to:
             for i in range(pages):
                 mapper.map_to(
@@ -78,16 +116,18 @@ def main() -> None:
     parser.add_argument(
         "--map-to", action="store_true", help="build with one map_to per page, not map_range"
     )
+    parser.add_argument("--mapper", choices=("offset", "mapped", "recursive"), default="offset")
     args = parser.parse_args()
     warnings.simplefilter("error")
     runs = [
-        one_run(args.pages, not args.no_cpl0, args.huge_pages, args.map_to)
+        one_run(args.pages, not args.no_cpl0, args.huge_pages, args.map_to, args.mapper)
         for _ in range(args.repeat)
     ]
     build = "map_to per page" if args.map_to else "one map_range"
     ram = "transparent huge pages" if args.huge_pages else "4 KiB host pages"
     cpl = "CPL3 only" if args.no_cpl0 else "CPL3 and CPL0"
-    print(f"{args.pages} pages of 4 KiB ({build}, {ram}, {cpl}), median of {args.repeat} runs:")
+    what = f"{args.mapper} mapper, {build}, {ram}, {cpl}"
+    print(f"{args.pages} pages of 4 KiB ({what}), median of {args.repeat} runs:")
     for key in runs[0]:
         values = [r[key] for r in runs]
         if key == "probes":
