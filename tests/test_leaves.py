@@ -110,9 +110,16 @@ def test_contiguous_groups_are_detected_exactly() -> None:
             m("apart-2", 0xA0_3000, Size4KiB, 1, P, phys=0x20_0000),
         ),
     )
-    _, _, _, leaves = built_leaves(spec)
+    memory, p4, _, leaves = built_leaves(spec)
     verdicts = [g.contiguous() for g in leaves.groups]
     assert verdicts == [True, False, False, False]
+    # the CPU sets A and D as it goes: still one run
+    whole = leaves.groups[0].table
+    memory.write_u64(whole + 8 * 7, memory.read_u64(whole + 8 * 7) | 0x60)
+    memory.write_u64(whole + 8 * 9, memory.read_u64(whole + 8 * 9) | 0x20)
+    used = Leaves.scan(memory, p4)
+    assert [g.contiguous() for g in used.groups] == verdicts
+    assert used.runs() == list(coalesce(scan(memory, p4)))
     for g in leaves.groups:
         runs = list(coalesce(g.leaves()))
         consecutive = g.indices == list(range(g.indices[0], g.indices[-1] + 1))

@@ -17,6 +17,7 @@ from kvmpage.memory import PhysMemory
 
 ADDRESS_MASK = 0x000F_FFFF_FFFF_F000
 _P, _W, _U, _PS = 1, 2, 4, 0x80
+_AD = 0x60  # accessed, dirty: the CPU sets them as it goes
 _NX = 1 << 63
 
 
@@ -112,7 +113,7 @@ class LeafGroup(NamedTuple):
 
     def contiguous(self) -> bool:
         """Whether the group is one coalesced run: consecutive entries, physically contiguous,
-        with identical flags (a fresh table mapped in one go)."""
+        with the same flags but for A and D (a table mapped in one go, then used)."""
         idx = self.indices
         first, n = idx[0], len(idx)
         if idx[-1] - first != n - 1:
@@ -122,7 +123,11 @@ class LeafGroup(NamedTuple):
         wl = w0 + (n - 1) * span
         if (wl ^ w0) & ~ADDRESS_MASK & ((1 << 64) - 1):
             return False  # the addresses would carry into the flag bits
-        return self.words[first : first + n] == list(range(w0, wl + 1, span))
+        entries = self.words[first : first + n]
+        if entries == list(range(w0, wl + 1, span)):
+            return True
+        w0 &= ~_AD
+        return [w & ~_AD for w in entries] == list(range(w0, w0 + n * span, span))
 
 
 def scan(

@@ -378,7 +378,7 @@ class Verifier:
                 problem = ad.check(addr, before_value, after_value)
                 if problem is not None:
                     problems.append((addr, before_value, after_value, problem))
-        users_of = _users(pairs, chunks, {addr for addr, _, _, _ in problems})
+        users_of = _users(pairs, chunks, {addr for addr, _, _, _ in problems}) if problems else {}
         for addr, old_value, new_value, problem in problems:
             users = users_of[addr]
             oracle = self.profile.cpl3_oracle
