@@ -30,10 +30,24 @@ def _u64(value: SupportsIndex, what: str) -> int:
     return v
 
 
-def _sign_extend_47(v: int) -> int:
-    """Copy bit 47 into bits 48..63 (the crate's ``new_truncate``)."""
-    v &= 0xFFFF_FFFF_FFFF
-    return v | 0xFFFF_0000_0000_0000 if v & _HOLE_LOW else v
+def canonicalize(v: int, levels: int = 4) -> int:
+    """``v`` made canonical for ``levels``-level paging: bits ``48..63`` (4 levels) or ``57..63``
+    (5 levels) become copies of the top implemented bit (47 or 56), as the crate's
+    ``VirtAddr::new_truncate`` does for 4 levels. The one sign extension of kvmpage."""
+    if levels == 4:
+        v &= 0xFFFF_FFFF_FFFF
+        return v | 0xFFFF_0000_0000_0000 if v & _HOLE_LOW else v
+    bits = 9 * levels + 12
+    v &= (1 << bits) - 1
+    return v | (U64_MAX ^ ((1 << bits) - 1)) if v >> (bits - 1) else v
+
+
+def is_canonical(v: int, levels: int = 4) -> bool:
+    """Whether ``v`` (a u64) is canonical for ``levels``-level paging."""
+    return canonicalize(v, levels) == v
+
+
+_sign_extend_47 = canonicalize
 
 
 def _is_power_of_two(x: int) -> bool:

@@ -18,8 +18,8 @@ from kvmpage.paging.access import (
     Features,
     evaluate,
     reserved_mask,
-    walk_entries,
 )
+from kvmpage.paging.walk import walk
 
 R, W, X = AccessKind.READ, AccessKind.WRITE, AccessKind.FETCH
 P, RW, US, PS, NX = 1, 2, 4, 0x80, 1 << 63
@@ -192,17 +192,15 @@ def test_non_canonical_address_is_a_general_protection_fault() -> None:
     assert out.levels == ()
 
 
-def test_walk_entries_reads_until_the_leaf() -> None:
+def test_the_walk_reads_the_entries_evaluate_decides_on() -> None:
     with PhysMemory(0x10000) as mem:
         mem.write_u64(0x1000, 0x2000 | TABLE)
         mem.write_u64(0x2000, 0x3000 | TABLE)
         mem.write_u64(0x3000, 0x20_0000 | P | PS)
-        assert walk_entries(mem, 0x1000, 0x1234) == [
-            0x2000 | TABLE,
-            0x3000 | TABLE,
-            0x20_0000 | P | PS,
-        ]
-        assert walk_entries(mem, 0x1000, 1 << 39) == [0]
+        entries = walk(mem, 0x1000, 0x1234).entries
+        assert entries == (0x2000 | TABLE, 0x3000 | TABLE, 0x20_0000 | P | PS)
+        assert evaluate(entries, 0x1234, access=R, cpl=0).phys == 0x20_1234
+        assert walk(mem, 0x1000, 1 << 39).entries == (0,)
 
 
 def test_describe_names_the_error_code_bits() -> None:

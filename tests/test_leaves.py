@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvmpage.layout.builtin import builtin_layout
-from kvmpage.layout.dump import coalesce
+from kvmpage.layout.dump import coalesce, runs_of
 from kvmpage.layout.leaves import Leaves
 from kvmpage.layout.scan import scan, scan_groups
 from kvmpage.layout.spec import LayoutSpec, MappingSpec, build
@@ -75,7 +75,7 @@ def test_leaves_index_find_and_runs_match_the_flat_scan(seed: int) -> None:
         assert leaves.find(leaf.virt + leaf.size - 1) == leaf
     for va in (0, 0x3F_F000, 0x1_0000_0000 + 513 * 4096, 0xFFFF_FFFF_FFFF_F000):
         assert leaves.find(va) is None
-    assert leaves.runs() == list(coalesce(flat))
+    assert runs_of(leaves) == list(coalesce(flat))
 
 
 def test_a_level_2_table_with_huge_pages_and_child_tables_is_split_in_order() -> None:
@@ -119,7 +119,7 @@ def test_contiguous_groups_are_detected_exactly() -> None:
     memory.write_u64(whole + 8 * 9, memory.read_u64(whole + 8 * 9) | 0x20)
     used = Leaves.scan(memory, p4)
     assert [g.contiguous() for g in used.groups] == verdicts
-    assert used.runs() == list(coalesce(scan(memory, p4)))
+    assert runs_of(used) == list(coalesce(scan(memory, p4)))
     for g in leaves.groups:
         runs = list(coalesce(g.leaves()))
         consecutive = g.indices == list(range(g.indices[0], g.indices[-1] + 1))

@@ -26,9 +26,9 @@ from kvmpage.cli.output import (
 from kvmpage.cli.progress import Progress
 from kvmpage.layout.audit import audit
 from kvmpage.layout.diff import Change, diff, format_diff
-from kvmpage.layout.dump import Run
-from kvmpage.layout.leaves import Leaves
+from kvmpage.layout.dump import Run, runs_of
 from kvmpage.layout.spec import BuiltLayout, LayoutSpec, build
+from kvmpage.paging.leaves import Leaves
 
 
 def _runs(built: BuiltLayout) -> list[Run]:
@@ -36,7 +36,7 @@ def _runs(built: BuiltLayout) -> list[Run]:
     skip = set(spec.reserved_p4)
     if spec.recursive_index is not None:
         skip.add(spec.recursive_index)
-    return Leaves.scan(built.memory, built.p4_phys, skip_p4=frozenset(skip)).runs()
+    return runs_of(Leaves.scan(built.memory, built.p4_phys, skip_p4=frozenset(skip)))
 
 
 def snapshot(spec: LayoutSpec) -> tuple[list[Run], list[list[str]], str, dict[str, Any]]:

@@ -30,9 +30,9 @@ from kvmpage.cli.output import (
 )
 from kvmpage.cli.progress import Progress
 from kvmpage.layout.audit import Finding, audit
-from kvmpage.layout.dump import Run
-from kvmpage.layout.leaves import Leaves
+from kvmpage.layout.dump import Run, runs_of
 from kvmpage.layout.spec import LayoutSpec
+from kvmpage.paging.leaves import Leaves
 from kvmpage.verify import PlanOptions, Report, Verifier
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         leaves = Leaves.scan(built.memory, built.p4_phys, skip_p4=verifier.skip_p4)
         progress.stage(f"probing {len(leaves)} pages and the holes next to them")
         report = verifier.verify(options)
-        runs = leaves.runs()
+        runs = runs_of(leaves)
         verdicts, holes = run_verdicts(runs, verifier)
         head = header(built)
         layout = layout_json(built)

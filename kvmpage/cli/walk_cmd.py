@@ -19,13 +19,13 @@ from kvmpage.cli.output import MappingNames, cpu_line, emit_json, header, hexa, 
 from kvmpage.cli.progress import Progress
 from kvmpage.layout.dump import flag_names
 from kvmpage.layout.spec import BuiltLayout, build
-from kvmpage.layout.walk import ADDRESS_MASK, Walk, walk, walk_lines
+from kvmpage.layout.walk import rights_so_far, walk_lines
+from kvmpage.paging.arch import ADDRESS_MASK, LEVEL_NAMES, CpuState
+from kvmpage.paging.walk import Walk, walk
 
 if TYPE_CHECKING:
     from kvmpage.machine.protocol import Result
     from kvmpage.verify import Verifier
-
-_LEVEL_NAME = {4: "PML4", 3: "PDPT", 2: "PD", 1: "PT"}
 
 
 @dataclass(frozen=True)
@@ -112,23 +112,23 @@ def _describe(result: Result, plain: str) -> str:
     return plain
 
 
-def _walk_json(w: Walk) -> dict[str, Any]:
+def _walk_json(w: Walk, cpu: CpuState) -> dict[str, Any]:
     return {
         "steps": [
             {
                 "level": s.level,
-                "table": _LEVEL_NAME[s.level],
+                "table": LEVEL_NAMES[s.level],
                 "index": s.index,
                 "entry_addr": hexa(s.entry_addr),
                 "raw": hexa(s.raw),
                 "flag_names": flag_names(s.raw & ~ADDRESS_MASK & ((1 << 64) - 1)).split(),
-                "rights_so_far": str(s.rights) if s.raw & 1 else None,
+                "rights_so_far": str(rights) if rights is not None else None,
             }
-            for s in w.steps
+            for s, rights in zip(w.steps, rights_so_far(w.steps, cpu), strict=True)
         ],
         "phys": hexa(w.phys) if w.phys is not None else None,
         "page_size": w.page_size,
-        "stop": w.stop,
+        "stop": w.reason or None,
     }
 
 
@@ -147,15 +147,11 @@ def _translate_text(built: BuiltLayout, va: int) -> str:
 
 
 def _walk_lines(built: BuiltLayout, va: int) -> tuple[Walk, list[str]]:
-    try:
-        canonical = VirtAddr.try_new(va) is not None
-    except ValueError:
-        canonical = False
-    if not canonical:
-        w = Walk(va, (), None, None, "non-canonical address (an access raises #GP, no walk)")
-        return w, [f"walk of {va:#018x}", f"  -> {w.stop}"]
-    w = walk(built.memory, built.p4_phys, va)
-    lines = walk_lines(w)
+    cpu = built.spec.cpu
+    w = walk(built.memory, built.p4_phys, va, cpu)
+    lines = walk_lines(w, cpu)
+    if not w.steps:
+        return w, lines
     lines.append(f"  mapper.translate: {_translate_text(built, va)}")
     names = MappingNames(built.spec).of(va, va + 1)
     if names:
@@ -208,7 +204,7 @@ def cmd_walk(args: argparse.Namespace) -> int:
                 "exit_code": code,
                 "va": hexa(va),
                 "layout": layout,
-                "walk": _walk_json(w),
+                "walk": _walk_json(w, spec.cpu),
                 "kvm_translate": None if translated is None else hexa(translated),
                 "hardware": [
                     {

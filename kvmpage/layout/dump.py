@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from kvmpage.layout.scan import Leaf, Rights
+from kvmpage.paging.leaves import Leaf, Leaves
 from kvmpage.paging.table import PageTableFlags
+from kvmpage.paging.walk import Rights
 
 _ACCESSED_DIRTY = 0x60
 _FLAG_MASK = ~0x000F_FFFF_FFFF_F000 & ((1 << 64) - 1)
@@ -39,6 +40,11 @@ class Run:
     def virt_end(self) -> int:
         """First virtual address after the run."""
         return self.virt + self.size
+
+
+def runs_of(leaves: Leaves) -> list[Run]:
+    """``list(coalesce(leaves))``, a whole table at a time where the table is one run."""
+    return list(coalesce_spans(leaves.spans()))
 
 
 def coalesce(leaves: Iterable[Leaf]) -> Iterator[Run]:

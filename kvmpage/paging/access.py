@@ -1,4 +1,4 @@
-"""The architecture's answer to one access: the permission model of 4-level x86-64 paging.
+"""The architecture's answer to one access: the permission model of x86-64 paging (4 or 5 levels).
 
 `evaluate` is a pure function of the entries of a walk, the CPU state (CR0.WP, CR4.SMEP,
 CR4.SMAP, EFER.NXE, RFLAGS.AC), MAXPHYADDR and the host's features, the CPL and the access kind.
@@ -7,9 +7,10 @@ physical address reached, or the fault (#PF with its exact error code and CR2, o
 non-canonical address), and which accessed / dirty bits the walk must set, may set, or must leave
 alone at each level.
 
-Checks, level by level from the PML4E: present, then reserved bits (address bits at or above
-MAXPHYADDR, NX when EFER.NXE is clear, PS in a PML4E, PS in a PDPTE without 1 GiB page support,
-bits 13..20 of a 2 MiB leaf and 13..29 of a 1 GiB leaf); then the rights are combined (writable
+Checks, level by level from the top (the entries `kvmpage.paging.walk.walk` read): present,
+then reserved bits (`kvmpage.paging.arch.reserved_mask`: address bits at or above MAXPHYADDR, NX
+when EFER.NXE is clear, PS in a PML4E or PML5E, PS in a PDPTE without 1 GiB page support, bits
+13..20 of a 2 MiB leaf and 13..29 of a 1 GiB leaf); then the rights are combined (writable
 and user only if every level says so, executable unless any level sets NX). At the leaf: user
 access to a supervisor page; write to a read-only page (a supervisor write is allowed when
 CR0.WP is clear); fetch from a non-executable page; SMEP (supervisor fetch from a user page);
@@ -23,9 +24,22 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kvmpage.memory import PhysMemory
+from kvmpage.paging.arch import (
+    ADDRESS_MASK,
+    CpuState,
+    Features,
+    canonicalize,
+    is_canonical,
+    leaf_frame,
+    reserved_mask,
+)
 
-ADDRESS_MASK = 0x000F_FFFF_FFFF_F000
+__all__ = [
+    "ADDRESS_MASK", "AccessKind", "CpuState", "Fault", "Features", "Outcome", "PF_I", "PF_P",
+    "PF_PK", "PF_RSVD", "PF_U", "PF_W", "VECTOR_GP", "VECTOR_PF", "canonicalize", "evaluate",
+    "is_canonical", "reserved_mask",
+]  # fmt: skip
+
 _P, _W, _U, _A, _D, _PS = 1, 2, 4, 0x20, 0x40, 0x80
 _NX = 1 << 63
 
@@ -47,25 +61,6 @@ class AccessKind(enum.Enum):
     READ = "read"
     WRITE = "write"
     FETCH = "fetch"
-
-
-@dataclass(frozen=True, slots=True)
-class CpuState:
-    """The control-register bits that change the outcome of an access."""
-
-    wp: bool = True  #: CR0.WP: supervisor writes honour read-only pages
-    smep: bool = False  #: CR4.SMEP
-    smap: bool = False  #: CR4.SMAP
-    nxe: bool = True  #: EFER.NXE: bit 63 means no-execute (else it is reserved)
-    ac: bool = False  #: RFLAGS.AC: lifts SMAP for explicit supervisor data accesses
-
-
-@dataclass(frozen=True, slots=True)
-class Features:
-    """What the CPU supports, as far as the walk is concerned."""
-
-    maxphyaddr: int = 52  #: physical address width; address bits at or above it are reserved
-    gbpages: bool = True  #: 1 GiB pages (PS in a PDPTE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,61 +121,24 @@ class Outcome:
         return self.fault is None
 
 
-def reserved_mask(level: int, raw: int, cpu: CpuState, features: Features) -> int:
-    """The bits of entry ``raw`` at ``level`` that are reserved (set ones make the walk fault)."""
-    mask = ADDRESS_MASK & ~((1 << features.maxphyaddr) - 1) if features.maxphyaddr < 52 else 0
-    if not cpu.nxe:
-        mask |= _NX
-    if level == 4:
-        mask |= _PS
-    elif raw & _PS:
-        if level == 3:
-            mask |= _PS if not features.gbpages else ((1 << 30) - 1) & ~0x1FFF
-        elif level == 2:
-            mask |= ((1 << 21) - 1) & ~0x1FFF
-    return mask
-
-
-def walk_entries(memory: PhysMemory, p4_phys: int, va: int) -> list[int]:
-    """The raw entries a walk of ``va`` reads, PML4E first, up to the leaf or a non-present entry.
-
-    Reserved bits do not stop this read (they are `evaluate`'s business), except PS in a PML4E.
-    """
-    entries: list[int] = []
-    table = p4_phys
-    for level in (4, 3, 2, 1):
-        raw = memory.read_u64(table + 8 * ((va >> (3 + 9 * level)) & 511))
-        entries.append(raw)
-        if not raw & _P or level == 1 or (raw & _PS and level in (2, 3)):
-            break
-        if raw & _PS:  # level 4: reserved, the walk faults here
-            break
-        table = raw & ADDRESS_MASK
-    return entries
-
-
-def is_canonical(va: int) -> bool:
-    """Whether bits 48..63 of ``va`` copy bit 47."""
-    top = va >> 47
-    return top == 0 or top == 0x1FFFF
-
-
 def evaluate(
     entries: Sequence[int],
     va: int,
     *,
     access: AccessKind,
     cpl: int,
-    cpu: CpuState = CpuState(),
-    features: Features = Features(),
+    cpu: CpuState = CpuState(),  # noqa: B008 (frozen)
+    features: Features = Features(),  # noqa: B008 (frozen)
 ) -> Outcome:
     """The outcome the architecture requires for ``access`` at ``va`` through ``entries``.
 
-    ``entries`` is the walk's raw entries, PML4E first, as `walk_entries` reads them.
+    ``entries`` is the walk's raw entries, top level first, as `kvmpage.paging.walk.walk`
+    reads them (`Walk.entries`); 4 or 5 of them at most (CR4.LA57 in ``cpu``).
     """
     if cpl not in (0, 3):
         raise ValueError(f"cpl must be 0 or 3, got {cpl}")
-    if not is_canonical(va):
+    depth = cpu.levels
+    if not is_canonical(va, depth):
         return Outcome(
             None,
             Fault(VECTOR_GP, 0, None),
@@ -199,7 +157,7 @@ def evaluate(
     writable = usr = executable = True
     levels: list[int] = []
     for i, raw in enumerate(entries):
-        level = 4 - i
+        level = depth - i
         levels.append(level)
         passed = frozenset(levels[:-1])
         if not raw & _P:
@@ -257,7 +215,7 @@ def _leaf(
         # A may already be set on every level above the leaf; the leaf's A/D stay as they were.
         return _fault(va, access_bits | PF_P, levels, frozenset(levels[:-1]), reason)
     span = 1 << (12 + 9 * (level - 1))
-    phys = (raw & ADDRESS_MASK & ~(span - 1)) | (va & (span - 1))
+    phys = leaf_frame(raw, level) | (va & (span - 1))
     d = frozenset({level}) if access is AccessKind.WRITE else frozenset()
     return Outcome(
         phys,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, ClassVar, Generic, TypeVar
 
-from kvmpage.addr import U64_MAX, PhysAddr, VirtAddr, _sign_extend_47
+from kvmpage.addr import U64_MAX, PhysAddr, VirtAddr, canonicalize
 from kvmpage.index import PageTableIndex, PageTableLevel
 from kvmpage.panic import Panic
 
@@ -202,7 +202,7 @@ class Page(_Unit[S]):
     def containing_address(cls, address: VirtAddr) -> Page[S]:
         """The page that contains ``address`` (P-06)."""
         v = cls._addr_value(address)
-        return cls._make(_sign_extend_47(v & ~(cls.SIZE - 1)))  # type: ignore[no-any-return]
+        return cls._make(canonicalize(v & ~(cls.SIZE - 1)))  # type: ignore[no-any-return]
 
     def start_address(self) -> VirtAddr:
         """The first address of the page."""
@@ -241,7 +241,7 @@ class Page(_Unit[S]):
         v = 0
         for shift, index in zip((39, 30, 21, 12), indices, strict=False):
             v |= int(index) << shift
-        return cls._make(_sign_extend_47(v))
+        return cls._make(canonicalize(v))
 
     @classmethod
     def from_page_table_indices(

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from kvmpage.addr import PhysAddr
 from kvmpage.index import ENTRY_COUNT, PageTableIndex
-from kvmpage.memory import PhysMemory, PhysMemoryError
+from kvmpage.memory import PhysicalMemory, PhysMemoryError
 from kvmpage.paging.page import PhysFrame, Size4KiB
 from kvmpage.panic import Panic
 
@@ -279,16 +279,14 @@ class PageTable:
 
     ENTRY_COUNT = ENTRY_COUNT
 
-    def __init__(self, memory: PhysMemory, addr: int | PhysAddr) -> None:
+    def __init__(self, memory: PhysicalMemory, addr: int | PhysAddr) -> None:
         a = int(addr)
         if a & 0xFFF:
             raise PhysMemoryError(f"a page table must be 4 KiB aligned, got {a:#x}")
-        memory.check(a, 4096)
         #: The memory holding the table and its physical address.
         self.memory = memory
         self.phys = a
-        self._q = memory._q
-        self._base = a >> 3
+        self._q, self._base = memory.frame_words(a)
 
     def frame(self) -> PhysFrame[Size4KiB]:
         """The frame that holds this table."""

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
-from kvmpage.layout.leaves import Leaves
-from kvmpage.layout.scan import Leaf, table_frames
 from kvmpage.layout.walk import format_steps, format_walk, steps_of
 from kvmpage.machine import Machine, fetch_stub
 from kvmpage.machine.protocol import Result
 from kvmpage.memory import PhysMemory
 from kvmpage.paging.access import AccessKind, CpuState, Features
+from kvmpage.paging.leaves import Leaf, Leaves, table_frames
 from kvmpage.paging.mapper import RecursivePageTable, TableMapper
 from kvmpage.verify import bulk as bulk_path
 from kvmpage.verify.bulk import BulkChunk
@@ -162,12 +161,12 @@ class Verifier:
         reads = bulk_path.BulkReads(
             plan.bulk,
             predictor,
-            bulk_path.Memory(memory._q, memory.size, self.machine.reserved[0], protected),
+            bulk_path.Memory(memory.words, memory.size, self.machine.reserved[0], protected),
             plan.coverage,
             blocked=self.profile.cpl3_blocked_slots,
             first_result=len(probes),
         )
-        before = {f: memory._q[f >> 3 : (f >> 3) + 512].tolist() for f in frames}
+        before = {f: memory.words[f >> 3 : (f >> 3) + 512].tolist() for f in frames}
         t1 = time.perf_counter()
         pipelined = reads.pages > PIPELINE_MIN
         results = self.session.run(probes, self.cpu, reads, pipelined=pipelined)
@@ -220,7 +219,7 @@ class Verifier:
         at a fetch offset is a fetch stub.
         """
         memory = self.machine.memory
-        words = memory._q
+        words = memory.words
         size = memory.size
         if protected is None:
             protected = set(table_frames(memory, self.p4_phys, skip_p4=self.skip_p4))
@@ -359,7 +358,7 @@ class Verifier:
         memory = self.machine.memory
         pairs = list(zip(probes, expectations, strict=True))
         ad = AccessedDirty.of(pairs)
-        after = {f: memory._q[f >> 3 : (f >> 3) + 512].tolist() for f in before}
+        after = {f: memory.words[f >> 3 : (f >> 3) + 512].tolist() for f in before}
         verified = bulk_path.check_accessed_dirty(chunks, ad, before, after)
         must = ad.must_a | ad.must_d
         report.entries_checked = len(ad.entries()) + sum(len(v) for v in verified.values())
@@ -408,7 +407,7 @@ class Verifier:
         """Every tag and fetch stub must still be there: write probes store the tag already in
         place, so any change means a write reached a frame the software did not predict."""
         memory = self.machine.memory
-        words = memory._q
+        words = memory.words
         report.data_checked = len(written)
         changed: list[tuple[int, int, int]] = []  # (physical address, tag, probe address)
         for chunk in chunks:

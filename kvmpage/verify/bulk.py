@@ -14,9 +14,9 @@ from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from kvmpage.layout.scan import Leaf, LeafGroup
 from kvmpage.machine.protocol import R_CR2, R_ERROR, R_STATUS, R_VALUE, R_VECTOR, ST_FAULT, ST_OK
 from kvmpage.paging.access import ADDRESS_MASK, Outcome
+from kvmpage.paging.leaves import Leaf, LeafGroup
 from kvmpage.verify.compare import OPEN_BUS, AccessedDirty, agrees_raw
 from kvmpage.verify.predict import Predictor
 from kvmpage.verify.probes import TAG_PREFIX, BulkGroup, Coverage

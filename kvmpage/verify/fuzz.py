@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from kvmpage.addr import PhysAddr, VirtAddr, _sign_extend_47
-from kvmpage.layout.scan import scan
+from kvmpage.addr import PhysAddr, VirtAddr, canonicalize
 from kvmpage.machine import Machine
 from kvmpage.paging import (
     Page,
@@ -33,6 +32,7 @@ from kvmpage.paging import (
     Size4KiB,
     TableMapper,
 )
+from kvmpage.paging.leaves import scan
 from kvmpage.paging.mapper import (
     MappedPageTable,
     OffsetPageTable,
@@ -158,7 +158,7 @@ def _random_va(rng: random.Random, size: str) -> int:
     p3 = rng.choice(P3_SLOTS)
     p2 = rng.choice(P2_SLOTS) if size != "1G" else 0
     p1 = rng.choice(P1_SLOTS) if size == "4K" else 0
-    return _sign_extend_47((p4 << 39) | (p3 << 30) | (p2 << 21) | (p1 << 12))
+    return canonicalize((p4 << 39) | (p3 << 30) | (p2 << 21) | (p1 << 12))
 
 
 # -- running a case ------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from kvmpage.layout.walk import walk
 from kvmpage.memory import PhysMemory
 from kvmpage.paging.access import (
     ADDRESS_MASK,
@@ -23,6 +22,7 @@ from kvmpage.paging.access import (
     evaluate,
     is_canonical,
 )
+from kvmpage.paging.walk import walk
 from kvmpage.verify.probes import Probe
 
 _READ = AccessKind.READ
@@ -95,8 +95,8 @@ class Predictor:
         page = probe.va >> 12  # every access to a page walks the same entries
         found = self._walks.get(page)
         if found is None:
-            w = walk(self.memory, self.p4_phys, probe.va)
-            found = tuple(s.raw for s in w.steps), tuple(s.entry_addr for s in w.steps)
+            w = walk(self.memory, self.p4_phys, probe.va, self.cpu, self.features)
+            found = w.entries, w.entry_addrs
             self._walks[page] = found
         return found
 

@@ -15,11 +15,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from kvmpage.addr import _sign_extend_47
-from kvmpage.layout.dump import Run, coalesce
-from kvmpage.layout.leaves import Leaves
-from kvmpage.layout.scan import Leaf, LeafGroup
+from kvmpage.addr import canonicalize
+from kvmpage.layout.dump import Run, coalesce, runs_of
 from kvmpage.paging.access import AccessKind
+from kvmpage.paging.leaves import Leaf, LeafGroup, Leaves
 
 READ_OFFSET = 0x0  #: where a read probe looks: the frame's tag
 WRITE_OFFSET = 0x8  #: where a write probe writes (its own tag: memory stays as it was)
@@ -145,7 +144,7 @@ def make_plan(
     """
     cov = Coverage(pages=len(leaves))
     grouped = leaves if isinstance(leaves, Leaves) else None
-    runs = grouped.runs() if grouped is not None else list(coalesce(leaves))
+    runs = runs_of(grouped) if grouped is not None else list(coalesce(leaves))
     if len(leaves) <= options.full_limit:
         full = set(range(len(leaves)))
         cov.strategy = "every page: read, write and fetch at CPL3 and CPL0"
@@ -261,7 +260,7 @@ def _holes(
         for va in (run.virt - 4096, run.virt_end):
             if not 0 <= va < 1 << 64:
                 continue
-            if _sign_extend_47(va) != va or (va >> 39) & 511 in excluded_p4:
+            if canonicalize(va) != va or (va >> 39) & 511 in excluded_p4:
                 continue  # non-canonical (#GP, not a hole) or a reserved slot
             if find(va) is None:
                 holes.append(va)

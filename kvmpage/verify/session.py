@@ -15,12 +15,12 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Protocol, runtime_checkable
 
 from kvmpage.addr import VirtAddr
-from kvmpage.layout.scan import table_frames
 from kvmpage.machine import Batch, BatchResults, Machine
 from kvmpage.machine.bridge import replay_through_agent
 from kvmpage.machine.protocol import Result
 from kvmpage.machine.watchdog import install_signal_handler
 from kvmpage.paging.access import AccessKind, CpuState
+from kvmpage.paging.leaves import table_frames
 from kvmpage.verify.probes import Probe, tag
 
 #: bulk reads per KVM_RUN when a run is pipelined (`Session.run` with ``pipelined``)

@@ -18,8 +18,8 @@ import sys
 from array import array
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
-from kvmpage.addr import PhysAddr, VirtAddr, _sign_extend_47
-from kvmpage.memory import PhysMemory
+from kvmpage.addr import PhysAddr, VirtAddr, canonicalize
+from kvmpage.memory import PhysicalMemory
 from kvmpage.paging.frame_alloc import FrameAllocator, FrameDeallocator
 from kvmpage.paging.mapper.errors import (
     FrameAllocationFailed,
@@ -130,10 +130,10 @@ class TableMapper:
     #: raw == 0 instead of PRESENT (R-14).
     RECURSIVE_CHECKS: ClassVar[bool] = False
 
-    memory: PhysMemory
+    memory: PhysicalMemory
     tlb: Tlb
 
-    def __init__(self, memory: PhysMemory, tlb: Tlb | None) -> None:
+    def __init__(self, memory: PhysicalMemory, tlb: Tlb | None) -> None:
         self.memory = memory
         self.tlb = tlb if tlb is not None else RecordingTlb()
 
@@ -243,6 +243,7 @@ class TableMapper:
         root: int,
         end: int,
         new_flags: int | None,
+        q: memoryview,
     ) -> MapperFlush[S] | None:
         """The common case of `map_to_with_table_flags` for a 4 KiB page, inlined.
 
@@ -252,7 +253,7 @@ class TableMapper:
         anything is unusual, having changed only what the general path would have changed
         too, so the caller hands over to it and the result is the same.
         """
-        va, q, t = page._start, self.memory._q, root
+        va, t = page._start, root
         for shift in (39, 30, 21):  # levels 4, 3, 2
             i = (t >> 3) + ((va >> shift) & 511)
             e = q[i]
@@ -718,7 +719,7 @@ class TableMapper:
         q, b = table
         if level > 1:
             span = 1 << (12 + 9 * (level - 1))
-            base = _sign_extend_47(start & ~((span << 9) - 1))
+            base = canonicalize(start & ~((span << 9) - 1))
             for i in range(_index(start, level), _index(end, level) + 1):
                 raw = q[b + i]
                 if not raw & PRESENT or raw & HUGE_PAGE or self._skip_in_clean_up(level, i):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvmpage.addr import PhysAddr, VirtAddr
-from kvmpage.memory import PhysMemory, PhysMemoryError
+from kvmpage.memory import PhysicalMemory, PhysMemory, PhysMemoryError
 from kvmpage.paging.frame_alloc import FrameAllocator
 from kvmpage.paging.mapper.base import ADDRESS_MASK, S, Table
 from kvmpage.paging.mapper.flush import MapperFlush, Tlb
@@ -25,7 +25,12 @@ _U64 = (1 << 64) - 1
 class PhysOffset:
     """The `PageTableFrameMapping` of an `OffsetPageTable`: frame ``p`` is at ``offset + p``."""
 
-    def __init__(self, memory: PhysMemory, offset: VirtAddr) -> None:
+    def __init__(self, memory: PhysicalMemory, offset: VirtAddr) -> None:
+        if not isinstance(memory, PhysMemory):
+            raise TypeError(
+                "an OffsetPageTable needs its tables in a flat PhysMemory, got "
+                f"{type(memory).__name__} (use a MappedPageTable over a memory image)"
+            )
         if type(offset) is not VirtAddr:
             raise TypeError(f"the physical-memory offset must be a VirtAddr, got {offset!r}")
         self.memory = memory
@@ -33,7 +38,7 @@ class PhysOffset:
         # Table addresses below this bound are inside memory (the whole table) and give a
         # canonical offset + p, so the hot walks need a single comparison per level.
         top = 0x7FFF_FFFF_FFFF if offset._v < 1 << 47 else 0xFFFF_FFFF_FFFF_FFFF
-        self._safe_below = min(top - offset._v + 1, memory.size - 4095)
+        self._safe_below = 0 if memory.has_holes else min(top - offset._v + 1, memory.size - 4095)
 
     def virtual_address(self, phys: int) -> VirtAddr:
         """``offset + phys`` with the crate's checked `VirtAddr` addition."""
@@ -46,11 +51,13 @@ class PhysOffset:
     def table_words(self, phys: int) -> Table:
         """Fast path of `frame_to_pointer` for the mapper's walks."""
         if phys < self._safe_below:
-            return (self.memory._q, phys >> 3)
+            return (self.memory.words, phys >> 3)
         self.virtual_address(phys)  # raises the crate's panic when the sum is not canonical
-        raise PhysMemoryError(
-            f"page table at {phys:#x} is outside memory [0, {self.memory.size:#x})"
-        )
+        if phys + 4096 > self.memory.size:
+            raise PhysMemoryError(
+                f"page table at {phys:#x} is outside memory [0, {self.memory.size:#x})"
+            )
+        return self.memory.frame_words(phys)  # (a hole raises AbsentMemoryError)
 
 
 class OffsetPageTable(MappedPageTable):
@@ -81,7 +88,7 @@ class OffsetPageTable(MappedPageTable):
         if type(addr) is not VirtAddr:
             return super().translate_addr(addr)
         va = addr._v
-        q = self.memory._q
+        q = self._offset_mapping.memory.words
         limit = self._offset_mapping._safe_below
         e = q[self._l4_table[1] + ((va >> 39) & 511)]
         if not e & 1:
@@ -127,7 +134,7 @@ class OffsetPageTable(MappedPageTable):
                 done = self._map_4k_fast(
                     page, frame, f, insert, frame_allocator, self._l4_table[1] << 3,
                     self._offset_mapping._safe_below,
-                    insert if insert & 0x81 == 1 else None,
+                    insert if insert & 0x81 == 1 else None, self._offset_mapping.memory.words,
                 )  # fmt: skip
                 if done is not None:
                     return done

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvmpage.addr import PhysAddr, VirtAddr, _sign_extend_47
+from kvmpage.addr import PhysAddr, VirtAddr, canonicalize
 from kvmpage.index import PageTableIndex
 from kvmpage.memory import PhysMemory, PhysMemoryError
 from kvmpage.paging.frame_alloc import FrameAllocator
@@ -39,7 +39,7 @@ def recursive_table_address(r: int, *indices: int) -> VirtAddr:
     """The virtual address (r, ..., indices) padded on the left with ``r`` to four indices."""
     idx = (r,) * (4 - len(indices)) + tuple(indices)
     v = (idx[0] << 39) | (idx[1] << 30) | (idx[2] << 21) | (idx[3] << 12)
-    return VirtAddr._raw(_sign_extend_47(v))
+    return VirtAddr._raw(canonicalize(v))
 
 
 class RecursivePageTable(TableMapper):
@@ -114,7 +114,14 @@ class RecursivePageTable(TableMapper):
         self._init(memory, int(PageTableIndex(recursive_index)), cr3, tlb)
         return self
 
+    memory: PhysMemory
+
     def _init(self, memory: PhysMemory, r: int, cr3: PhysFrame[Size4KiB], tlb: Tlb | None) -> None:
+        if not isinstance(memory, PhysMemory):
+            raise TypeError(
+                "a RecursivePageTable needs its tables in a flat PhysMemory, got "
+                f"{type(memory).__name__} (use a MappedPageTable over a memory image)"
+            )
         TableMapper.__init__(self, memory, tlb)
         self.recursive_index = r
         self.cr3 = cr3
@@ -131,7 +138,7 @@ class RecursivePageTable(TableMapper):
         r = self.recursive_index
         level = 4
         if p4 + 4096 <= memory.size:
-            entry = memory._q[(p4 >> 3) + r]
+            entry = memory.words[(p4 >> 3) + r]
             if entry & 0x81 == 1 and entry & 0x000F_FFFF_FFFF_F000 == p4:
                 # entry r leads back to this table at every level: skip the leading r indices
                 while level and (va >> (3 + 9 * level)) & 511 == r:
@@ -144,17 +151,17 @@ class RecursivePageTable(TableMapper):
             phys = resolve_below(memory, p4, va, level)
         if phys + 4096 > self.memory.size:
             self.memory.check(phys, 4096)
-        return (self.memory._q, phys >> 3)
+        return (self.memory.words, phys >> 3)
 
     def _p4(self) -> Table:
-        return self._words_at(_sign_extend_47(self._r_prefix[4] << 12))
+        return self._words_at(canonicalize(self._r_prefix[4] << 12))
 
     def _table_va(self, va: int, level: int) -> int:
         """The recursive address of the table of ``level`` on the walk of ``va``."""
         # (r x level, then va's top indices)
         used = 9 * (4 - level)
         indices = (va >> (12 + 9 * level)) & ((1 << used) - 1)
-        return _sign_extend_47(((self._r_prefix[level] << used) | indices) << 12)
+        return canonicalize(((self._r_prefix[level] << used) | indices) << 12)
 
     def _child(self, raw: int, va: int, child_level: int) -> Table:
         return self._words_at(self._table_va(va, child_level))
@@ -179,7 +186,7 @@ class RecursivePageTable(TableMapper):
         phys = raw & ADDRESS_MASK
         if phys + 4096 > self.memory.size:
             self.memory.check(phys, 4096)
-        return (self.memory._q, phys >> 3)
+        return (self.memory.words, phys >> 3)
 
     def _skip_in_clean_up(self, level: int, index: int) -> bool:
         return level == 4 and index == self.recursive_index  # C-11
@@ -195,13 +202,13 @@ class RecursivePageTable(TableMapper):
         p4 = self.cr3._start
         if p4 + 4096 > self.memory.size:
             return False
-        entry = self.memory._q[(p4 >> 3) + self.recursive_index]
+        entry = self.memory.words[(p4 >> 3) + self.recursive_index]
         return entry & 0x81 == 1 and entry & _MASK == p4
 
     def translate_addr(self, addr: VirtAddr) -> PhysAddr | None:
         if type(addr) is not VirtAddr or not self._self_mapped():
             return super().translate_addr(addr)
-        va, q, limit = addr._v, self.memory._q, self.memory.size - 4096
+        va, q, limit = addr._v, self.memory.words, self.memory.size - 4096
         raw = q[(self.cr3._start >> 3) + ((va >> 39) & 511)]
         if raw == 0:
             return None  # R-14: raw == 0, not PRESENT, decides
@@ -239,7 +246,7 @@ class RecursivePageTable(TableMapper):
         # Fast path for a 4 KiB page (`_map_4k_fast`) while entry r points back at the PML4:
         # then each table's recursive address resolves to the frame its parent names. New
         # parents get PRESENT | WRITABLE as well (R-05).
-        q, limit, t = self.memory._q, self.memory.size - 4096, self.cr3._start
+        q, limit, t = self.memory.words, self.memory.size - 4096, self.cr3._start
         if (
             type(page) is Page
             and type(frame) is PhysFrame
@@ -250,7 +257,7 @@ class RecursivePageTable(TableMapper):
             if 0 <= f < 1 << 64 and not (f | insert) & HUGE_PAGE and 0 <= insert < 1 << 64:
                 done = self._map_4k_fast(
                     page, frame, f, insert, frame_allocator, t, limit + 1,
-                    insert | PRESENT | WRITABLE,
+                    insert | PRESENT | WRITABLE, q,
                 )  # fmt: skip
                 if done is not None:
                     return done
