@@ -5,6 +5,7 @@
     kvmpage dump [LAYOUT]         ptdump-style listing, W+X audit, --diff OTHER
     kvmpage host                  what this host's KVM can verify, and how that was established
     kvmpage fuzz                  random layouts and operations, every step verified on KVM
+    kvmpage image info|strip      what a memory image holds; its page tables alone
 
 LAYOUT is a TOML layout file (docs/layout.md); without it, the built-in layout. Exit status:
 0 when the check passed, 1 when it ran and found a problem (a disagreement; a W+X finding with
@@ -20,7 +21,9 @@ import sys
 from collections.abc import Sequence
 
 from kvmpage.cli.common import EXIT_ERROR, EXIT_FAIL, CliError
+from kvmpage.cli.image_args import add_image_args, hex_value
 from kvmpage.cli.output import emit_json
+from kvmpage.layout.audit import KINDS
 
 EXAMPLES = """\
 examples:
@@ -31,6 +34,9 @@ examples:
   kvmpage dump examples/wx-alias.toml     list the mappings and audit W+X, also across aliases
   kvmpage dump a.toml --diff b.toml       what changed between two layouts
   kvmpage host                            which oracle checks what on this host
+  kvmpage image info guest.elf            what a memory image (QEMU dump, vmcore, LiME) holds
+  kvmpage dump --image guest.elf          its kernel's mappings, as the CPU walks them
+  kvmpage verify --image guest.elf        its kernel's own tables, checked on the CPU
   kvmpage fuzz --seed 1 --seconds 60      differential campaign; reproducers in ./fuzz-reproducers
 
 exit status: 0 passed, 1 found a problem, 2 could not run (reason on stderr)
@@ -69,6 +75,13 @@ examples:
   kvmpage fuzz --seed 42 --json | jq .failures
 
 exit status: 0 every step agreed, 1 a case disagreed (reproducer saved), 2 could not run
+"""
+_IMAGE_EXAMPLES = """\
+examples:
+  kvmpage image info guest.elf                 format, CPUs, CR3, kernel release, leaves
+  kvmpage image strip guest.elf tables.elf     page-table pages only (shareable)
+  kvmpage dump --image guest.elf               the listing and the audit
+  kvmpage verify --image guest.elf             the kernel's own tables on the CPU
 """
 _HOST_EXAMPLES = """\
 examples:
@@ -132,6 +145,14 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0, help="seed of the sample in large layouts")
     v.add_argument("--cpl3-only", action="store_true", help="skip the (slower) CPL0 probes")
     v.add_argument("--limit", type=int, default=10, help="disagreements shown in full (default 10)")
+    add_image_args(v)
+    v.add_argument(
+        "--all-leaves",
+        action="store_true",
+        dest="all_leaves",
+        help="with --image: probe every leaf fully (default: a sample that covers "
+        "every run and every distinct level/flags/rights)",
+    )
     v.set_defaults(func="verify")
 
     w = sub.add_parser(
@@ -149,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--software-only", action="store_true", help="only the software walk (no /dev/kvm)"
     )
+    add_image_args(w)
     w.set_defaults(func="walk")
 
     d = sub.add_parser(
@@ -163,9 +185,45 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _layout_arg(d)
-    d.add_argument("--diff", metavar="OTHER", help="compare with another layout (or 'builtin')")
-    d.add_argument("--strict", action="store_true", help="exit 1 when the W+X audit finds any")
+    d.add_argument(
+        "--diff",
+        metavar="OTHER",
+        help="compare with another layout (or 'builtin'); with --image, another image",
+    )
+    d.add_argument("--strict", action="store_true", help="exit 1 when the audit finds anything")
     d.add_argument("--limit", type=int, default=20, help="audit findings shown (default 20)")
+    d.add_argument(
+        "--allow",
+        action="append",
+        choices=sorted(KINDS),
+        metavar="KIND",
+        help=f"drop audit findings of KIND (repeatable): {', '.join(sorted(KINDS))}",
+    )
+    add_image_args(d)
+    d.add_argument(
+        "--range",
+        metavar="START-END",
+        help="only this virtual range (hex; "
+        "START-END or START+SIZE such as 0xffff888000000000+1G); images only",
+    )
+    d.add_argument(
+        "--format",
+        choices=("text", "ptdump"),
+        default="text",
+        help="text (runs with physical addresses) or ptdump (Linux's "
+        "/sys/kernel/debug/page_tables format); images only",
+    )
+    d.add_argument(
+        "--diff-cr3",
+        metavar="HEX|kpti",
+        help="compare with the tables of another "
+        "CR3 of the same image ('kpti': the other half of a KPTI pair); images only",
+    )
+    d.add_argument(
+        "--include-recursive",
+        action="store_true",
+        help="also list what a self-referencing top-level slot maps; images only",
+    )
     d.set_defaults(func="dump")
 
     h = sub.add_parser(
@@ -179,6 +237,53 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     h.set_defaults(func="host")
+
+    i = sub.add_parser(
+        "image",
+        help="what a memory image holds; strip it down to its page tables",
+        description="Memory images (QEMU dump-guest-memory, kdump vmcores in ELF form, LiME, raw "
+        "physical memory): 'info' says what one holds, 'strip' writes a small ELF core with only "
+        "its page-table pages and notes (to share a layout without the memory's contents).",
+        epilog=_IMAGE_EXAMPLES,
+        formatter_class=fmt,
+    )
+    isub = i.add_subparsers(dest="image_command", required=True, metavar="ACTION")
+    info = isub.add_parser(
+        "info",
+        parents=[_common(device=False)],
+        help="format, segments, CPUs and their control registers, kernel release, leaves",
+        description="Say what a memory image holds: format, physical segments, CPUs with CR0, "
+        "CR3, CR4, the kernel release (VMCOREINFO), paging mode, and the leaves per page size "
+        "under the chosen CPU's CR3.",
+    )
+    info.add_argument("file", metavar="FILE", help="the memory image")
+    add_image_args(info, with_image=False)
+    info.set_defaults(func="image-info")
+    st = isub.add_parser(
+        "strip",
+        parents=[_common(quiet=False, device=False)],
+        help="write a small ELF core with only the page-table pages and notes",
+        description="Write OUT: an ELF core with every page-table page reachable from the chosen "
+        "CR3 (and from each --also-cr3), byte for byte, and the notes (CPU state, VMCOREINFO), "
+        "but none of the memory they map. kvmpage lists the same mappings from OUT as from IN.",
+    )
+    st.add_argument("file", metavar="IN", help="the memory image")
+    st.add_argument("out", metavar="OUT", help="the stripped ELF core to write")
+    add_image_args(st, with_image=False)
+    st.add_argument(
+        "--also-cr3",
+        action="append",
+        type=hex_value,
+        metavar="HEX",
+        default=[],
+        help="also keep the tables of this CR3 (repeatable)",
+    )
+    st.add_argument(
+        "--kpti",
+        action="store_true",
+        help="also keep the other half of a KPTI pair (CR3 xor 0x1000)",
+    )
+    st.set_defaults(func="image-strip")
 
     f = sub.add_parser(
         "fuzz",
@@ -203,6 +308,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     if args.func == "verify":
+        if args.image is not None:
+            from kvmpage.cli.image_verify import cmd_verify_image
+
+            return cmd_verify_image(args)
+        _layout_only(args, "all_leaves")
         from kvmpage.cli.verify_cmd import cmd_verify
 
         return cmd_verify(args)
@@ -211,9 +321,19 @@ def _run(args: argparse.Namespace) -> int:
 
         return cmd_walk(args)
     if args.func == "dump":
+        if args.image is not None:
+            from kvmpage.cli.image_dump import cmd_dump_image
+
+            _no_layout(args)
+            return cmd_dump_image(args)
+        _layout_only(args, "range", "diff_cr3", "include_recursive")
         from kvmpage.cli.dump_cmd import cmd_dump
 
         return cmd_dump(args)
+    if args.func in ("image-info", "image-strip"):
+        from kvmpage.cli.image_cmd import cmd_image
+
+        return cmd_image(args)
     if args.func == "fuzz":
         from kvmpage.cli.fuzz_cmd import cmd_fuzz
 
@@ -221,6 +341,22 @@ def _run(args: argparse.Namespace) -> int:
     from kvmpage.cli.host_cmd import cmd_host
 
     return cmd_host(args)
+
+
+def _no_layout(args: argparse.Namespace) -> None:
+    """--image replaces LAYOUT: both is a mistake."""
+    if getattr(args, "layout", None) is not None:
+        raise CliError(f"give either LAYOUT ({args.layout}) or --image, not both")
+
+
+def _layout_only(args: argparse.Namespace, *names: str) -> None:
+    """Options that only mean something for an image, or the CPU options, without --image."""
+    for name in (*names, "cpu", "cr3", "cr0", "cr4", "efer"):
+        value = getattr(args, name, None)
+        if value not in (None, False):
+            raise CliError(f"--{name.replace('_', '-')} needs --image FILE (a memory image)")
+    if getattr(args, "format", "text") != "text":
+        raise CliError("--format ptdump needs --image FILE (a memory image)")
 
 
 def _reason(e: BaseException, command: str) -> str:

@@ -14,6 +14,7 @@ import errno
 import fcntl
 import mmap
 import os
+from collections.abc import Sequence
 from typing import Any, Self
 
 from kvmpage.kvm import abi
@@ -226,19 +227,36 @@ class Vm(_FdHandle):
         *,
         readonly: bool = False,
         huge_pages: bool = False,
+        present: Sequence[tuple[int, int]] | None = None,
     ) -> GuestMemory:
         """Allocate ``size`` bytes of guest RAM at ``guest_phys_addr`` and register it
-        (``huge_pages``: see `GuestMemory`)."""
-        memory = GuestMemory(size, guest_phys_addr=guest_phys_addr, huge_pages=huge_pages)
+        (``huge_pages``, ``present``: see `GuestMemory`; each present range is a memslot, so
+        the guest sees the holes between them as MMIO)."""
+        memory = GuestMemory(
+            size, guest_phys_addr=guest_phys_addr, huge_pages=huge_pages, present=present
+        )
+        ranges = list(memory.present())
+        added: list[int] = []
         try:
-            self.set_memory_region(
-                self._next_slot, guest_phys_addr, size, memory.host_address,
-                abi.KVM_MEM_READONLY if readonly else 0,
-            )  # fmt: skip
+            limit = self.check_extension(abi.KVM_CAP_NR_MEMSLOTS) or 32
+            if self._next_slot + len(ranges) > limit:
+                raise KvmError(
+                    "KVM_SET_USER_MEMORY_REGION", errno.ENOSPC,
+                    f"{len(ranges)} RAM ranges need as many memslots; this host allows {limit}",
+                )  # fmt: skip
+            for start, end in ranges:
+                self.set_memory_region(
+                    self._next_slot, guest_phys_addr + start, end - start,
+                    memory.host_address + start, abi.KVM_MEM_READONLY if readonly else 0,
+                )  # fmt: skip
+                added.append(self._next_slot)
+                self._next_slot += 1
         except BaseException:
+            for slot in added:  # KVM must not keep a slot onto memory about to be unmapped
+                with contextlib.suppress(KvmError):
+                    self.set_memory_region(slot, 0, 0, 0)
             memory.close()
             raise
-        self._next_slot += 1
         self._memories.append(memory)
         return memory
 

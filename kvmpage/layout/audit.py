@@ -1,51 +1,64 @@
-"""W+X audit of a layout's runs, including across aliases.
+"""Security audit of a set of runs: W+X, also across aliases, and what real kernels get wrong.
 
 Linux's DEBUG_WX looks at one virtual address at a time. A frame that is writable through one
 address and executable through another is just as dangerous (write code there, jump to the
-other address), so the audit also compares physical ranges: sorted by physical start, each
-writable run is checked against the executable runs it overlaps.
+other address), so the audit compares physical ranges: sorted by physical start, each run with
+the first property is checked against the runs with the second that share frames.
+
+Each finding has a ``kind`` (`KINDS` says what each means):
+
+- ``w+x``: one range both writable and executable;
+- ``w+x-alias``: frames writable through one address and executable through another;
+- ``user-kernel-half``: a user-accessible mapping in the kernel half of the address space;
+- ``table-user-writable`` / ``table-writable``: a page-table page mapped writable by user
+  mode / by the kernel (a kernel's direct map usually does the latter on purpose);
+- ``user-exec-alias``: a user-accessible frame that the kernel half maps executable (a way to
+  run user-controlled bytes at CPL0, what SMEP is meant to stop, through another address);
+- ``kpti-user-maps-kernel``: with KPTI, a kernel-half range the user page tables still map.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
-from kvmpage.layout.dump import Run
+from kvmpage.layout.dump import Run, human_size
+
+#: What each finding kind means (for ``--help``, docs and JSON readers).
+KINDS = {
+    "w+x": "writable and executable through one address",
+    "w+x-alias": "writable through one address, executable through another",
+    "user-kernel-half": "user-accessible mapping in the kernel half of the address space",
+    "table-user-writable": "page-table page writable from user mode",
+    "table-writable": "page-table page mapped writable (kernel)",
+    "user-exec-alias": "user-accessible frame mapped executable in the kernel half",
+    "kpti-user-maps-kernel": "kernel-half range the KPTI user page tables still map",
+}
+KERNEL_HALF = 1 << 63
 
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """One problem: ``kind`` is ``"w+x"`` (one address) or ``"w+x-alias"`` (two addresses).
-
-    ``virt`` is where the shared physical range ``[phys, phys_end)`` is writable, ``other_virt``
-    where it is executable (the same address for ``"w+x"``).
-    """
+    """One problem. ``virt`` is where the physical range ``[phys, phys_end)`` has the first
+    property (writable, user-accessible...), ``other_virt`` where it has the second (the same
+    address for single-range kinds)."""
 
     kind: str
     phys: int
     phys_end: int
-    virt: int  #: where the range is writable
-    other_virt: int  #: where it is executable
+    virt: int
+    other_virt: int
     message: str
 
 
-def audit(runs: Sequence[Run]) -> list[Finding]:
-    """Every W+X run and every pair of runs, one writable, one executable, sharing frames."""
+def audit(runs: Sequence[Run], *, tables: Collection[int] = ()) -> list[Finding]:
+    """Every finding of ``runs`` (ascending virtual order). ``tables``: the physical addresses
+    of the page-table pages, for the ``table-*`` kinds."""
     findings: list[Finding] = []
     for r in runs:
         if r.rights.writable and r.rights.executable:
-            findings.append(
-                Finding(
-                    "w+x",
-                    r.phys,
-                    r.phys + r.size,
-                    r.virt,
-                    r.virt,
-                    f"{r.virt:#x}-{r.virt_end - 1:#x} is writable and executable ({r.rights})",
-                )
-            )
+            findings.append(_single("w+x", r, f"is writable and executable ({r.rights})"))
     findings += _aliases(
         runs,
         lambda r: r.rights.writable,
@@ -53,7 +66,70 @@ def audit(runs: Sequence[Run]) -> list[Finding]:
         "w+x-alias",
         "writable through {a} ({ar}) and executable through {b} ({br})",
     )
+    for r in runs:
+        if r.rights.user and r.virt >= KERNEL_HALF:
+            findings.append(
+                _single(
+                    "user-kernel-half", r, f"is user-accessible in the kernel half ({r.rights})"
+                )
+            )
+    if tables:
+        findings += _tables(runs, sorted(set(tables)))
+    findings += _aliases(
+        runs,
+        lambda r: r.rights.user,
+        lambda r: r.rights.executable and not r.rights.user and r.virt >= KERNEL_HALF,
+        "user-exec-alias",
+        "user-accessible through {a} ({ar}) and executable by the kernel through {b} ({br})",
+    )
     return findings
+
+
+def kpti_findings(user_runs: Sequence[Run]) -> list[Finding]:
+    """``kpti-user-maps-kernel`` for every kernel-half run of the KPTI *user* page tables."""
+    return [
+        _single(
+            "kpti-user-maps-kernel",
+            r,
+            f"({human_size(r.size)}, {r.rights}) is mapped in the user page tables",
+        )
+        for r in user_runs
+        if r.virt >= KERNEL_HALF
+    ]
+
+
+def _single(kind: str, r: Run, text: str) -> Finding:
+    return Finding(
+        kind, r.phys, r.phys + r.size, r.virt, r.virt, f"{r.virt:#x}-{r.virt_end - 1:#x} {text}"
+    )
+
+
+def _tables(runs: Sequence[Run], tables: list[int]) -> list[Finding]:
+    """Writable runs whose frames include page-table pages, one finding per run."""
+    out = []
+    for r in runs:
+        if not r.rights.writable:
+            continue
+        lo = bisect.bisect_left(tables, r.phys)
+        hi = bisect.bisect_left(tables, r.phys + r.size)
+        if hi == lo:
+            continue
+        n = hi - lo
+        kind = "table-user-writable" if r.rights.user else "table-writable"
+        who = "user mode" if r.rights.user else "the kernel"
+        first = tables[lo]
+        out.append(
+            Finding(
+                kind,
+                first,
+                tables[hi - 1] + 4096,
+                r.virt + (first - r.phys),
+                r.virt,
+                f"{r.virt:#x}-{r.virt_end - 1:#x} ({r.rights}) maps {n} page-table "
+                f"page{'s' if n > 1 else ''} writable by {who} (first: physical {first:#x})",
+            )
+        )
+    return out
 
 
 def _aliases(

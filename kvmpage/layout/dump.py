@@ -7,12 +7,13 @@ CPU sets as it goes).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from kvmpage.paging.leaves import Leaf, Leaves
 from kvmpage.paging.table import PageTableFlags
-from kvmpage.paging.walk import Rights
+from kvmpage.paging.walk import RIGHTS, Rights
 
 _ACCESSED_DIRTY = 0x60
 _FLAG_MASK = ~0x000F_FFFF_FFFF_F000 & ((1 << 64) - 1)
@@ -43,8 +44,48 @@ class Run:
 
 
 def runs_of(leaves: Leaves) -> list[Run]:
-    """``list(coalesce(leaves))``, a whole table at a time where the table is one run."""
-    return list(coalesce_spans(leaves.spans()))
+    """``list(coalesce(leaves))``, a table at a time: a table that is one run costs one step,
+    and no `Leaf` is made (a real kernel's 75,000 leaves in about 0.1 s)."""
+    out: list[Run] = []
+    cur_virt = cur_phys = cur_size = cur_level = count = flags = 0
+    cur_rights: Rights | None = None
+    next_virt = next_phys = -1
+    addr_mask = ~_FLAG_MASK & ((1 << 64) - 1)
+    for g in leaves.groups:
+        span, level, base, words = g.span, g.level, g.base, g.words
+        mask, nx = g.rights, g.nx
+        page_mask = addr_mask & ~(span - 1)
+        if g.contiguous():
+            first = g.indices[0]
+            items: Iterable[tuple[int, int]] = ((first, len(g.indices)),)
+        else:
+            items = ((i, 1) for i in g.indices)
+        for i, n in items:
+            raw = words[i]
+            virt = base + i * span
+            phys = raw & page_mask
+            leaf_flags = raw & _FLAG_MASK
+            r = mask & raw
+            rights = RIGHTS[(r >> 1 & 1) | (r >> 2 & 1) << 1 | (not (nx or raw >> 63)) << 2]
+            if (
+                virt == next_virt
+                and phys == next_phys
+                and level == cur_level
+                and rights is cur_rights
+                and (flags ^ leaf_flags) & ~_ACCESSED_DIRTY == 0
+            ):
+                count += n
+            else:
+                if cur_rights is not None:
+                    out.append(Run(cur_virt, cur_phys, cur_size, cur_level, count, flags,
+                                   cur_rights))  # fmt: skip
+                cur_virt, cur_phys, cur_size, cur_level = virt, phys, span, level
+                count, flags, cur_rights = n, leaf_flags, rights
+            next_virt = virt + n * span
+            next_phys = phys + n * span
+    if cur_rights is not None:
+        out.append(Run(cur_virt, cur_phys, cur_size, cur_level, count, flags, cur_rights))
+    return out
 
 
 def coalesce(leaves: Iterable[Leaf]) -> Iterator[Run]:
@@ -91,8 +132,11 @@ def human_size(n: int) -> str:
     return f"{n}B"
 
 
+@functools.lru_cache(maxsize=4096)
 def flag_names(flags: int) -> str:
-    """Short names of the leaf flags that matter to a reader (P, W, U, PWT, PCD, A, D, G, NX)."""
+    """Short names of the leaf flags that matter to a reader (P, W, U, PWT, PCD, A, D, G, NX).
+
+    Cached: a listing of a real kernel repeats a few dozen flag combinations 75,000 times."""
     short = {
         "PRESENT": "P",
         "WRITABLE": "W",

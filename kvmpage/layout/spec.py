@@ -23,6 +23,7 @@ from kvmpage.paging import (
     PageTable,
     PageTableFlags,
     PhysFrame,
+    PhysicalFrames,
     PoolFrameAllocator,
     RecursivePageTable,
     Size1GiB,
@@ -262,7 +263,7 @@ def _make_mapper(
     if spec.kind == "offset":
         return OffsetPageTable(table, VirtAddr(spec.phys_offset))
     if spec.kind == "mapped":
-        return MappedPageTable(table, _Direct(memory))
+        return MappedPageTable(table, PhysicalFrames(memory))
     if spec.kind == "recursive":
         if spec.recursive_index is None:
             raise LayoutError("a recursive layout needs a recursive_index")
@@ -281,13 +282,3 @@ def _allocate_run(alloc: PoolFrameAllocator[Size4KiB], m: MappingSpec) -> int:
             f'phys = "allocate"{hint}'
         )
     return start
-
-
-class _Direct:
-    """PageTableFrameMapping for tables read where they are (physical = accessible)."""
-
-    def __init__(self, memory: PhysMemory) -> None:
-        self.memory = memory
-
-    def frame_to_pointer(self, frame: PhysFrame[Size4KiB]) -> PageTable:
-        return self.memory.table(frame.start_address().as_u64())

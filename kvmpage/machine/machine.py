@@ -21,6 +21,7 @@ import ctypes
 import functools
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Final, Self
 
 from kvmpage.kvm import abi
@@ -112,9 +113,14 @@ class Machine:
         kvm: Kvm | None = None,
         device: str = DEFAULT_DEVICE,
         huge_pages: bool = False,
+        ram: Sequence[tuple[int, int]] | None = None,
     ) -> None:
         """``huge_pages``: back guest RAM with transparent huge pages (`GuestMemory`): faster
-        to fill and to touch once, slower to touch a second time."""
+        to fill and to touch once, slower to touch a second time.
+
+        ``ram``: the ranges below the agent's reserved memory that are RAM (4 KiB aligned);
+        the rest are holes, which the guest sees as MMIO (a memory image's layout). Default:
+        everything below the agent is RAM."""
         self._kvm: Kvm | None = None
         self._vm: Vm | None = None
         self._owns_kvm = kvm is None
@@ -127,7 +133,17 @@ class Machine:
             self.placement = agent.Placement(memory_size, capacity, agent_slot, nx=nx)
             self.placement.validate()
             self._vm = self._kvm.create_vm()
-            self.memory: GuestMemory = self._vm.add_memory(memory_size, huge_pages=huge_pages)
+            present = None
+            if ram is not None:
+                present = [*ram, self.placement.reserved]
+                low = self.placement.reserved[0]
+                if any(end > low for _, end in ram):
+                    raise ValueError(
+                        f"RAM ranges must end below the agent's reserved memory at {low:#x}"
+                    )
+            self.memory: GuestMemory = self._vm.add_memory(
+                memory_size, huge_pages=huge_pages, present=present
+            )
             self.vcpu: Vcpu = self._vm.create_vcpu(0)
             self.vcpu.set_cpuid_raw(_CpuidCache.buffer(self._kvm))
             self._load_agent()
@@ -135,8 +151,10 @@ class Machine:
         except BaseException:
             self.close()
             raise
-        #: MMIO exits of probes that reached no RAM (reads returned all-ones), most recent last.
+        #: MMIO exits of probes that reached no RAM, most recent last.
         self.mmio_log: deque[MmioExit] = deque(maxlen=4096)
+        #: What a read of guest-physical address ``gpa`` with no RAM returns (``gpa`` -> u64).
+        self.mmio_read_value: Callable[[int], int] = _open_bus_value
         #: Wall time of the last batch's KVM_RUN loop (excludes encoding and decoding), in ns.
         self.last_run_ns = 0
         #: Oracle label of CPL0 probe results on this host.
@@ -322,12 +340,15 @@ class Machine:
         )
 
     def _open_bus(self, ex: MmioExit) -> None:
-        """A probe reached a guest-physical address with no RAM: log it, reads see all-ones."""
+        """A probe reached a guest-physical address with no RAM: log it; a read sees
+        `mmio_read_value` of the address (all-ones, the open bus, unless a verifier asks for
+        the address's tag, so the value read proves which address the CPU reached)."""
         self.mmio_log.append(ex)
         if not ex.is_write:
+            value = self.mmio_read_value(ex.phys_addr)
             mmio = self.vcpu.run_struct.exit.mmio
             for i in range(min(ex.length, 8)):
-                mmio.data[i] = 0xFF
+                mmio.data[i] = value >> (8 * i) & 0xFF
 
     def drop_shadow_tables(self) -> None:
         """Make KVM forget every shadow page table (delete and re-add the RAM memslot).
@@ -400,6 +421,16 @@ class Machine:
             summary = CpuidSummary.from_entries(self.vcpu.get_cpuid())
             _CpuidCache.granted[path] = summary
         return summary
+
+
+def _open_bus_value(gpa: int) -> int:
+    """All-ones: what a read of an address nothing answers returns on a PC."""
+    return (1 << 64) - 1
+
+
+#: The local APIC's page: on this kind of host KVM's instruction emulator (CPL0 accesses on a
+#: shadow-paging host) sends accesses there to MMIO even where the guest has RAM.
+APIC_PAGE = 0xFEE0_0000
 
 
 @functools.lru_cache(maxsize=16)

@@ -39,7 +39,7 @@ _FLAGS = ~ADDRESS_MASK & U64_MASK
 DEFAULT_LIMIT = 1 << 25
 
 __all__ = [
-    "DEFAULT_LIMIT", "Fault", "Leaf", "LeafGroup", "Leaves", "Rights", "TooManyLeaves",
+    "DEFAULT_LIMIT", "Fault", "Hole", "Leaf", "LeafGroup", "Leaves", "Rights", "TooManyLeaves",
     "scan", "scan_groups", "table_frames",
 ]  # fmt: skip
 
@@ -93,6 +93,15 @@ class Fault(NamedTuple):
     def virt_end(self) -> int:
         """First virtual address after the range."""
         return self.virt + self.size
+
+
+class Hole(NamedTuple):
+    """``size`` bytes from ``virt`` that consecutive non-present entries of one table at
+    ``level`` leave unmapped (for listings that show holes, as Linux's ptdump does)."""
+
+    virt: int
+    size: int
+    level: int
 
 
 class LeafGroup(NamedTuple):
@@ -169,6 +178,7 @@ class _Scan:
         hi: int,
         limit: int,
         faults: list[Fault] | None,
+        holes: list[Hole] | None = None,
     ) -> None:
         self.memory = memory
         self.cpu = cpu
@@ -178,10 +188,12 @@ class _Scan:
         self.limit = limit
         self.count = 0
         self.faults = faults
+        self.holes = holes
         self.levels = cpu.levels
         #: reserved bits of any entry, whatever its level and PS (address bits, NX)
         self.base_mask = reserved_mask(1, 0, cpu, features)
         self._words: dict[int, list[int] | None] = {}
+        self._present: dict[int, list[int]] = {}
 
     def words(self, table: int) -> list[int] | None:
         """The table's 512 entries (read once per scan), or None when memory lacks it."""
@@ -233,9 +245,15 @@ class _Scan:
             if hi < prefix + 512 * span:
                 last = (hi - 1 - prefix) // span
         base_mask = self.base_mask
+        if self.holes is not None:
+            self._note_holes(words, first, last, prefix, span, level, top)
         if level == 1:  # the hot case: up to 512 leaves, no recursion
             if first == 0 and last == 511:
-                present = [i for i, raw in enumerate(words) if raw & _P]
+                # a table shared by many entries (espfix) is sorted out once
+                present = self._present.get(table)
+                if present is None:
+                    present = [i for i, raw in enumerate(words) if raw & _P]
+                    self._present[table] = present
             else:
                 present = [i for i in range(first, last + 1) if words[i] & _P]
             if base_mask and present:
@@ -281,6 +299,31 @@ class _Scan:
             self.counted(len(huge))
             yield LeafGroup(table, level, prefix, words, huge, rights, nx, path, addrs)
 
+    def _note_holes(
+        self, words: list[int], first: int, last: int, prefix: int, span: int, level: int,
+        top: bool,
+    ) -> None:
+        """Record the runs of non-present entries in ``first..last`` as `Hole` ranges."""
+        assert self.holes is not None
+        start = None
+        for i in range(first, last + 2):
+            empty = i <= last and not words[i] & _P
+            if top and empty and i == 256 and start is not None:  # the canonical hole splits
+                self._hole(start, 256, prefix, span, level, top)
+                start = None
+            if empty and start is None:
+                start = i
+            elif not empty and start is not None:
+                self._hole(start, i, prefix, span, level, top)
+                start = None
+
+    def _hole(self, a: int, b: int, prefix: int, span: int, level: int, top: bool) -> None:
+        va = prefix + a * span
+        if top:
+            va = canonicalize(va, self.levels)
+        assert self.holes is not None
+        self.holes.append(Hole(va, (b - a) * span, level))
+
     def _drop_reserved(
         self, words: list[int], present: list[int], table: int, prefix: int, span: int, level: int
     ) -> list[int]:
@@ -307,6 +350,7 @@ def scan_groups(
     end: int = 1 << 64,
     limit: int = DEFAULT_LIMIT,
     faults: list[Fault] | None = None,
+    holes: list[Hole] | None = None,
     skip_p4: frozenset[int] | None = None,
 ) -> Iterator[LeafGroup]:
     """Every present leaf under the top-level table at ``root``, a table's worth at a time, in
@@ -314,12 +358,13 @@ def scan_groups(
 
     ``skip_top``: top-level indices not to descend into (a recursive slot, the agent's slot;
     ``skip_p4`` is its old name). ``start``/``end``: only entries mapping part of
-    ``[start, end)``. ``faults``: a list that receives every entry the CPU would fault on.
+    ``[start, end)``. ``faults``: a list that receives every entry the CPU would fault on;
+    ``holes``: one that receives the ranges non-present entries leave unmapped.
     Raises `TooManyLeaves` past ``limit`` leaves and `PhysMemoryError` when memory does not
     hold the top-level table.
     """
     skip = skip_top if skip_p4 is None else skip_p4 | skip_top
-    state = _Scan(memory, cpu, features, skip, start, end, limit, faults)
+    state = _Scan(memory, cpu, features, skip, start, end, limit, faults, holes)
     _W_U = _W | _U
     yield from state.table(root & ADDRESS_MASK, cpu.levels, 0, _W_U, False, (), ())
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from kvmpage.layout.walk import format_steps, format_walk, steps_of
 from kvmpage.machine import Machine, fetch_stub
+from kvmpage.machine.machine import APIC_PAGE
 from kvmpage.machine.protocol import Result
 from kvmpage.memory import PhysMemory
 from kvmpage.paging.access import AccessKind, CpuState, Features
@@ -28,7 +29,6 @@ from kvmpage.paging.mapper import RecursivePageTable, TableMapper
 from kvmpage.verify import bulk as bulk_path
 from kvmpage.verify.bulk import BulkChunk
 from kvmpage.verify.compare import (
-    OPEN_BUS,
     AccessedDirty,
     Verdict,
     agrees,
@@ -93,19 +93,24 @@ class Verifier:
 
     def __init__(
         self,
-        mapper: TableMapper,
+        mapper: TableMapper | None,
         machine: Machine,
         *,
+        root: int | None = None,
+        skip_top: frozenset[int] = frozenset(),
         cpu: CpuState = CpuState(),  # noqa: B008 (frozen)
         predictor: PredictorFactory = Predictor,
         keep_results: bool = False,
         detail_limit: int = DETAIL_LIMIT,
     ) -> None:
-        """``keep_results``: keep every probe's outcome of the last run in `last_results`.
+        """``mapper``: the mapper whose tables to verify (it must write into ``machine.memory``);
+        or None with ``root``, the physical address of tables already there (a memory image's).
+        ``skip_top``: top-level slots not to probe besides the agent's (a recursive slot).
+        ``keep_results``: keep every probe's outcome of the last run in `last_results`.
         ``detail_limit``: how many disagreements of a run are explained with both walks (each
         costs a KVM_TRANSLATE); the others keep their one-line reason, and every count stays
         exact, so a systematic error in a large layout is reported in seconds."""
-        if mapper.memory is not machine.memory:
+        if mapper is not None and mapper.memory is not machine.memory:
             raise ValueError(
                 "the mapper's tables must live in the machine's memory: build them over "
                 "machine.memory, below machine.reserved[0]"
@@ -114,13 +119,22 @@ class Verifier:
         self.machine = machine
         self.cpu = cpu
         self.profile = machine.host_profile()
-        self.p4_phys = mapper.level_4_table().phys
-        skip = {machine.agent_slot}
-        if isinstance(mapper, RecursivePageTable):
-            skip.add(mapper.recursive_index)
+        skip = {machine.agent_slot, *skip_top}
+        if mapper is not None:
+            self.p4_phys = mapper.level_4_table().phys
+            if isinstance(mapper, RecursivePageTable):
+                skip.add(mapper.recursive_index)
+        elif root is not None:
+            self.p4_phys = root
+        else:
+            raise ValueError("a Verifier needs a mapper or the root of the tables (root=...)")
         self.skip_p4 = frozenset(skip)
         self.session = Session(machine, self.p4_phys, skip_p4=self.skip_p4)
-        mapper.tlb = self.session.tlb
+        # a read that reaches no RAM is an MMIO exit: answered with the address's tag, it
+        # proves the address the CPU reached like a tagged frame does
+        machine.mmio_read_value = tag
+        if mapper is not None:
+            mapper.tlb = self.session.tlb
         self.features = Features(
             maxphyaddr=self.profile.maxphyaddr, gbpages=self.profile.supports("1gib-pages")
         )
@@ -230,6 +244,7 @@ class Verifier:
         values: list[int | None] = []
         written: dict[int, tuple[int, int]] = {}
         fetch = AccessKind.FETCH
+        apic_page = APIC_PAGE >> 12
         blocked = self.profile.cpl3_blocked_slots
         for probe in plan.probes:
             if blocked and probe.cpl == 3 and (probe.va >> 39) & 511 in blocked:
@@ -239,11 +254,14 @@ class Verifier:
             phys = exp.phys
             value: int | None = None
             if phys is not None:
-                if phys >= size:
-                    if probe.access is fetch:
-                        plan.coverage.skip("fetch from unbacked guest-physical memory")
-                        continue
-                    value = OPEN_BUS
+                if probe.access is fetch and not (
+                    memory.contains(phys, 16) and (probe.cpl == 3 or phys >> 12 != apic_page)
+                ):
+                    # nothing to execute there (an MMIO exit cannot be answered with code)
+                    plan.coverage.skip("fetch from guest-physical memory that is not RAM")
+                    continue
+                if phys >= size:  # no RAM: the MMIO exit answers with the address's tag
+                    value = tag(phys)
                 elif phys >= reserved_start:
                     plan.coverage.skip("reaches the agent's own memory")
                     continue

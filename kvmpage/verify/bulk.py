@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from kvmpage.machine.protocol import R_CR2, R_ERROR, R_STATUS, R_VALUE, R_VECTOR, ST_FAULT, ST_OK
 from kvmpage.paging.access import ADDRESS_MASK, Outcome
 from kvmpage.paging.leaves import Leaf, LeafGroup
-from kvmpage.verify.compare import OPEN_BUS, AccessedDirty, agrees_raw
+from kvmpage.verify.compare import AccessedDirty, agrees_raw
 from kvmpage.verify.predict import Predictor
 from kvmpage.verify.probes import TAG_PREFIX, BulkGroup, Coverage
 from kvmpage.verify.session import RunResults
@@ -52,7 +52,7 @@ class Memory:
     """What tagging needs to know of guest memory."""
 
     words: memoryview  #: guest RAM as u64 words
-    size: int  #: bytes of guest RAM (reads above it return `OPEN_BUS`)
+    size: int  #: bytes of guest memory (reads above it are MMIO exits, answered with the tag)
     reserved_start: int  #: the agent's memory starts here
     protected: set[int]  #: page-table frames: never tagged
 
@@ -116,8 +116,8 @@ def _prepare_each(
         value: int | None = None
         if outcome.fault is None:
             phys = raw & ADDRESS_MASK & ~(span - 1)
-            if phys >= memory.size:
-                value = OPEN_BUS
+            if phys >= memory.size:  # no RAM: the MMIO exit answers with the address's tag
+                value = TAG_PREFIX | phys
             elif phys >= memory.reserved_start:
                 coverage.skip(AGENT)
                 continue
@@ -224,7 +224,12 @@ def changed_tags(words: memoryview, chunk: BulkChunk) -> list[tuple[int, int, in
     tags = _tags(chunk.tagged)
     if load(words, chunk.tagged) == tags:
         return []
-    vas = [va for va, v in zip(chunk.vas, chunk.values, strict=True) if v not in (None, OPEN_BUS)]
+    stored = set(chunk.tagged)
+    vas = [
+        va
+        for va, v in zip(chunk.vas, chunk.values, strict=True)
+        if v is not None and v & ~TAG_PREFIX in stored
+    ]
     return [
         (p, t, va) for p, t, va in zip(chunk.tagged, tags, vas, strict=True) if words[p >> 3] != t
     ]

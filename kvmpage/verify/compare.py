@@ -11,7 +11,6 @@ from kvmpage.verify.predict import Expectation
 from kvmpage.verify.probes import Probe
 
 A, D = 0x20, 0x40
-OPEN_BUS = (1 << 64) - 1  #: what a read of unbacked guest-physical memory returns
 
 # positions in a raw record tuple (`kvmpage.machine.protocol.BatchResults.raw`)
 REC_VALUE, REC_CR2, REC_ERROR, REC_STATUS, REC_VECTOR = 5, 6, 7, 8, 9

@@ -19,6 +19,7 @@ from kvmpage.addr import canonicalize
 from kvmpage.layout.dump import Run, coalesce, runs_of
 from kvmpage.paging.access import AccessKind
 from kvmpage.paging.leaves import Leaf, LeafGroup, Leaves
+from kvmpage.paging.walk import Rights
 
 READ_OFFSET = 0x0  #: where a read probe looks: the frame's tag
 WRITE_OFFSET = 0x8  #: where a write probe writes (its own tag: memory stays as it was)
@@ -69,6 +70,11 @@ class PlanOptions:
     cpl0: bool = True
     #: more addresses to probe (full set), mapped or not: e.g. a page just unmapped
     extra: tuple[int, ...] = ()
+    #: the sample for a memory image (instead of ``every_page``, in a layout larger than
+    #: ``full_limit``): the full set on one page of every distinct (level, leaf flags but
+    #: A/D, rights) and on the seeded sample, and a CPL3 read of the first page of every run
+    #: and of every user page (``kvmpage verify --image``)
+    image_sample: bool = False
 
 
 @dataclass
@@ -145,9 +151,22 @@ def make_plan(
     cov = Coverage(pages=len(leaves))
     grouped = leaves if isinstance(leaves, Leaves) else None
     runs = runs_of(grouped) if grouped is not None else list(coalesce(leaves))
+    reads: set[int] | None = None  # pages with a CPL3 read only (None: all the others)
+    kernel_reads: set[int] = set()  # pages with a CPL0 read only
     if len(leaves) <= options.full_limit:
         full = set(range(len(leaves)))
         cov.strategy = "every page: read, write and fetch at CPL3 and CPL0"
+    elif options.image_sample:
+        full, reads, kernel_reads = _image_sample(leaves, runs, options)
+        if not options.cpl0:
+            reads |= kernel_reads
+            kernel_reads = set()
+        cov.strategy = (
+            f"{len(full)} pages fully (one of every distinct level, flags and rights, "
+            f"{options.sample} sampled with seed {options.seed}); a read of the first page of "
+            "every run (CPL0 for kernel pages), a CPL3 read of every user page; the unmapped "
+            "pages next to runs, one per 2 MiB region"
+        )
     else:
         full = _chosen(leaves, runs, options)
         cov.strategy = (
@@ -155,21 +174,29 @@ def make_plan(
             f"every huge page, {options.sample} sampled with seed {options.seed})"
             + ("; a CPL3 read of every other page" if options.every_page else "")
         )
+    if reads is None:
+        reads = set() if not options.every_page else None
     probes: list[Probe] = []
     pages: list[BulkGroup] = []
-    if grouped is not None and bulk and options.every_page and len(full) < len(leaves):
+    read_only = (len(leaves) - len(full)) if reads is None else len(reads)
+    if grouped is not None and bulk and read_only:
         for k in sorted(full):
             probes.extend(_full(grouped[k], options))
-        pages = _bulk_groups(grouped, full)
+        pages = _bulk_groups(grouped, full, reads)
     else:
         read, make = AccessKind.READ, tuple.__new__  # (a plain tuple.__new__: large plans)
         for i, leaf in enumerate(leaves):
             if i in full:
                 probes.extend(_full(leaf, options))
-            elif options.every_page:
+            elif reads is None or i in reads:
                 probes.append(make(Probe, (leaf.virt + READ_OFFSET, read, 3, leaf)))
+    if kernel_reads:
+        read0 = AccessKind.READ
+        for k in sorted(kernel_reads):
+            leaf = leaves[k]
+            probes.append(Probe(leaf.virt + READ_OFFSET, read0, 0, leaf))
     cov.pages_full = len(full)
-    cov.pages_read_only = len(leaves) - len(full) if options.every_page else 0
+    cov.pages_read_only = read_only + len(kernel_reads)
     find = grouped.find if grouped is not None else _finder(leaves)
     for va in options.extra:
         base = va & ~0xFFF
@@ -180,7 +207,10 @@ def make_plan(
             if cpl == 3 or options.cpl0
         )
     if options.holes:
-        for va in _holes(runs, find, frozenset(excluded_p4)):
+        holes = _holes(runs, find, frozenset(excluded_p4))
+        if options.image_sample:  # one per 2 MiB region: those of one page table walk alike
+            holes = list({va >> 21: va for va in reversed(holes)}.values())[::-1]
+        for va in holes:
             cov.holes += 1
             probes.extend(
                 Probe(va + ACCESS_OFFSETS[a], a, cpl, None)
@@ -192,8 +222,17 @@ def make_plan(
     return Plan(probes, cov, pages)
 
 
-def _bulk_groups(leaves: Leaves, full: set[int]) -> list[BulkGroup]:
-    """Every page not in ``full``, a group at a time."""
+def _bulk_groups(leaves: Leaves, full: set[int], reads: set[int] | None = None) -> list[BulkGroup]:
+    """Every page not in ``full`` (or only the pages of ``reads``), a group at a time."""
+    if reads is not None:
+        wanted = sorted(reads - full)
+        out_only: list[BulkGroup] = []
+        for group, first in zip(leaves.groups, leaves.offsets, strict=True):
+            n = len(group.indices)
+            lo, hi = bisect.bisect_left(wanted, first), bisect.bisect_left(wanted, first + n)
+            if hi > lo:
+                out_only.append(BulkGroup(group, [group.indices[k - first] for k in wanted[lo:hi]]))
+        return out_only
     chosen = sorted(full)
     out: list[BulkGroup] = []
     for group, first in zip(leaves.groups, leaves.offsets, strict=True):
@@ -207,6 +246,33 @@ def _bulk_groups(leaves: Leaves, full: set[int]) -> list[BulkGroup]:
         if rest:
             out.append(BulkGroup(group, rest))
     return out
+
+
+def _image_sample(
+    leaves: Sequence[Leaf], runs: Sequence[Run], options: PlanOptions
+) -> tuple[set[int], set[int], set[int]]:
+    """The pages of an image's default sample (`PlanOptions.image_sample`): those that get the
+    full set, those that get a CPL3 read only (user pages, on the MMU), and those that get a
+    CPL0 read only (the first page of each kernel run: its frame is checked for about 5 us on
+    this kind of host, where a faulting CPL3 read costs ten times more)."""
+    full: set[int] = set()
+    seen: set[tuple[int, int, Rights]] = set()
+    reads: set[int] = set()
+    kernel: set[int] = set()
+    index = 0
+    for run in runs:  # the runs cover the leaves in order, run.count leaves each
+        key = (run.level, run.flags & ~0x60, run.rights)
+        if key not in seen:
+            seen.add(key)
+            full.add(index)
+        if run.rights.user:
+            reads.update(range(index, index + run.count))
+        else:
+            kernel.add(index)
+        index += run.count
+    rng = random.Random(options.seed)
+    full.update(rng.sample(range(len(leaves)), min(options.sample, len(leaves))))
+    return full, reads - full, kernel - full
 
 
 def _finder(leaves: Sequence[Leaf]) -> Callable[[int], Leaf | None]:

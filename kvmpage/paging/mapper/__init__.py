@@ -23,7 +23,7 @@ from kvmpage.paging.mapper.flush import (
     Tlb,
     UnusedFlushWarning,
 )
-from kvmpage.paging.mapper.mapped import MappedPageTable, PageTableFrameMapping
+from kvmpage.paging.mapper.mapped import MappedPageTable, PageTableFrameMapping, PhysicalFrames
 from kvmpage.paging.mapper.offset import OffsetPageTable, PhysOffset
 from kvmpage.paging.mapper.recursive import RecursivePageTable, recursive_table_address
 from kvmpage.paging.mapper.translate import (
@@ -61,6 +61,7 @@ __all__ = [
     "PagingError",
     "ParentEntryHugePage",
     "PhysOffset",
+    "PhysicalFrames",
     "RecordingTlb",
     "RecursivePageTable",
     "TableMapper",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from kvmpage.memory import PhysicalMemory
 from kvmpage.paging.mapper.base import ADDRESS_MASK, Table, TableMapper
 from kvmpage.paging.mapper.flush import Tlb
 from kvmpage.paging.page import PhysFrame, Size4KiB
@@ -24,6 +25,17 @@ class PageTableFrameMapping(Protocol):
     def frame_to_pointer(self, frame: PhysFrame[Size4KiB]) -> PageTable:
         """The table stored in ``frame``."""
         ...
+
+
+class PhysicalFrames:
+    """The `PageTableFrameMapping` where a table's physical address is where it is read: the
+    tables of ``memory`` seen directly (a memory image, a layout built in a plain memory)."""
+
+    def __init__(self, memory: PhysicalMemory) -> None:
+        self.memory = memory
+
+    def frame_to_pointer(self, frame: PhysFrame[Size4KiB]) -> PageTable:
+        return PageTable(self.memory, frame.start_address().as_u64())
 
 
 class MappedPageTable(TableMapper):
