@@ -317,6 +317,12 @@ def _run(args: argparse.Namespace) -> int:
 
         return cmd_verify(args)
     if args.func == "walk":
+        if args.image is not None:
+            from kvmpage.cli.image_walk import cmd_walk_image
+
+            _no_layout(args)
+            return cmd_walk_image(args)
+        _layout_only(args)
         from kvmpage.cli.walk_cmd import cmd_walk
 
         return cmd_walk(args)

@@ -108,8 +108,11 @@ def kpti_partner(view: ImageView) -> PagingContext | None:
     upper = range(256, 512)
     user_k = {i for i in upper if user[i] & 1}
     kernel_k = {i for i in upper if kernel[i] & 1}
-    if not user_k or not user_k < kernel_k or any(user[i] != kernel[i] for i in user_k):
-        return None
+    if not user_k or not user_k < kernel_k:
+        return None  # the user PGD maps a few kernel slots (entry code), the kernel PGD all
+    nx = 1 << 63
+    if any((user[i] ^ kernel[i]) & ~nx for i in range(256)):
+        return None  # both map the same user half (the kernel's copy with NX)
     return view.ctx.with_cr3(view.ctx.cr3 ^ 0x1000)
 
 

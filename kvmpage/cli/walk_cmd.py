@@ -43,7 +43,7 @@ class HardwareProbe:
     why: str = ""
 
 
-def _in_agent_slot(va: int, slot: int) -> bool:
+def in_agent_slot(va: int, slot: int) -> bool:
     canonical = va < 1 << 47 or va >> 47 == 0x1FFFF
     return canonical and (va >> 39) & 511 == slot
 
@@ -112,7 +112,7 @@ def _describe(result: Result, plain: str) -> str:
     return plain
 
 
-def _walk_json(w: Walk, cpu: CpuState) -> dict[str, Any]:
+def walk_json(w: Walk, cpu: CpuState) -> dict[str, Any]:
     return {
         "steps": [
             {
@@ -187,15 +187,13 @@ def cmd_walk(args: argparse.Namespace) -> int:
             w, lines = _walk_lines(built, va)
             head, layout = header(built), layout_json(built)
             progress.stage("probing")
-            if _in_agent_slot(va, machine.agent_slot):
+            if in_agent_slot(va, machine.agent_slot):
                 note = f"(level-4 slot {machine.agent_slot} is the guest agent's: not probed)"
             else:
                 probes = hardware_probes(verifier, va)
                 if w.steps:  # canonical: ask KVM's own walker too (under the layout's CR3)
                     translated = machine.translate(va)
-                    kvm_line = "  KVM_TRANSLATE (kvm-translate, addresses only): " + (
-                        "no valid translation" if translated is None else f"{translated:#x}"
-                    )
+                    kvm_line = kvm_translate_line(translated)
     code = EXIT_FAIL if any(p.agree is False for p in probes) else EXIT_OK
     if args.json:
         emit_json(
@@ -204,30 +202,41 @@ def cmd_walk(args: argparse.Namespace) -> int:
                 "exit_code": code,
                 "va": hexa(va),
                 "layout": layout,
-                "walk": _walk_json(w, spec.cpu),
+                "walk": walk_json(w, spec.cpu),
                 "kvm_translate": None if translated is None else hexa(translated),
-                "hardware": [
-                    {
-                        "access": p.access,
-                        "cpl": p.cpl,
-                        "va": hexa(p.va),
-                        "oracle": p.oracle,
-                        "expected": p.expected,
-                        "actual": p.actual,
-                        "agree": p.agree,
-                        "skipped": p.skipped or None,
-                    }
-                    for p in probes
-                ],
+                "hardware": probes_json(probes),
             }
         )
         return code
     print(head)
     print(cpu_line(spec.cpu))
     print("\n".join(lines))
+    print_hardware(va, probes, kvm_line, note)
+    return code
+
+
+def probes_json(probes: list[HardwareProbe]) -> list[dict[str, Any]]:
+    """The ``hardware`` list of the walk document."""
+    return [
+        {
+            "access": p.access,
+            "cpl": p.cpl,
+            "va": hexa(p.va),
+            "oracle": p.oracle,
+            "expected": p.expected,
+            "actual": p.actual,
+            "agree": p.agree,
+            "skipped": p.skipped or None,
+        }
+        for p in probes
+    ]
+
+
+def print_hardware(va: int, probes: list[HardwareProbe], kvm_line: str, note: str) -> None:
+    """The six probes in words (or why there are none), then KVM_TRANSLATE's answer."""
     if not probes:
         print(note)
-        return code
+        return
     print(f"hardware, probing the page {va & ~0xFFF:#x} (read +0, write +8, fetch +0x40):")
     for p in probes:
         what = f"{p.access:<5} cpl{p.cpl}"
@@ -240,4 +249,9 @@ def cmd_walk(args: argparse.Namespace) -> int:
             print(f"             software: {p.expected}; {p.why}")
     if kvm_line:
         print(kvm_line)
-    return code
+
+
+def kvm_translate_line(translated: int | None) -> str:
+    return "  KVM_TRANSLATE (kvm-translate, addresses only): " + (
+        "no valid translation" if translated is None else f"{translated:#x}"
+    )

@@ -86,16 +86,31 @@ def audit(runs: Sequence[Run], *, tables: Collection[int] = ()) -> list[Finding]
 
 
 def kpti_findings(user_runs: Sequence[Run]) -> list[Finding]:
-    """``kpti-user-maps-kernel`` for every kernel-half run of the KPTI *user* page tables."""
-    return [
-        _single(
-            "kpti-user-maps-kernel",
-            r,
-            f"({human_size(r.size)}, {r.rights}) is mapped in the user page tables",
+    """``kpti-user-maps-kernel``: what the KPTI *user* page tables map in the kernel half, one
+    finding per top-level slot (Linux's entry code, CPU entry area, espfix...)."""
+    slots: dict[int, list[Run]] = {}
+    for r in user_runs:
+        if r.virt >= KERNEL_HALF:
+            slots.setdefault((r.virt >> 39) & 511, []).append(r)
+    out = []
+    for slot, runs in sorted(slots.items()):
+        first, last = runs[0], runs[-1]
+        pages = sum(r.count for r in runs)
+        size = sum(r.size for r in runs)
+        rights = ", ".join(sorted({str(r.rights) for r in runs}))
+        out.append(
+            Finding(
+                "kpti-user-maps-kernel",
+                first.phys,
+                first.phys + first.size,
+                first.virt,
+                last.virt,
+                f"{first.virt:#x}-{last.virt_end - 1:#x}: {pages} page{'s' if pages > 1 else ''} "
+                f"({human_size(size)}, {rights}) in {len(runs)} run{'s' if len(runs) > 1 else ''} "
+                f"mapped in the user page tables (top-level slot {slot})",
+            )
         )
-        for r in user_runs
-        if r.virt >= KERNEL_HALF
-    ]
+    return out
 
 
 def _single(kind: str, r: Run, text: str) -> Finding:
