@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
+from kvmpage.cli import common
 from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, CliError
 from kvmpage.cli.image_dump import scan_view
 from kvmpage.cli.image_source import (
@@ -92,9 +93,10 @@ def cmd_verify_image(args: argparse.Namespace) -> int:
                 with image_on_machine(
                     image, ctx, device=args.device, skip_top=view.skipped, used=used
                 ) as guest:
+                    extra = {} if common.PREDICTOR is None else {"predictor": common.PREDICTOR}
                     verifier = Verifier(
                         None, guest.machine, root=guest.root, skip_top=guest.skip_top,
-                        cpu=guest.cpu,
+                        cpu=guest.cpu, **extra,
                     )  # fmt: skip
                     # the tables as copied, before the CPU sets A and D in them
                     leaves = Leaves.scan(

@@ -135,7 +135,9 @@ class Image:
                 return None
             if va < START_KERNEL_MAP:
                 return None
-            return va - START_KERNEL_MAP + phys_base, f"VMCOREINFO SYMBOL({name})"
+            # phys_base may be "negative" (printed as a 64-bit two's complement)
+            root = (va - START_KERNEL_MAP + phys_base) % (1 << 64)
+            return root, f"VMCOREINFO SYMBOL({name})"
         return None
 
     def kernel_levels(self) -> int | None:
@@ -293,7 +295,11 @@ def _read(path: str, mm: mmap.mmap, writable: bool) -> Image:
         return Image(path, kind, what, mm, segments, cpus=cpus_of(core.notes), info=info,
                      dropped=core.dropped, extra=extra, writable=writable)  # fmt: skip
     if kind == formats.LIME:
-        ranges = formats.lime_ranges(path, memoryview(mm))
+        view = memoryview(mm)
+        try:
+            ranges = formats.lime_ranges(path, view)
+        finally:
+            view.release()
         segments = sorted(
             (SegmentInfo(start, start + n, off) for start, off, n in ranges), key=lambda s: s.start
         )
