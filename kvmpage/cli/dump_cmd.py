@@ -36,7 +36,9 @@ def _runs(built: BuiltLayout) -> list[Run]:
     skip = set(spec.reserved_p4)
     if spec.recursive_index is not None:
         skip.add(spec.recursive_index)
-    return runs_of(Leaves.scan(built.memory, built.p4_phys, skip_p4=frozenset(skip)))
+    return runs_of(
+        Leaves.scan(built.memory, built.p4_phys, skip_p4=frozenset(skip), cpu=spec.cpu)
+    )
 
 
 def snapshot(spec: LayoutSpec) -> tuple[list[Run], list[list[str]], str, dict[str, Any]]:

@@ -211,7 +211,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         ),
     ):
         # the tables as built, before the CPU sets A and D in them
-        leaves = Leaves.scan(built.memory, built.p4_phys, skip_p4=verifier.skip_p4)
+        leaves = Leaves.scan(
+            built.memory, built.p4_phys, skip_p4=verifier.skip_p4, cpu=built.spec.cpu
+        )
         progress.stage(f"probing {len(leaves)} pages and the holes next to them")
         report = verifier.verify(options)
         runs = runs_of(leaves)

@@ -14,7 +14,7 @@ import gc
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import repeat
 from typing import Any
 
@@ -65,6 +65,12 @@ __all__ = [
 
 PredictorFactory = Callable[[PhysMemory, int, CpuState, Features], Predictor]
 TRANSLATE_SAMPLE = 256
+APIC_FETCH = (
+    "CPL0 fetch from the local APIC page (this host's instruction emulator sends it to MMIO "
+    "even where there is RAM)"
+)
+#: entries the CPU faults on (reserved bits) probed per run, at their first page
+FAULTS_PROBED = 4096
 #: disagreements per run explained with both walks (`Verifier`'s ``detail_limit``)
 DETAIL_LIMIT = 1000
 #: bulk reads above which tagging and probing run as a pipeline (see `Session.run`)
@@ -161,11 +167,14 @@ class Verifier:
         report = Report(host=self._host_line())
         self._note_unavailable(report)
         memory = self.machine.memory
-        leaves = Leaves.scan(memory, self.p4_phys, skip_p4=self.skip_p4)
+        leaves = Leaves.scan(memory, self.p4_phys, skip_p4=self.skip_p4, cpu=self.cpu)
         predictor = self._predictor_factory(memory, self.p4_phys, self.cpu, self.features)
         # pages that only get a CPL3 read are handled a table at a time, unless every probe's
         # full result is wanted or the software walk is not the architecture's own
         bulk = not self.keep_results and predictor.plain
+        if leaves.faults:  # entries the CPU faults on: their first page must fault
+            faulting = tuple(dict.fromkeys(f.virt for f in leaves.faults[:FAULTS_PROBED]))
+            options = replace(options, extra=(*options.extra, *faulting))
         plan = make_plan(leaves, options, excluded_p4=self.skip_p4, bulk=bulk)
         report.coverage = plan.coverage
         self._note_unverified(report, leaves)
@@ -254,12 +263,13 @@ class Verifier:
             phys = exp.phys
             value: int | None = None
             if phys is not None:
-                if probe.access is fetch and not (
-                    memory.contains(phys, 16) and (probe.cpl == 3 or phys >> 12 != apic_page)
-                ):
-                    # nothing to execute there (an MMIO exit cannot be answered with code)
-                    plan.coverage.skip("fetch from guest-physical memory that is not RAM")
-                    continue
+                if probe.access is fetch:  # an MMIO exit cannot be answered with code
+                    if not memory.contains(phys, 16):
+                        plan.coverage.skip("fetch from guest-physical memory that is not RAM")
+                        continue
+                    if probe.cpl == 0 and phys >> 12 == apic_page:
+                        plan.coverage.skip(APIC_FETCH)
+                        continue
                 if phys >= size:  # no RAM: the MMIO exit answers with the address's tag
                     value = tag(phys)
                 elif phys >= reserved_start:
