@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,16 @@ from kvmpage.cli.image_source import (
     regions_for,
     self_slots,
 )
-from kvmpage.cli.output import approx_size, emit_json, finding_json, format_table, hexa, run_json
+from kvmpage.cli.output import (
+    Rows,
+    approx_size,
+    emit_json,
+    finding_json,
+    format_table,
+    hexa,
+    run_json,
+    run_row,
+)
 from kvmpage.cli.progress import Progress
 from kvmpage.image import Image, PagingContext, open_image
 from kvmpage.layout.audit import Finding, audit, kpti_findings
@@ -159,17 +169,21 @@ def fault_line(f: Fault, levels: int) -> str:
     )
 
 
-def view_runs_json(view: ImageView) -> list[dict[str, Any]]:
+def view_runs_json(view: ImageView) -> Rows:
+    """The ``runs`` of the image dump document, encoded (`kvmpage.cli.output.Rows`)."""
     ad = accessed_dirty(view.leaves, view.runs)
-    out = []
+    out = Rows()
     name_of = view.regions.name_of
+    quoted: dict[str, str] = {}
     for r, (a, d), where in zip(view.runs, ad, view.in_image, strict=True):
-        doc = run_json(r)
-        doc["region"] = name_of(r.virt)
-        doc["in_image"] = where
-        doc["accessed"] = f"{a:#x}"
-        doc["dirty"] = f"{d:#x}"
-        out.append(doc)
+        region = name_of(r.virt)
+        q = quoted.get(region)
+        if q is None:
+            q = quoted[region] = json.dumps(region)
+        out.append(
+            run_row(r, (), f', "region": {q}, "in_image": "{where}", "accessed": "{a:#x}", '
+                           f'"dirty": "{d:#x}"')
+        )  # fmt: skip
     return out
 
 

@@ -211,7 +211,14 @@ def emit_json(doc: dict[str, Any], out: TextIO | None = None) -> None:
 _ROW = json.JSONEncoder(separators=(", ", ": "))
 _C_ROW = (
     json.encoder.c_make_encoder(  # type: ignore[attr-defined]
-        None, _ROW.default, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False,
+        None,
+        _ROW.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ": ",
+        ", ",
+        False,
+        False,
         True,
     )
     if json.encoder.c_make_encoder is not None  # type: ignore[attr-defined]
@@ -228,8 +235,44 @@ def _rows(values: list[Any]) -> Iterator[str]:
         yield "".join(_C_ROW(v, 0))
 
 
+class Rows(list[str]):
+    """Objects already encoded as compact JSON, one per item: `emit_json` writes them one per
+    line. A listing of tens of thousands of runs is written this way (`run_row`): an f-string
+    per run is several times faster than a dict per run through the encoder."""
+
+
+def run_row(run: Run, names: Sequence[str] = (), extra: str = "") -> str:
+    """`run_json` of ``run`` already encoded (``extra``: more ``, "key": value`` pairs)."""
+    size = run.page_size * run.count
+    rights, text = _rights_row(run.rights)
+    mappings = json.dumps(list(names)) if names else "[]"
+    return (
+        f'{{"mappings": {mappings}, "virt": "{run.virt:#x}", '
+        f'"virt_end": "{run.virt + size - 1:#x}", "size": {size}, '
+        f'"page_size": {run.page_size}, "level": {run.level}, "count": {run.count}, '
+        f'"phys": "{run.phys:#x}", "flags": "{run.flags:#x}", '
+        f'"flag_names": {_flag_row(run.flags)}, "rights": {rights}, "rights_text": {text}'
+        f"{extra}}}"
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _rights_row(rights: Rights) -> tuple[str, str]:
+    as_dict, text = _rights_json(rights)
+    return json.dumps(as_dict), json.dumps(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _flag_row(flags: int) -> str:
+    return json.dumps(list(_flag_list(flags)))
+
+
 def _encode(value: Any, pad: str) -> str:
     inner = pad + "  "
+    if isinstance(value, Rows):
+        if not value:
+            return "[]"
+        return "[\n" + ",\n".join(inner + row for row in value) + f"\n{pad}]"
     if isinstance(value, dict) and value:
         items = (f"{inner}{json.dumps(k)}: {_encode(v, inner)}" for k, v in value.items())
         return "{\n" + ",\n".join(items) + f"\n{pad}}}"
