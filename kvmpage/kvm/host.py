@@ -23,6 +23,8 @@ class HypervisorKind(StrEnum):
     VMX_SHADOW = "vmx-shadow"  # VMX without EPT: shadow paging, CPL0 runs natively
     SVM_NPT = "svm-npt"
     SVM_SHADOW = "svm-shadow"
+    #: not KVM: QEMU's TCG through Unicorn (kvmpage.tcg), every access emulated
+    TCG = "tcg"
     UNKNOWN = "unknown"
 
 
@@ -52,13 +54,17 @@ def hypervisor_kind(sysfs: str = "/sys/module") -> HypervisorKind:
 
 
 def cpl0_oracle(kind: HypervisorKind) -> str:
-    """The oracle label of a CPL0 access: emulated by KVM on PVM, the MMU elsewhere."""
+    """The oracle label of a CPL0 access: emulated by KVM on PVM, the MMU elsewhere (``tcg``
+    under QEMU's TCG)."""
+    if kind is HypervisorKind.TCG:
+        return "tcg"
     return "kvm-emulator" if kind in (HypervisorKind.PVM, HypervisorKind.UNKNOWN) else "mmu"
 
 
 def cpl3_oracle(kind: HypervisorKind) -> str:
-    """The oracle label of a CPL3 access: always native execution on the MMU."""
-    return "mmu"
+    """The oracle label of a CPL3 access: native execution on the MMU under KVM, ``tcg``
+    under QEMU's TCG."""
+    return "tcg" if kind is HypervisorKind.TCG else "mmu"
 
 
 def find_leaf(

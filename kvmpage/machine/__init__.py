@@ -13,6 +13,7 @@ from kvmpage.machine.errors import (
     WatchdogTimeout,
 )
 from kvmpage.machine.features import host_profile
+from kvmpage.machine.interface import ProbeMachine
 from kvmpage.machine.machine import Machine
 from kvmpage.machine.protocol import Batch, BatchResults, Fault, Op, Result, fetch_stub
 
@@ -27,6 +28,7 @@ __all__ = [
     "MachineClosedError",
     "MachineError",
     "Op",
+    "ProbeMachine",
     "Result",
     "WatchdogTimeout",
     "fetch_stub",

@@ -21,6 +21,7 @@ from kvmpage.kvm.host import (
     hypervisor_kind,
 )
 from kvmpage.machine import pte
+from kvmpage.machine.interface import ProbeMachine
 from kvmpage.machine.machine import Machine
 from kvmpage.machine.protocol import Batch, BatchResults, Result, fetch_stub
 
@@ -144,7 +145,7 @@ def _probe(device: str) -> HostProfile:
     return HostProfile(hypervisor_kind(), cpuid, features, frozenset(blocked))
 
 
-def _blocked_slots(m: Machine, candidates: Iterable[int]) -> set[int]:
+def _blocked_slots(m: ProbeMachine, candidates: Iterable[int]) -> set[int]:
     """The ``candidates`` PML4 slots where a mapped user page still faults not-present at CPL3.
 
     Each slot maps the same tagged user page (A and D clear, as a fresh layout has them)."""

@@ -103,6 +103,11 @@ class Machine:
     machines may run in parallel threads.
     """
 
+    #: the label of `translate`'s answers (KVM's own walker, a second opinion on addresses)
+    translate_oracle: str | None = "kvm-translate"
+    #: a real TLB sits between the tables and the probes: a missing flush can show
+    models_tlb = True
+
     def __init__(
         self,
         memory_size: int = DEFAULT_MEMORY,

@@ -303,12 +303,15 @@ class Batch:
 class BatchResults(Sequence[Result]):
     """The results of a batch, decoded lazily from a copy of the record array."""
 
-    __slots__ = ("_cpl0_oracle", "_data", "_n")
+    __slots__ = ("_cpl0_oracle", "_cpl3_oracle", "_data", "_n")
 
-    def __init__(self, data: bytes, count: int, cpl0_oracle: str) -> None:
+    def __init__(
+        self, data: bytes, count: int, cpl0_oracle: str, cpl3_oracle: str = "mmu"
+    ) -> None:
         self._data = data
         self._n = count
         self._cpl0_oracle = cpl0_oracle
+        self._cpl3_oracle = cpl3_oracle
 
     def __len__(self) -> int:
         return self._n
@@ -339,7 +342,7 @@ class BatchResults(Sequence[Result]):
             op = Op.END
         oracle = "agent"
         if op in PROBE_OPS:
-            oracle = "mmu" if cpl == 3 else self._cpl0_oracle
+            oracle = self._cpl3_oracle if cpl == 3 else self._cpl0_oracle
         fault = Fault(vector, error, cr2 if vector == 14 else 0) if status == ST_FAULT else None
         if fault is not None:
             value = 0

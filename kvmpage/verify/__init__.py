@@ -19,7 +19,7 @@ from itertools import repeat
 from typing import Any
 
 from kvmpage.layout.walk import format_steps, format_walk, steps_of
-from kvmpage.machine import Machine, fetch_stub
+from kvmpage.machine import ProbeMachine, fetch_stub
 from kvmpage.machine.machine import APIC_PAGE
 from kvmpage.machine.protocol import Result
 from kvmpage.memory import PhysMemory
@@ -41,6 +41,7 @@ from kvmpage.verify.probes import (
     ACCESS_OFFSETS,
     FETCH_OFFSET,
     FULL_SET,
+    BulkGroup,
     Coverage,
     Plan,
     PlanOptions,
@@ -50,6 +51,7 @@ from kvmpage.verify.probes import (
 )
 from kvmpage.verify.report import Disagreement, Report
 from kvmpage.verify.session import MachineTlb, RunResults, Session
+from kvmpage.verify.tlb import NOT_CHECKABLE, Unflushed
 
 __all__ = [
     "CpuState",
@@ -100,7 +102,7 @@ class Verifier:
     def __init__(
         self,
         mapper: TableMapper | None,
-        machine: Machine,
+        machine: ProbeMachine,
         *,
         root: int | None = None,
         skip_top: frozenset[int] = frozenset(),
@@ -180,7 +182,11 @@ class Verifier:
         self._note_unverified(report, leaves)
         frames = table_frames(memory, self.p4_phys, skip_p4=self.skip_p4)
         protected = set(frames) | self.session.walked_frames()
-        probes, expectations, values, written = self._prepare(plan, predictor, protected)
+        # an oracle without a TLB cannot show a stale translation: leave such probes out
+        stale = None if self.machine.models_tlb else self.session.unflushed()
+        if stale:
+            plan.bulk = _fresh_bulk(plan, stale, self.cpu.levels)
+        probes, expectations, values, written = self._prepare(plan, predictor, protected, stale)
         reads = bulk_path.BulkReads(
             plan.bulk,
             predictor,
@@ -234,9 +240,14 @@ class Verifier:
         return checks
 
     def _prepare(
-        self, plan: Plan, predictor: Predictor, protected: set[int] | None = None
+        self,
+        plan: Plan,
+        predictor: Predictor,
+        protected: set[int] | None = None,
+        stale: Unflushed | None = None,
     ) -> tuple[list[Probe], list[Expectation], list[int | None], dict[int, tuple[int, int]]]:
-        """Predict every probe, tag the frames it should reach, drop the unsafe ones.
+        """Predict every probe, tag the frames it should reach, drop the unsafe ones (and,
+        with ``stale``, those whose answer would depend on a TLB the machine does not model).
 
         Also returns what was written: physical address -> (tag, the probe's address); a tag
         at a fetch offset is a fetch stub.
@@ -260,6 +271,9 @@ class Verifier:
                 plan.coverage.skip("CPL3 access in a PML4 slot this host keeps for itself")
                 continue
             exp = predictor.expect(probe)
+            if stale and stale.stale(probe.va, exp.entry_addrs, self.cpu.levels):
+                plan.coverage.skip(NOT_CHECKABLE)
+                continue
             phys = exp.phys
             value: int | None = None
             if phys is not None:
@@ -473,8 +487,9 @@ class Verifier:
 
         KVM translates as an implicit supervisor read: presence, reserved bits and SMAP decide,
         not U/S for reads, R/W or NX."""
-        if not leaves:
+        if not leaves or self.machine.translate_oracle is None:
             return
+        oracle = self.machine.translate_oracle
         rng = random.Random(seed)
         sample = leaves if len(leaves) <= TRANSLATE_SAMPLE else rng.sample(leaves, TRANSLATE_SAMPLE)
         # KVM_TRANSLATE walks as an implicit supervisor read: SMAP applies whatever RFLAGS.AC
@@ -485,8 +500,8 @@ class Verifier:
             exp = predictor.expect(Probe(va, AccessKind.READ, 0, leaf))
             got = self.machine.translate(va)
             agree = got == exp.phys
-            report.add_count("kvm-translate", agree, 1)
-            self.last_checks.append((va, "kvm-translate", agree))
+            report.add_count(oracle, agree, 1)
+            self.last_checks.append((va, oracle, agree))
             if not agree:
                 software, hardware = self._walks(va, exp)
                 report.disagreements.append(
@@ -495,7 +510,7 @@ class Verifier:
                         va=va,
                         access="translate",
                         cpl=None,
-                        oracle="kvm-translate",
+                        oracle=oracle,
                         expected=describe_expectation(exp, None, va),
                         actual="no translation" if got is None else f"physical {got:#x}",
                         why="KVM_TRANSLATE disagrees with the software walk",
@@ -530,6 +545,8 @@ class Verifier:
 
     def _hardware_walk(self, va: int) -> list[str]:
         lines = format_walk(self.machine.memory, self.p4_phys, va)
+        if self.machine.translate_oracle is None:
+            return lines
         got = self.machine.translate(va)
         lines.append("  KVM_TRANSLATE: " + ("no valid translation" if got is None else f"{got:#x}"))
         return lines
@@ -569,6 +586,24 @@ class Verifier:
                     "1 GiB mappings: this host faults on 1 GiB pages (reserved bit); they were "
                     "predicted and checked as such, not as mappings"
                 ] = n
+
+
+def _fresh_bulk(plan: Plan, stale: Unflushed, depth: int) -> list[BulkGroup]:
+    """``plan.bulk`` without the pages whose read would depend on a stale TLB entry (counted
+    in the plan's coverage as not checkable)."""
+    kept: list[BulkGroup] = []
+    for bulk in plan.bulk:
+        group = bulk.group
+        fresh = [
+            i
+            for i in bulk.indices
+            if not stale.stale(group.virt(i), (*group.parent_addrs, group.table + 8 * i), depth)
+        ]
+        if len(fresh) < len(bulk.indices):
+            plan.coverage.skip(NOT_CHECKABLE, len(bulk.indices) - len(fresh))
+        if fresh:
+            kept.append(BulkGroup(group, fresh))
+    return kept
 
 
 def _users(
@@ -612,7 +647,7 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
 def verify(
     mapper: TableMapper,
-    machine: Machine,
+    machine: ProbeMachine,
     *,
     cpu: CpuState = CpuState(),  # noqa: B008 (frozen)
     options: PlanOptions = PlanOptions(),  # noqa: B008 (frozen)

@@ -42,7 +42,10 @@ class Disagreement:
             lines.append(f"  note: {self.note}")
         lines.append("  software walk (tables as kvmpage built them):")
         lines += ["  " + s for s in self.software_walk]
-        lines.append("  hardware side (tables in guest memory after the run, KVM_TRANSLATE):")
+        side = "tcg side" if self.oracle == "tcg" else "hardware side"
+        translate = any("KVM_TRANSLATE" in line for line in self.hardware_walk)
+        also = ", KVM_TRANSLATE" if translate else ""
+        lines.append(f"  {side} (tables in guest memory after the run{also}):")
         lines += ["  " + s for s in self.hardware_walk]
         return "\n".join(lines)
 

@@ -15,13 +15,14 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Protocol, runtime_checkable
 
 from kvmpage.addr import VirtAddr
-from kvmpage.machine import Batch, BatchResults, Machine
+from kvmpage.machine import Batch, BatchResults, ProbeMachine
 from kvmpage.machine.bridge import replay_through_agent
 from kvmpage.machine.protocol import Result
 from kvmpage.machine.watchdog import install_signal_handler
 from kvmpage.paging.access import AccessKind, CpuState
 from kvmpage.paging.leaves import table_frames
 from kvmpage.verify.probes import Probe, tag
+from kvmpage.verify.tlb import Unflushed
 
 #: bulk reads per KVM_RUN when a run is pipelined (`Session.run` with ``pipelined``)
 PIPELINE_READS = 32768
@@ -72,7 +73,7 @@ class Session:
     """One address space (the PML4 at ``p4_phys``) running on ``machine``."""
 
     def __init__(
-        self, machine: Machine, p4_phys: int, *, skip_p4: frozenset[int] = frozenset()
+        self, machine: ProbeMachine, p4_phys: int, *, skip_p4: frozenset[int] = frozenset()
     ) -> None:
         self.machine = machine
         self.memory = machine.memory
@@ -91,6 +92,16 @@ class Session:
     def walked_frames(self) -> set[int]:
         """Frames the guest has used as page tables (their writes go through the agent)."""
         return set(self._walked)
+
+    def unflushed(self) -> Unflushed:
+        """The entries changed since the guest last walked the tables and the flushes queued
+        since, before the next run applies them (for oracles without a TLB model)."""
+        new = {
+            frame: self.memory.table_words(frame)
+            for frame, old in self._walked.items()
+            if self.memory.read(frame, 4096) != old
+        }
+        return Unflushed.between(self._walked, new, self.tlb.pending)
 
     def _services(self, cpu: CpuState) -> list[Callable[[Batch], int]]:
         """What must run before the probes, in order: the table changes replayed through the
