@@ -18,13 +18,13 @@ from typing import Any
 import jsonschema
 import pytest
 
-from kvmpage import PhysAddr, VirtAddr
-from kvmpage.cli import main
+from kvmpage import VirtAddr
+from kvmpage.cli import common, main
 from kvmpage.layout.builtin import builtin_layout
 from kvmpage.layout.spec import BuiltLayout, LayoutSpec, build
 from kvmpage.machine import Batch, GuestCrashError, WatchdogTimeout, fetch_stub, pte
 from kvmpage.machine.errors import AgentSlotConflict
-from kvmpage.paging import Page, PageTableFlags, PhysFrame, Size4KiB
+from kvmpage.paging import Page, PageTableFlags, Size4KiB
 from kvmpage.tcg import INSTALL_HINT, TcgMachine, TcgUnavailable, available
 from kvmpage.tcg import engine as tcg_engine
 from kvmpage.tcg.profile import tcg_profile
@@ -365,5 +365,141 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[
     return code, doc
 
 
-def _frame(pa: int) -> PhysFrame:
-    return PhysFrame.containing_address(PhysAddr(pa))
+class IgnoresNx(Predictor):
+    """A deliberately wrong software walk: NX is never honoured."""
+
+    def walk_of(self, probe: Probe) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        entries, addrs = super().walk_of(probe)
+        return tuple(e & ~(1 << 63) for e in entries), addrs
+
+
+def test_verify_oracle_tcg_keeps_the_builtin_1gib_page(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "verify", "--oracle", "tcg", "--device", "/nonexistent/kvm")
+    assert code == 0 and err == "", err
+    giant = next(line for line in out.splitlines() if line.endswith("giant-1g"))
+    assert "1x1G" in giant and giant.split()[-2] == "ok"
+    assert "tcg = CPL3 and CPL0 probes on QEMU's TCG" in out
+    assert "1 GiB page is left out" not in out and "mmu" not in out
+    assert out.splitlines()[-1].startswith("the TCG MMU agrees: ")
+    code, doc = run_json(capsys, "verify", "--oracle", "tcg")
+    assert code == 0 and doc["oracle"] == "tcg" and doc["ok"]
+    assert set(doc["report"]["oracles"]) == {"tcg"}
+    assert all(set(r["oracles"]) <= {"tcg"} for r in doc["runs"])
+    assert any(r["page_size"] == 1 << 30 and r["verdict"] == "agree" for r in doc["runs"])
+
+
+def test_verify_oracle_tcg_checks_a_layout_file_with_1gib_pages(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    layout = tmp_path / "giant.toml"
+    layout.write_text(
+        'memory = "3G"\n[[mapping]]\nname = "giant"\nvirt = 0x80_0000_0000\nphys = 0x4000_0000\n'
+        'page_size = "1G"\nflags = ["WRITABLE", "USER_ACCESSIBLE", "NO_EXECUTE"]\n'
+    )
+    code, doc = run_json(capsys, "verify", str(layout), "--oracle", "tcg")
+    assert code == 0, doc["report"]["disagreements"][:2]
+    (giant,) = [r for r in doc["runs"] if r["page_size"] == 1 << 30]
+    assert giant["verdict"] == "agree" and giant["oracles"]["tcg"]["probes"] >= 12
+
+
+def test_verify_oracle_tcg_reports_a_wrong_prediction_with_exit_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(common, "PREDICTOR", IgnoresNx)
+    code, out, _ = run(capsys, "verify", "--oracle", "tcg")
+    assert code == 1
+    assert "DISAGREE [tcg] fetch@cpl3" in out and "tcg side (tables in guest memory" in out
+    assert out.splitlines()[-1].startswith("THE TCG MMU DISAGREES: ")
+    code, doc = run_json(capsys, "verify", "--oracle", "tcg")
+    assert code == 1 and {d["oracle"] for d in doc["report"]["disagreements"]} == {"tcg"}
+
+
+def test_without_kvm_the_default_oracle_says_so_and_suggests_tcg(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    device = str(tmp_path / "kvm")
+    code, out, err = run(capsys, "verify", "--device", device)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert device in err and "--oracle tcg" in err and "kvmpage dump" in err
+    for oracle in ("both",):
+        code, doc = run_json(capsys, "verify", "--oracle", oracle, "--device", device)
+        assert code == 2 and "--oracle tcg" in doc["error"]
+
+
+def test_oracle_tcg_without_unicorn_says_how_to_install_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.import_module
+
+    def no_unicorn(name: str, package: str | None = None) -> Any:
+        if name.startswith("unicorn"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real(name, package)
+
+    monkeypatch.setattr(tcg_engine.importlib, "import_module", no_unicorn)
+    for argv in (["verify", "--oracle", "tcg"], ["host", "--oracle", "tcg"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and out == "" and "Traceback" not in err
+        assert err.startswith(f"kvmpage {argv[0]}: error: --oracle tcg: ")
+        assert "pip install 'kvmpage[tcg]'" in err
+
+
+def test_host_oracle_tcg_needs_no_kvm(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "host", "--oracle", "tcg", "--device", "/nonexistent/kvm")
+    assert code == 0 and err == ""
+    assert "hypervisor: tcg" in out and "CPL0 accesses are checked by: tcg" in out
+    table = out[out.index("what each oracle can check") :]
+    assert "1gib-pages" in table and "kvm: cannot run here" in table
+    code, doc = run_json(capsys, "host", "--oracle", "tcg", "--device", "/nonexistent/kvm")
+    caps = doc["capabilities"]
+    assert not caps["kvm"]["available"] and "/nonexistent/kvm" in caps["kvm"]["reason"]
+    assert caps["tcg"]["checks"]["1gib-pages"] and caps["tcg"]["checks"]["la57"]
+    assert not caps["tcg"]["checks"]["tlb"] and doc["maxphyaddr"] == 40
+
+
+# -- both oracles ------------------------------------------------------------------------------
+
+
+@pytest.mark.kvm
+def test_both_oracles_agree_with_each_other_on_the_builtin_layout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(capsys, "verify", "--oracle", "both")
+    assert code == 0 and err == "", out
+    head = next(line for line in out.splitlines() if "virtual start-end" in line)
+    for column in ("mmu", "kvm-emulator", "tcg", "kvm-translate", "kvm-vs-tcg"):
+        assert column in head
+    assert "KVM vs TCG: " in out and ", 0 differ" in out
+    code, doc = run_json(capsys, "verify", "--oracle", "both")
+    assert code == 0 and doc["oracle"] == "both"
+    compared = doc["oracles_compared"]
+    assert compared["differ"] == 0 and compared["compared"] > 1000
+    assert compared["compared"] == doc["report"]["oracles"]["tcg"]["probes"]
+    assert doc["report"]["oracles"]["kvm-vs-tcg"]["disagree"] == 0
+
+
+@pytest.mark.kvm
+def test_a_difference_between_kvm_and_tcg_is_a_finding(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Make TCG answer one CPL3 read wrongly (as a QEMU bug would): the report names both
+    oracles, and the exit status is 1 even though KVM agrees with the software."""
+    real_run = TcgMachine.run
+
+    def buggy_run(self: TcgMachine, batch: Batch, **kw: Any) -> Any:
+        res = real_run(self, batch, **kw)
+        data = bytearray(res._data)
+        for i, (op, addr, _) in enumerate(batch.commands()):
+            if op == 0x101 and addr == 0x60_0000:  # read@cpl3 of user-data's first page
+                struct.pack_into("<Q", data, i * 64 + 32, 0xBAD)
+        return type(res)(bytes(data), len(res), "tcg", "tcg")
+
+    monkeypatch.setattr(TcgMachine, "run", buggy_run)
+    code, doc = run_json(capsys, "verify", "--oracle", "both")
+    assert code == 1 and doc["oracles_compared"]["differ"] >= 1
+    cross = [d for d in doc["report"]["disagreements"] if d["kind"] == "oracles"]
+    assert cross and cross[0]["oracle"] == "kvm-vs-tcg" and cross[0]["va"] == 0x60_0000
+    assert cross[0]["expected"].startswith("kvm (mmu): ok")
+    assert cross[0]["actual"] == "tcg (tcg): ok: value 0xbad"
+    assert "kvm and tcg differ" in cross[0]["why"]
+    assert not [d for d in doc["report"]["disagreements"] if d["oracle"] == "mmu"]

@@ -48,6 +48,8 @@ examples:
   kvmpage verify examples/kernel.toml
   kvmpage verify examples/recursive.toml --json | jq .ok
   kvmpage verify --cpl3-only --seed 7 big.toml
+  kvmpage verify --oracle tcg             QEMU's TCG MMU instead of KVM (1 GiB pages, no /dev/kvm)
+  kvmpage verify --oracle both            KVM and TCG side by side; a difference is a finding
 
 exit status: 0 hardware agrees on every probe, 1 any disagreement, 2 could not run
 """
@@ -87,6 +89,7 @@ _HOST_EXAMPLES = """\
 examples:
   kvmpage host
   kvmpage host --json | jq .oracles
+  kvmpage host --oracle tcg               what QEMU's TCG can check (no /dev/kvm needed)
 """
 
 
@@ -145,6 +148,13 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0, help="seed of the sample in large layouts")
     v.add_argument("--cpl3-only", action="store_true", help="skip the (slower) CPL0 probes")
     v.add_argument("--limit", type=int, default=10, help="disagreements shown in full (default 10)")
+    v.add_argument(
+        "--oracle",
+        choices=("kvm", "tcg", "both"),
+        default="kvm",
+        help="what checks the tables: kvm (the CPU, /dev/kvm; default), tcg (QEMU's TCG MMU "
+        "through Unicorn, no /dev/kvm needed: pip install 'kvmpage[tcg]'), or both, side by side",
+    )
     add_image_args(v)
     v.add_argument(
         "--all-leaves",
@@ -235,6 +245,12 @@ def _parser() -> argparse.ArgumentParser:
         "guest that tried it.",
         epilog=_HOST_EXAMPLES,
         formatter_class=fmt,
+    )
+    h.add_argument(
+        "--oracle",
+        choices=("kvm", "tcg"),
+        default="kvm",
+        help="describe KVM (default) or the tcg oracle (QEMU's TCG; needs no /dev/kvm)",
     )
     h.set_defaults(func="host")
 

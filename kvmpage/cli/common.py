@@ -20,6 +20,7 @@ from kvmpage.layout.toml_file import AGENT_SLOT, agent_reserved, load_layout
 
 if TYPE_CHECKING:
     from kvmpage.machine import Machine
+    from kvmpage.tcg import TcgMachine
     from kvmpage.verify import Verifier
 
 EXIT_OK = 0
@@ -52,25 +53,39 @@ def alloc_end(spec: LayoutSpec) -> int | None:
 
 @contextmanager
 def on_machine(
-    spec: LayoutSpec, device: str, progress: Progress
-) -> Iterator[tuple[Machine, BuiltLayout, Verifier]]:
-    """Start a machine, build ``spec`` in its memory, and yield (machine, built, verifier).
+    spec: LayoutSpec,
+    device: str,
+    progress: Progress,
+    *,
+    oracle: str = "kvm",
+    gbpages: bool | None = None,
+) -> Iterator[tuple[Machine | TcgMachine, BuiltLayout, Verifier]]:
+    """Start a machine of ``oracle`` (``kvm`` or ``tcg``), build ``spec`` in its memory, and
+    yield (machine, built, verifier).
 
     Everything that could make the run meaningless is refused first, with a `LayoutError`
-    naming the key: a page size or a CPU feature the host cannot verify, physical ranges in the
-    agent's memory. The machine is closed on every path.
+    naming the key: a page size or a CPU feature the oracle cannot verify, physical ranges in
+    the agent's memory. ``gbpages``: whether the built-in layout keeps its 1 GiB page (default:
+    when the oracle can verify one). The machine is closed on every path.
     """
+    from kvmpage.cli.oracles import open_machine, profile_of, tcg_problem
     from kvmpage.layout.spec import build, check_page_sizes, check_physical
-    from kvmpage.machine import Machine, host_profile
+    from kvmpage.machine import host_profile
     from kvmpage.verify import Verifier
 
     progress.stage("probing the host's paging features")
-    profile = host_profile(device)
-    gbpages = profile.supports("1gib-pages")
+    profile = host_profile(device) if oracle == "kvm" else profile_of(oracle, device)
+    if gbpages is None:
+        gbpages = profile.supports("1gib-pages")
     if not spec.source:
         spec = builtin_layout(gbpages=gbpages) if spec.name == BUILTIN else spec
     else:
-        check_page_sizes(spec, gbpages=gbpages)
+        try:
+            check_page_sizes(spec, gbpages=gbpages)
+        except LayoutError as e:
+            if oracle == "tcg" or tcg_problem() is not None:
+                raise
+            raise LayoutError(f"{e} (--oracle tcg can verify them)") from e
     for wanted, feature, key in (
         (spec.cpu.nxe, "nx", "nxe"),
         (spec.cpu.smep, "smep", "smep"),
@@ -80,10 +95,11 @@ def on_machine(
             evidence = profile.features.get(feature)
             why = f" ({evidence.evidence})" if evidence is not None else ""
             where = f"{spec.source}: [cpu], key {key!r}" if spec.source else "built-in layout"
-            raise LayoutError(f"{where}: this host cannot verify {feature.upper()}{why}")
+            who = "this host" if oracle == "kvm" else f"the {oracle} oracle"
+            raise LayoutError(f"{where}: {who} cannot verify {feature.upper()}{why}")
     progress.stage("starting the machine")
     slot = min(spec.reserved_p4) if spec.reserved_p4 else AGENT_SLOT
-    with Machine(spec.memory_size, device=device, agent_slot=slot) as machine:
+    with open_machine(oracle, spec.memory_size, device=device, agent_slot=slot) as machine:
         spec = replace(spec, reserved_p4=spec.reserved_p4 | {machine.agent_slot})
         if spec.source:
             check_physical(spec, machine.reserved)

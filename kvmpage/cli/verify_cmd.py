@@ -12,11 +12,12 @@ import argparse
 import bisect
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, load_spec, on_machine
+from kvmpage.cli.oracles import CROSS, profile_of
 from kvmpage.cli.output import (
     BUILTIN,
     MappingNames,
@@ -29,6 +30,7 @@ from kvmpage.cli.output import (
     run_json,
 )
 from kvmpage.cli.progress import Progress
+from kvmpage.kvm.host import HostProfile
 from kvmpage.layout.audit import Finding, audit
 from kvmpage.layout.dump import Run, runs_of
 from kvmpage.layout.spec import LayoutSpec
@@ -36,7 +38,7 @@ from kvmpage.paging.leaves import Leaves
 from kvmpage.verify import PlanOptions, Report, Verifier
 
 if TYPE_CHECKING:
-    from kvmpage.kvm.host import HostProfile
+    pass
 
 
 @dataclass
@@ -84,13 +86,20 @@ def run_verdicts(runs: Sequence[Run], verifier: Verifier) -> tuple[list[RunVerdi
     The verdicts are the verifier's own checks of the last run (`Verifier.last_checks`): every
     probe, then every KVM_TRANSLATE of its sample.
     """
+    return verdicts_of(runs, verifier.last_checks)
+
+
+def verdicts_of(
+    runs: Sequence[Run], checks: Iterable[tuple[int, str, bool]]
+) -> tuple[list[RunVerdict], RunVerdict]:
+    """`run_verdicts` of any ``(address, oracle, agreed)`` checks (several verifiers')."""
     starts = [r.virt for r in runs]
     verdicts = [RunVerdict() for _ in runs]
     holes = RunVerdict()
     counts: Counter[tuple[int, str, bool]] = Counter()  # (run index or -1, oracle, agree)
     lo = hi = 0  # the run of the previous check: checks come mostly in address order
     index = -1
-    for va, oracle, agree in verifier.last_checks:
+    for va, oracle, agree in checks:
         if not lo <= va < hi:
             i = bisect.bisect_right(starts, va) - 1
             if i >= 0 and va < runs[i].virt_end:
@@ -103,6 +112,14 @@ def run_verdicts(runs: Sequence[Run], verifier: Verifier) -> tuple[list[RunVerdi
     return verdicts, holes
 
 
+#: the last line's first words, per oracle: (agrees, disagrees)
+VERDICTS = {
+    "kvm": ("hardware agrees", "HARDWARE DISAGREES"),
+    "tcg": ("the TCG MMU agrees", "THE TCG MMU DISAGREES"),
+    "both": ("hardware and the TCG MMU agree", "DISAGREEMENT"),
+}
+
+
 def in_slot(run: Run, slot: int) -> bool:
     """Whether ``run`` lies in level-4 slot ``slot`` (the recursive slot's own mappings)."""
     return (run.virt >> 39) & 511 == slot
@@ -112,7 +129,7 @@ def _text(
     *,
     head: str,
     spec: LayoutSpec,
-    profile: HostProfile,
+    profile: HostProfile | Sequence[HostProfile],
     report: Report,
     runs: Sequence[Run],
     names: Sequence[Sequence[str]],
@@ -122,8 +139,11 @@ def _text(
     limit: int,
     dropped_gbpage: bool,
 ) -> list[str]:
-    """The text report, without its final verdict line."""
-    first = [profile.cpl3_oracle, profile.cpl0_oracle, "kvm-translate"]
+    """The text report, without its final verdict line (``profile``: the oracle's, or each
+    oracle's with ``--oracle both``)."""
+    profiles = [profile] if isinstance(profile, HostProfile) else list(profile)
+    first = [o for p in profiles for o in (p.cpl3_oracle, p.cpl0_oracle)]
+    first += ["kvm-translate", CROSS]
     oracles = sorted(
         report.oracles, key=lambda o: (o not in first, first.index(o) if o in first else 0, o)
     )
@@ -151,12 +171,15 @@ def _text(
             f"through entry {slot}), probed: {cells}"
         )
     legend = {
-        profile.cpl3_oracle: "CPL3 probes",
-        profile.cpl0_oracle: "CPL0 probes",
         "kvm-translate": "KVM_TRANSLATE, addresses only",
+        CROSS: "the same probe gave KVM and TCG the same result",
     }
-    if profile.cpl3_oracle == profile.cpl0_oracle:
-        legend[profile.cpl3_oracle] = "CPL3 and CPL0 probes"
+    for p in profiles:
+        tcg = " on QEMU's TCG" if p.cpl3_oracle == "tcg" else ""
+        legend[p.cpl3_oracle] = f"CPL3 probes{tcg}"
+        legend[p.cpl0_oracle] = f"CPL0 probes{tcg}"
+        if p.cpl3_oracle == p.cpl0_oracle:
+            legend[p.cpl3_oracle] = f"CPL3 and CPL0 probes{tcg}"
     if oracles:
         lines.append(
             "columns: "
@@ -178,10 +201,15 @@ def _text(
     if len(report.disagreements) > limit:
         lines.append(f"... {len(report.disagreements) - limit} more disagreements (see --json)")
     if dropped_gbpage:
-        lines.append("the built-in layout's 1 GiB page is left out: this host cannot verify one")
-    if report.unavailable:
         lines.append(
-            f"not verifiable on this host: {', '.join(sorted(report.unavailable))} "
+            "the built-in layout's 1 GiB page is left out: KVM on this host cannot verify one "
+            "(--oracle tcg keeps it)"
+        )
+    if report.unavailable:
+        where = "on this host" if len(profiles) == 1 and profiles[0].kind.value != "tcg" else ""
+        where = where or ("by the tcg oracle" if len(profiles) == 1 else "by one of the oracles")
+        lines.append(
+            f"not verifiable {where}: {', '.join(sorted(report.unavailable))} "
             "(the evidence: kvmpage host)"
         )
     for reason, n in sorted(report.unverified.items()):
@@ -200,11 +228,17 @@ def _text(
 def cmd_verify(args: argparse.Namespace) -> int:
     """``kvmpage verify [LAYOUT]``."""
     t0 = time.perf_counter()
+    oracle = getattr(args, "oracle", "kvm")
+    if oracle == "both":
+        from kvmpage.cli.verify_both import cmd_verify_both
+
+        return cmd_verify_both(args)
     spec = load_spec(args.layout)
+    profile_of(oracle, args.device)  # no KVM (or no Unicorn): say so, and what works instead
     options = PlanOptions(seed=args.seed, cpl0=not args.cpl3_only)
     with (
         Progress.for_args(args.quiet) as progress,
-        on_machine(spec, args.device, progress) as (
+        on_machine(spec, args.device, progress, oracle=oracle) as (
             _machine,
             built,
             verifier,
@@ -224,7 +258,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         slot = built.spec.recursive_index
         findings = audit([r for r in runs if slot is None or not in_slot(r, slot)])
         dropped_gbpage = (
-            spec.name == BUILTIN
+            oracle == "kvm"
+            and spec.name == BUILTIN
             and not spec.source
             and not any(m.size.SIZE == 1 << 30 for m in built.spec.mappings)
         )
@@ -238,6 +273,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 "command": "verify",
                 "exit_code": code,
                 "ok": report.ok,
+                "oracle": oracle,
                 "layout": layout,
                 "runs": [
                     {
@@ -268,6 +304,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
         dropped_gbpage=dropped_gbpage,
     )
     print("\n".join(lines))
-    verdict = "hardware agrees" if report.ok else "HARDWARE DISAGREES"
+    verdict = VERDICTS[oracle][0 if report.ok else 1]
     print(f"{verdict}: {report.summary().rsplit(';', 1)[0]}; {seconds:.2f} s")
     return code
