@@ -503,3 +503,16 @@ def test_a_difference_between_kvm_and_tcg_is_a_finding(
     assert cross[0]["actual"] == "tcg (tcg): ok: value 0xbad"
     assert "kvm and tcg differ" in cross[0]["why"]
     assert not [d for d in doc["report"]["disagreements"] if d["oracle"] == "mmu"]
+
+
+def test_tcg_sets_a_on_a_faulting_1gib_leaf_and_the_verifier_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A TCG deviation this oracle found (docs/tcg.md): QEMU sets the accessed bit of a 1 GiB
+    leaf before its permission checks, so a CPL3-only run over the built-in layout's
+    supervisor 1 GiB page leaves A set although every access faulted. Reported, not hidden."""
+    code, doc = run_json(capsys, "verify", "--oracle", "tcg", "--cpl3-only")
+    assert code == 1
+    (ad,) = doc["report"]["disagreements"]
+    assert ad["kind"] == "accessed-dirty" and ad["oracle"] == "tcg"
+    assert ad["va"] == 0x80_0000_0000 and "A set although no walk used this entry" in ad["why"]
