@@ -54,17 +54,21 @@ def assert_hardware_agrees(
     device: str = DEFAULT_DEVICE,
     limit: int = 10,
 ) -> Report:
-    """Build ``layout`` on ``oracle`` and probe every mapping; return the report when the
-    hardware agrees with the software walk on every probe, else raise `HardwareDisagrees`
+    """Build ``layout`` on ``oracle`` (``kvm``, or ``tcg``: QEMU's TCG MMU, no /dev/kvm
+    needed, ``pip install 'kvmpage[tcg]'``) and probe every mapping; return the report when
+    the oracle agrees with the software walk on every probe, else raise `HardwareDisagrees`
     whose message explains the first ``limit`` disagreements in full."""
     from kvmpage.cli.common import on_machine
     from kvmpage.cli.progress import Progress
     from kvmpage.verify import PlanOptions
 
-    if oracle != "kvm":
-        raise ValueError(f"oracle {oracle!r}: this kvmpage checks on 'kvm'")
+    if oracle not in ("kvm", "tcg"):
+        raise ValueError(f"oracle {oracle!r}: kvmpage checks on 'kvm' or 'tcg'")
     spec = layout_spec(layout)
-    with Progress(enabled=False) as progress, on_machine(spec, device, progress) as machine:
+    with (
+        Progress(enabled=False) as progress,
+        on_machine(spec, device, progress, oracle=oracle) as machine,
+    ):
         report = machine[2].verify(PlanOptions())
     if not report.ok:
         name = spec.name if spec.source.startswith("<") else (spec.source or spec.name)

@@ -516,3 +516,20 @@ def test_tcg_sets_a_on_a_faulting_1gib_leaf_and_the_verifier_says_so(
     (ad,) = doc["report"]["disagreements"]
     assert ad["kind"] == "accessed-dirty" and ad["oracle"] == "tcg"
     assert ad["va"] == 0x80_0000_0000 and "A set although no walk used this entry" in ad["why"]
+
+
+def test_assert_hardware_agrees_on_the_tcg_oracle_needs_no_kvm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kvmpage.testing import HardwareDisagrees, assert_hardware_agrees
+
+    layout = (
+        'memory = "3G"\n[[mapping]]\nname = "giant"\nvirt = 0x80_0000_0000\n'
+        'phys = 0x4000_0000\npage_size = "1G"\n'
+        'flags = ["WRITABLE", "USER_ACCESSIBLE", "NO_EXECUTE"]\n'
+    )
+    report = assert_hardware_agrees(layout, oracle="tcg", device="/nonexistent/kvm")
+    assert set(report.oracles) == {"tcg"} and report.ok
+    monkeypatch.setattr(common, "PREDICTOR", IgnoresNx)
+    with pytest.raises(HardwareDisagrees, match=r"DISAGREE \[tcg\] fetch"):
+        assert_hardware_agrees(layout, oracle="tcg", device="/nonexistent/kvm")
