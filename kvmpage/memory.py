@@ -363,13 +363,23 @@ class PhysMemory(PhysicalMemory):
             raise _closed_error(e) from None
 
     def close(self) -> None:
+        """Release the views on the buffer (idempotent). Each view is released whatever
+        happens to the other; a view that something else exported (``pickle.PickleBuffer``,
+        numpy) raises `BufferError` after both were tried, and a later `close` tries again."""
+        first_error: BufferError | None = None
         for v in (self._q, self._bytes):
-            v.release()
+            try:
+                v.release()
+            except BufferError as e:
+                first_error = first_error or e
+        if first_error is not None:
+            raise first_error
 
     @property
     def closed(self) -> bool:
+        """Whether `close` has been called (even one that a view kept from finishing)."""
         try:
-            return self._bytes.nbytes < 0
+            return self._bytes.nbytes < 0 or self._q.nbytes < 0
         except ValueError:
             return True
 

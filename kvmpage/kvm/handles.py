@@ -28,6 +28,7 @@ from kvmpage.kvm.errors import (
 )
 from kvmpage.kvm.exits import Exit, decode_exit
 from kvmpage.kvm.memory import GuestMemory
+from kvmpage.kvm.signals import signals_deferred
 
 DEFAULT_DEVICE = "/dev/kvm"
 
@@ -75,7 +76,9 @@ class _FdHandle:
     def _close_fd(self) -> None:
         fd, self._fd = self._fd, -1
         if fd >= 0:
-            os.close(fd)
+            # Linux releases the descriptor even when close reports an error (EINTR, EIO)
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def __enter__(self) -> Self:
         return self
@@ -99,11 +102,12 @@ class Kvm(_FdHandle):
         self._fd = -1
         self.path = path
         self._vcpu_mmap_size: int | None = None
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            raise open_error(path, e) from None
-        super().__init__(fd)
+        with signals_deferred():  # the descriptor is owned as soon as it exists
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as e:
+                raise open_error(path, e) from None
+            super().__init__(fd)
         try:
             self._check_api_version()
         except BaseException:
@@ -185,8 +189,8 @@ class Kvm(_FdHandle):
         return [abi.kvm_cpuid_entry2.from_buffer_copy(raw, i) for i in range(0, len(raw), size)]
 
     def create_vm(self) -> Vm:
-        fd = self._ioctl(abi.KVM_CREATE_VM, 0)
-        return Vm(self, fd)
+        with signals_deferred():
+            return Vm(self, self._ioctl(abi.KVM_CREATE_VM, 0))
 
 
 class Vm(_FdHandle):
@@ -200,20 +204,30 @@ class Vm(_FdHandle):
         self._next_slot = 0
 
     def close(self) -> None:
-        """Close vCPUs, then the VM fd (which drops the memslots), then unmap guest memory."""
-        for vcpu in self._vcpus:
-            vcpu.close()
-        self._vcpus.clear()
-        self._close_fd()
-        pinned: list[GuestMemory] = []
-        first_error: BufferError | None = None
-        for memory in self._memories:
-            try:
-                memory.close()
-            except BufferError as e:  # a caller still holds a view; keep it for a later close
-                pinned.append(memory)
-                first_error = first_error or e
-        self._memories = pinned
+        """Close vCPUs, then the VM fd (which drops the memslots), then unmap guest memory.
+
+        Idempotent and exception-safe: every step runs whatever the others did, SIGINT and
+        SIGTERM wait until it is over (`signals_deferred`), and the first error is raised at
+        the end. Guest memory that a caller still holds a view of raises `BufferError` and is
+        kept, so a later `close` (once the view is released) unmaps it.
+        """
+        with signals_deferred():
+            first_error: Exception | None = None
+            for vcpu in self._vcpus:
+                try:
+                    vcpu.close()
+                except Exception as e:
+                    first_error = first_error or e
+            self._vcpus.clear()
+            self._close_fd()
+            pinned: list[GuestMemory] = []
+            for memory in self._memories:
+                try:
+                    memory.close()
+                except BufferError as e:  # a caller still holds a view; keep it for a later close
+                    pinned.append(memory)
+                    first_error = first_error or e
+            self._memories = pinned
         if first_error is not None:
             raise first_error
 
@@ -269,14 +283,21 @@ class Vm(_FdHandle):
 
     def create_vcpu(self, vcpu_id: int = 0) -> Vcpu:
         size = self.kvm.vcpu_mmap_size()
-        fd = self._ioctl(abi.KVM_CREATE_VCPU, vcpu_id)
-        vcpu = Vcpu(fd, size)  # owns fd from here on, also when it fails
-        self._vcpus.append(vcpu)
+        with signals_deferred():
+            fd = self._ioctl(abi.KVM_CREATE_VCPU, vcpu_id)
+            vcpu = Vcpu(fd, size)  # owns fd from here on, also when it fails
+            self._vcpus.append(vcpu)
         return vcpu
 
 
 class Vcpu(_FdHandle):
-    """A virtual CPU and its mapped kvm_run page."""
+    """A virtual CPU and its mapped kvm_run page.
+
+    The `abi.kvm_run` structure is laid over the page by address, not with ``from_buffer``:
+    a ``from_buffer`` object exports the mmap, and one left in a frame of a traceback (Ctrl-C
+    inside `run`) made the mmap refuse to close, so the vCPU fd leaked with it. Nothing here
+    keeps the structure past `close`, which drops it before unmapping.
+    """
 
     def __init__(self, fd: int, mmap_size: int) -> None:
         """Take ownership of ``fd`` (closed here if the kvm_run page cannot be mapped)."""
@@ -291,8 +312,10 @@ class Vcpu(_FdHandle):
             raise KvmError(
                 "mmap(kvm_run)", e.errno or 0, "cannot map the vCPU's kvm_run page"
             ) from None
-        self._run = abi.kvm_run.from_buffer(self._mmap)
-        self._run_address = ctypes.addressof(self._run)
+        anchor = ctypes.c_char.from_buffer(self._mmap)
+        self._run_address = ctypes.addressof(anchor)
+        del anchor  # a live from_buffer object would pin the mmap open
+        self._run = abi.kvm_run.from_address(self._run_address)
 
     @classmethod
     def from_fd(cls, fd: int, mmap_size: int = 4096) -> Vcpu:
@@ -300,12 +323,16 @@ class Vcpu(_FdHandle):
         return cls(fd, mmap_size)
 
     def close(self) -> None:
-        """Drop the kvm_run view, unmap it, close the fd (idempotent)."""
-        self._run = None
-        if self._mmap is not None:
-            self._mmap.close()
-            self._mmap = None
-        self._close_fd()
+        """Drop the kvm_run structure, unmap its page, close the fd (idempotent; the fd is
+        closed whatever happens to the mapping)."""
+        with signals_deferred():
+            self._run = None
+            mm, self._mmap = self._mmap, None
+            try:
+                if mm is not None:
+                    mm.close()
+            finally:
+                self._close_fd()
 
     @property
     def run_struct(self) -> abi.kvm_run:

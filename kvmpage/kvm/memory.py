@@ -68,8 +68,14 @@ class GuestMemory(PhysMemory):
         self.host_address = address
 
     def close(self) -> None:
-        """Release every view, then unmap (idempotent)."""
-        super().close()
+        """Release every view, then unmap (idempotent; a `BufferError` leaves it to a later
+        `close`, once the view that pins the memory is released)."""
+        try:
+            super().close()
+        finally:
+            self._close_mmap()
+
+    def _close_mmap(self) -> None:
         try:
             self._mmap.close()
         except BufferError:

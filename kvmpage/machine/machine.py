@@ -20,8 +20,10 @@ import contextlib
 import ctypes
 import functools
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any, ClassVar, Final, Self
 
 from kvmpage.kvm import abi
@@ -30,6 +32,7 @@ from kvmpage.kvm.exits import InterruptedExit, MmioExit, exit_name
 from kvmpage.kvm.handles import DEFAULT_DEVICE, Kvm, Vcpu, Vm
 from kvmpage.kvm.host import CpuidSummary, HostProfile, HypervisorKind, cpl0_oracle, hypervisor_kind
 from kvmpage.kvm.memory import GuestMemory
+from kvmpage.kvm.signals import signals_deferred
 from kvmpage.machine import agent, pte
 from kvmpage.machine import layout as L
 from kvmpage.machine.errors import (
@@ -128,6 +131,7 @@ class Machine:
         everything below the agent is RAM."""
         self._kvm: Kvm | None = None
         self._vm: Vm | None = None
+        self._unreleased: Vm | None = None  # closed, but its memory was still pinned by a view
         self._owns_kvm = kvm is None
         self.device = kvm.path if kvm is not None else device
         self.timeout = timeout
@@ -168,15 +172,24 @@ class Machine:
     # -- lifetime -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Destroy the VM and release every fd and mapping (idempotent)."""
-        vm, self._vm = self._vm, None
-        try:
+        """Destroy the VM and release every fd and mapping (idempotent and exception-safe).
+
+        Ctrl-C and SIGTERM wait until it is done (`signals_deferred`). If a view of guest
+        memory is still alive, every descriptor is closed all the same and `BufferError` says
+        so; a later `close`, once the view is released, unmaps the memory.
+        """
+        with signals_deferred():
+            vm, self._vm = self._vm, None
             if vm is not None:
-                vm.close()
-        finally:
+                self._unreleased = vm
             kvm, self._kvm = self._kvm, None
-            if kvm is not None and self._owns_kvm:
-                kvm.close()
+            try:
+                if self._unreleased is not None:
+                    self._unreleased.close()
+                    self._unreleased = None
+            finally:
+                if kvm is not None and self._owns_kvm:
+                    kvm.close()
 
     @property
     def closed(self) -> bool:
@@ -185,8 +198,24 @@ class Machine:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.close()
+        except BufferError:
+            if tb is None:
+                raise
+            # An exception is leaving the block (Ctrl-C inside a run, say): the frames it
+            # unwound may still hold views of guest memory in their variables. Those frames
+            # are finished; drop their variables and unmap, or let the first exception go on
+            # (the memory is unmapped when the last view dies).
+            traceback.clear_frames(tb)
+            with contextlib.suppress(BufferError):
+                self.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
