@@ -223,8 +223,9 @@ def test_console_script_survives_a_closed_pipe() -> None:
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.readline()
     proc.stdout.close()
-    assert proc.wait(timeout=30) in (0, 1)
-    assert "Traceback" not in proc.stderr.read()
+    # 141: the reader went away (0 when the whole document fitted in the pipe before)
+    assert proc.wait(timeout=30) in (0, 141)
+    assert proc.stderr.read() == ""
 
 
 def test_walk_accepts_the_layout_first(capsys: pytest.CaptureFixture[str]) -> None:

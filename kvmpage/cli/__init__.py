@@ -7,23 +7,40 @@
     kvmpage fuzz                  random layouts and operations, every step verified on KVM
     kvmpage image info|strip      what a memory image holds; its page tables alone
 
-LAYOUT is a TOML layout file (docs/layout.md); without it, the built-in layout. Exit status:
-0 when the check passed, 1 when it ran and found a problem (a disagreement; a W+X finding with
-``dump --strict``; a difference with ``dump --diff``), 2 when it could not run (the reason is on
-stderr, and in the JSON document with ``--json``).
+LAYOUT is a TOML layout file (docs/layout.md); without it, the built-in layout. Exit status
+(the table: docs/json-schema.md): 0 when the check passed, 1 when it ran and found a problem (a
+disagreement; a W+X finding with ``dump --strict``; a difference with ``dump --diff``), 2 when
+it could not run or could not write its output (the reason is one line on stderr, and the JSON
+error document with ``--json``), 141 when the reader of stdout went away, 128 + N after signal
+N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from kvmpage.cli.common import EXIT_ERROR, EXIT_FAIL, CliError
+from kvmpage.cli import args as arg
+from kvmpage.cli.args import Parser, UsageError
+from kvmpage.cli.guard import (
+    EXIT_BROKEN_PIPE,
+    Interrupted,
+    OutputError,
+    discard_stdout,
+    guarded_output,
+    printable,
+    say,
+    signal_handlers,
+)
 from kvmpage.cli.image_args import add_image_args, hex_value
-from kvmpage.cli.output import emit_json
-from kvmpage.layout.audit import KINDS
+
+EXIT_ERROR = 2
+COMMANDS = ("verify", "walk", "dump", "host", "image", "fuzz")
 
 EXAMPLES = """\
 examples:
@@ -39,7 +56,8 @@ examples:
   kvmpage verify --image guest.elf        its kernel's own tables, checked on the CPU
   kvmpage fuzz --seed 1 --seconds 60      differential campaign; reproducers in ./fuzz-reproducers
 
-exit status: 0 passed, 1 found a problem, 2 could not run (reason on stderr)
+exit status: 0 passed, 1 found a problem, 2 could not run (reason on stderr),
+141 stdout closed early, 130/143 interrupted by Ctrl-C/SIGTERM (docs/json-schema.md)
 """
 
 _VERIFY_EXAMPLES = """\
@@ -102,8 +120,8 @@ def _version() -> str:
         return "(not installed)"
 
 
-def _common(quiet: bool = True, device: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+def _common(quiet: bool = True, device: bool = True) -> Parser:
+    p = Parser(add_help=False)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     if quiet:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress display on stderr")
@@ -124,8 +142,10 @@ def _layout_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from kvmpage.layout.audit import KINDS
+
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kvmpage",
         description="x86-64 page tables built in Python, checked against the CPU through KVM.",
         epilog=EXAMPLES,
@@ -145,9 +165,16 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _layout_arg(v)
-    v.add_argument("--seed", type=int, default=0, help="seed of the sample in large layouts")
+    v.add_argument(
+        "--seed", type=arg.seed, default=0, help="seed of the sample in large layouts (0..2**32-1)"
+    )
     v.add_argument("--cpl3-only", action="store_true", help="skip the (slower) CPL0 probes")
-    v.add_argument("--limit", type=int, default=10, help="disagreements shown in full (default 10)")
+    v.add_argument(
+        "--limit",
+        type=arg.integer(0),
+        default=10,
+        help="disagreements shown in full (default 10)",
+    )
     v.add_argument(
         "--oracle",
         choices=("kvm", "tcg", "both"),
@@ -201,7 +228,9 @@ def _parser() -> argparse.ArgumentParser:
         help="compare with another layout (or 'builtin'); with --image, another image",
     )
     d.add_argument("--strict", action="store_true", help="exit 1 when the audit finds anything")
-    d.add_argument("--limit", type=int, default=20, help="audit findings shown (default 20)")
+    d.add_argument(
+        "--limit", type=arg.integer(0), default=20, help="audit findings shown (default 20)"
+    )
     d.add_argument(
         "--allow",
         action="append",
@@ -313,11 +342,27 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_FUZZ_EXAMPLES,
         formatter_class=fmt,
     )
-    f.add_argument("--seed", type=int, default=None, help="campaign seed (default: random)")
-    f.add_argument("--seconds", type=float, default=60.0, help="time budget (default 60)")
-    f.add_argument("--cases", type=int, default=1_000_000, help="at most this many cases")
-    f.add_argument("--length", type=int, default=12, help="operations per case (default 12)")
-    f.add_argument("--save", default="fuzz-reproducers", metavar="DIR", help="where reproducers go")
+    f.add_argument(
+        "--seed", type=arg.seed, default=None, help="campaign seed, 0..2**32-1 (default: random)"
+    )
+    f.add_argument(
+        "--seconds", type=arg.seconds, default=60.0, help="time budget, > 0 (default 60)"
+    )
+    f.add_argument(
+        "--cases", type=arg.integer(1), default=1_000_000, help="at most this many cases (>= 1)"
+    )
+    f.add_argument(
+        "--length",
+        type=arg.integer(1, 1000),
+        default=12,
+        help="operations per case, 1..1000 (default 12)",
+    )
+    f.add_argument(
+        "--save",
+        default="fuzz-reproducers",
+        metavar="DIR",
+        help="where reproducers go (checked before the campaign starts)",
+    )
     f.set_defaults(func="fuzz")
     return parser
 
@@ -367,12 +412,16 @@ def _run(args: argparse.Namespace) -> int:
 
 def _no_layout(args: argparse.Namespace) -> None:
     """--image replaces LAYOUT: both is a mistake."""
+    from kvmpage.cli.common import CliError
+
     if getattr(args, "layout", None) is not None:
         raise CliError(f"give either LAYOUT ({args.layout}) or --image, not both")
 
 
 def _layout_only(args: argparse.Namespace, *names: str) -> None:
     """Options that only mean something for an image, or the CPU options, without --image."""
+    from kvmpage.cli.common import CliError
+
     for name in (*names, "cpu", "cr3", "cr0", "cr4", "efer"):
         value = getattr(args, name, None)
         if value not in (None, False):
@@ -382,38 +431,123 @@ def _layout_only(args: argparse.Namespace, *names: str) -> None:
 
 
 def _reason(e: BaseException, command: str) -> str:
-    """The message a user sees for an error that stops a command."""
+    """The message a user sees for an error that stops a command: one line, control characters
+    escaped (a layout file's names appear in it); a guest crash keeps its register dump."""
     from kvmpage.kvm.errors import KvmError
+    from kvmpage.machine.errors import GuestCrashError, format_dump
 
     if isinstance(e, KvmError):
         other = "kvmpage walk --software-only" if command == "walk" else "kvmpage dump"
-        return f"{e} ({other} works without KVM)"
-    return str(e)
+        return printable(f"{e} ({other} works without KVM)")
+    if isinstance(e, GuestCrashError):
+        dump = format_dump(e.dump)
+        return printable(str(e).removesuffix("\n" + dump)) + "\n" + dump
+    if isinstance(e, MemoryError):
+        return "out of memory" + (f": {printable(str(e))}" if str(e) else "")
+    return printable(str(e))
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    return "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command the line names (``image info`` with its action), or None."""
+    for i, word in enumerate(argv):
+        if word in COMMANDS:
+            action = next((a for a in argv[i + 1 :] if a in ("info", "strip")), None)
+            return f"image {action}" if word == "image" and action else word
+    return None
+
+
+def _error_json(command: str | None, code: int, reason: str) -> None:
+    """The JSON error document (also for a usage error or a signal), if stdout still works."""
+    from kvmpage.cli.output import SCHEMA_VERSION
+
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "exit_code": code,
+        "error": reason,
+    }
+    try:
+        print(json.dumps(doc, indent=2), flush=True)
+    except OutputError:
+        discard_stdout()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``kvmpage`` console script; returns the exit status."""
+    """Entry point of the ``kvmpage`` console script; returns the exit status.
+
+    Whatever happens, the user gets one line on stderr (and with ``--json`` one JSON document on
+    stdout) and a true exit status, never a traceback: see the module docstring for the codes.
+    """
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = _command_of(words)
+    as_json = _wants_json(words)
+    with signal_handlers(command or "") as signals, guarded_output() as stdout:
+        try:
+            code = _run(_parser().parse_args(words))
+            if signals.received:  # a handler's exception that some code swallowed
+                raise Interrupted(signals.received[0])
+            sys.stdout.flush()
+            return code
+        except SystemExit:  # --help, --version: argparse printed what was asked
+            try:
+                sys.stdout.flush()
+            except OutputError as e:
+                discard_stdout()
+                return EXIT_BROKEN_PIPE if e.broken_pipe else EXIT_ERROR
+            raise
+        except KeyboardInterrupt as e:
+            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+            line = signals.report(signum)
+            if as_json and not stdout.started:
+                _error_json(command, 128 + signum, line.split(": ", 1)[1])
+            try:  # what was printed so far; a second signal ends a flush that blocks
+                sys.stdout.flush()
+            except OutputError:
+                discard_stdout()
+            return 128 + signum
+        except OutputError as e:
+            discard_stdout()
+            if e.broken_pipe:  # the reader went away (``kvmpage dump | head``): stop quietly
+                return EXIT_BROKEN_PIPE
+            say(f"kvmpage{f' {command}' if command else ''}: error: {e}")
+            return EXIT_ERROR
+        except UsageError as e:
+            reason = printable(f"{e} (see '{e.prog} --help')")
+            say(f"{e.prog}: error: {reason}")
+            if as_json:
+                _error_json(command, EXIT_ERROR, reason)
+            return EXIT_ERROR
+        except Exception as e:
+            return _failed(e, command or "", as_json)
+
+
+def _failed(e: Exception, command: str, as_json: bool) -> int:
+    """Exit status 2 and the reason, for an error that stopped the command."""
+    from kvmpage.cli.common import CliError
     from kvmpage.layout.spec import LayoutError
     from kvmpage.machine.errors import MachineError
     from kvmpage.panic import Panic
 
-    args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except BrokenPipeError:
-        # the reader went away (``kvmpage dump | head``): stop quietly, as other tools do
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_FAIL
-    except (CliError, LayoutError, Panic, OSError, MachineError, RuntimeError, ValueError) as e:
-        reason = _reason(e, args.command)
-        print(f"kvmpage {args.command}: error: {reason}", file=sys.stderr)
-        if getattr(args, "json", False):
-            emit_json({"command": args.command, "exit_code": EXIT_ERROR, "error": reason})
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"kvmpage {args.command}: interrupted", file=sys.stderr)
-        return 130
+    known = (CliError, LayoutError, Panic, OSError, MachineError, RuntimeError, ValueError)
+    if isinstance(e, (*known, MemoryError)):
+        reason = _reason(e, command)
+    else:  # a bug: still one line, and the traceback on request
+        if os.environ.get("KVMPAGE_TRACEBACK") == "1":
+            import traceback
+
+            traceback.print_exception(e)
+        reason = printable(
+            f"internal error: {type(e).__name__}: {e} (KVMPAGE_TRACEBACK=1 shows where; "
+            "please report it)"
+        )
+    say(f"kvmpage {command}: error: {reason}")
+    if as_json:
+        _error_json(command, EXIT_ERROR, reason)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, alloc_end, load_spec
+from kvmpage.cli.guard import printable
 from kvmpage.cli.output import (
     MappingNames,
     approx_size,
@@ -110,5 +111,6 @@ def cmd_dump(args: argparse.Namespace) -> int:
         print("W+X audit: no writable+executable memory, through one address or across aliases")
     if changes is not None and other is not None:
         print()
-        print("\n".join(format_diff(changes, layout["source"], other["source"])))
+        old, new = printable(layout["source"]), printable(other["source"])
+        print("\n".join(format_diff(changes, old, new)))
     return code

@@ -1,7 +1,9 @@
 """How the commands print: run tables, headers, and the JSON documents of ``--json``.
 
 Addresses in JSON are hex strings (`hexa`): many JSON readers hold numbers as doubles and
-would lose the low bits of a 64-bit address. The schema is ``docs/json-schema.json``.
+would lose the low bits of a 64-bit address. The schema is ``docs/json-schema.json``. Text that
+comes from a layout file (names, the path) is printed through `printable`, so that control
+characters in it cannot forge lines of the output.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
+from kvmpage.cli.guard import printable
 from kvmpage.layout.audit import Finding
 from kvmpage.layout.dump import Run, flag_names, human_size
 from kvmpage.layout.spec import BuiltLayout, LayoutSpec
@@ -30,7 +33,7 @@ def header(built: BuiltLayout) -> str:
     spec = built.spec
     tables = built.allocator.in_use()
     extra = f", recursive slot {spec.recursive_index}" if spec.recursive_index is not None else ""
-    where = f" ({spec.source})" if spec.source else ""
+    where = f" ({printable(spec.source)})" if spec.source else ""
     return (
         f"layout {spec.name!r}{where}: {spec.kind} mapper, {human_size(spec.memory_size)} "
         f"physical memory, level-4 table at {built.p4_phys:#x}, {tables} table "
@@ -127,7 +130,7 @@ class MappingNames:
     lose the names; a reader wants them back to find the line of the layout file."""
 
     def __init__(self, spec: LayoutSpec) -> None:
-        items = sorted((m.virt, m.virt + m.length, re.sub(r"\[\d+\]$", "", m.name))
+        items = sorted((m.virt, m.virt + m.length, _base_name(m.name))
                        for m in spec.mappings)  # fmt: skip
         self._starts = [start for start, _, _ in items]
         self._items = items
@@ -145,6 +148,11 @@ class MappingNames:
 
     def of_runs(self, runs: Sequence[Run]) -> list[list[str]]:
         return [self.of(r.virt, r.virt_end) for r in runs]
+
+
+def _base_name(name: str) -> str:
+    """A mapping's name without the ``[n]`` that ``page_size = "largest"`` appends to pieces."""
+    return re.sub(r"\[\d+\]$", "", name) if name.endswith("]") else name
 
 
 LEVEL_NAME = {1: "4K", 2: "2M", 3: "1G"}
@@ -176,7 +184,7 @@ def format_table(
         lines.append(
             f"{r.virt:#018x}-{r.virt + size - 1:#018x} {size_text(size):>6}  {pages:<9} "
             f"{TABLE_NAME[r.level]:<5} {r.phys:#018x}  {r.rights!s:6}  "
-            f"{flags_text(r.flags):<20}{extra}  " + ", ".join(names[i])
+            f"{flags_text(r.flags):<20}{extra}  " + ", ".join(map(printable, names[i]))
         )
     return lines
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TextIO
 
+from kvmpage.cli.guard import printable
+
 
 @dataclass
 class Progress:
@@ -31,8 +33,8 @@ class Progress:
         return cls(enabled=not quiet and sys.stderr.isatty())
 
     def stage(self, text: str) -> None:
-        """Say what is happening now."""
-        self._text = text
+        """Say what is happening now (control characters escaped: paths come from users)."""
+        self._text = printable(text)
 
     def __enter__(self) -> Progress:
         if self.enabled:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmpage.addr import VirtAddr
 from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, CliError, load_spec, on_machine
+from kvmpage.cli.guard import printable
 from kvmpage.cli.output import MappingNames, cpu_line, emit_json, header, hexa, layout_json
 from kvmpage.cli.progress import Progress
 from kvmpage.layout.dump import flag_names
@@ -155,7 +156,7 @@ def _walk_lines(built: BuiltLayout, va: int) -> tuple[Walk, list[str]]:
     lines.append(f"  mapper.translate: {_translate_text(built, va)}")
     names = MappingNames(built.spec).of(va, va + 1)
     if names:
-        where = f" ({built.spec.source})" if built.spec.source else ""
+        where = f" ({printable(built.spec.source)})" if built.spec.source else ""
         lines.append(f"  in mapping {names[0]!r} of the layout{where}")
     return w, lines
 

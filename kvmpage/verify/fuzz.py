@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any, cast
 
 from kvmpage.addr import PhysAddr, VirtAddr, canonicalize
@@ -104,7 +105,10 @@ class CampaignResult:
     steps: int = 0
     probes: int = 0
     failures: list[Failure] = field(default_factory=list)
-    reproducers: list[Path] = field(default_factory=list)
+    #: where each failure's reproducer was saved (same order), or None when it was not
+    reproducers: list[Path | None] = field(default_factory=list)
+    #: why a reproducer could not be saved (same order; "" when it was, or not asked)
+    save_errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -196,6 +200,17 @@ class _World:
     def close(self) -> None:
         self.machine.close()
 
+    def __enter__(self) -> _World:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.machine.__exit__(exc_type, exc, tb)  # also when Ctrl-C left views in the frames
+
     def apply(self, op: Op) -> None:
         """Apply ``op`` (mapper errors are part of the game: the tables stay as the crate left
         them) and flush as the token asks."""
@@ -253,8 +268,7 @@ def run_case(
     on_step: Callable[[Report], None] | None = None,
 ) -> Failure | None:
     """Run ``case`` step by step; the first disagreement, or None."""
-    world = _World(case.kind, predictor)
-    try:
+    with _World(case.kind, predictor) as world:
         for step, op in enumerate(case.ops):
             world.apply(op)
             extra = (op.va,) if op.kind != "clean" else ()
@@ -264,8 +278,6 @@ def run_case(
             if not report.ok:
                 return Failure(case, step, report)
         return None
-    finally:
-        world.close()
 
 
 def shrink(failure: Failure, **kwargs: Any) -> Failure:
@@ -319,10 +331,17 @@ def campaign(
         )
         small = shrink(failure, predictor=predictor)
         result.failures.append(small)
+        path: Path | None = None
+        error = ""
         if save_dir is not None:
-            path = save_reproducer(small, save_dir)
-            result.reproducers.append(path)
-            log(f"fuzz: reproducer saved to {path}")
+            try:
+                path = save_reproducer(small, save_dir)
+                log(f"fuzz: reproducer saved to {path}")
+            except OSError as e:  # the failure itself is kept, and printed by the caller
+                error = f"cannot save the reproducer in {save_dir}: {e.strerror or e}"
+                log(f"fuzz: {error}")
+        result.reproducers.append(path)
+        result.save_errors.append(error)
     result.seconds = time.perf_counter() - t0
     log(result.summary())
     return result
@@ -335,13 +354,10 @@ def save_reproducer(failure: Failure, directory: Path) -> Path:
     """Write the failing case as a layout file: its final mappings, the operations as comments."""
     directory.mkdir(parents=True, exist_ok=True)
     case = failure.case
-    world = _World(case.kind, Predictor)
-    try:
+    with _World(case.kind, Predictor) as world:
         for op in case.ops[: failure.step + 1]:
             world.apply(op)
         mappings = world.mappings()
-    finally:
-        world.close()
     path = directory / f"fuzz-{case.seed}.toml"
     path.write_text(reproducer_toml(failure, mappings))
     return path
