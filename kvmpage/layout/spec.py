@@ -10,6 +10,7 @@ mapping first so that a bad layout fails with a clear `LayoutError` before anyth
 from __future__ import annotations
 
 import mmap
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -36,6 +37,10 @@ from kvmpage.paging.access import CpuState
 
 MapperKind = Literal["offset", "mapped", "recursive"]
 SIZE_BY_NAME: dict[str, type[PageSize]] = {"4KiB": Size4KiB, "2MiB": Size2MiB, "1GiB": Size1GiB}
+
+
+#: Pages one layout may map: building costs about a microsecond per page, verifying more.
+MAX_PAGES = 1 << 21
 
 
 class LayoutError(ValueError):
@@ -105,41 +110,83 @@ class BuiltLayout:
 
 
 def check(spec: LayoutSpec) -> None:
-    """Raise `LayoutError` for the first inconsistent mapping (what `build` checks first)."""
-    seen: list[tuple[int, int, str]] = []
-    for m in spec.mappings:
-        where = m.where()
-        try:
-            start = VirtAddr.try_new(m.virt)
-        except ValueError:
+    """Raise `LayoutError` for the first inconsistent mapping (what `build` checks first).
+
+    Each mapping is checked on its own first, in order; then overlaps, by sorting the ranges
+    and sweeping once (n log n: a layout of 60,000 mappings is checked in a fraction of a
+    second, where comparing every pair took minutes). An overlap is reported on the mapping
+    that comes later in the layout, naming the earlier one.
+    """
+    if _CHECKED.get(id(spec)) is spec:  # a spec is immutable: checked once is checked
+        return
+    pages = sum(m.count for m in spec.mappings)
+    if pages > MAX_PAGES:
+        where = f"{spec.source}: " if spec.source else ""
+        raise LayoutError(
+            f"{where}the layout maps {pages} pages; kvmpage builds at most {MAX_PAGES} in one "
+            'layout (use page_size = "largest" or larger pages)'
+        )
+    ranges: list[tuple[int, int, int]] = []  # (first byte, last byte, index)
+    for index, m in enumerate(spec.mappings):
+        ranges.append((m.virt, _check_one(spec, m), index))
+    ranges.sort()
+    clash: tuple[int, int] | None = None  # (later index, earlier index) of the first overlap
+    reach, holder = -1, -1  # the highest last byte so far, and whose it is
+    for start, last, index in ranges:
+        if start <= reach:
+            pair = (max(index, holder), min(index, holder))
+            clash = pair if clash is None else min(clash, pair)
+        if last > reach:
+            reach, holder = last, index
+    if clash is not None:
+        m, other = spec.mappings[clash[0]], spec.mappings[clash[1]]
+        other_last = other.virt + other.length - 1
+        raise LayoutError(
+            f"{m.where('virt')}: {m.virt:#x}..{m.virt + m.length - 1:#x} overlaps mapping "
+            f"{other.name!r} ({other.virt:#x}..{other_last:#x})"
+        )
+    _CHECKED[id(spec)] = spec
+
+
+#: Specs that passed `check`, by id (a weak reference: a spec dropped and a new one at the same
+#: address is never mistaken for it).
+_CHECKED: weakref.WeakValueDictionary[int, LayoutSpec] = weakref.WeakValueDictionary()
+
+
+def _check_one(spec: LayoutSpec, m: MappingSpec) -> int:
+    """Check one mapping on its own; returns its last virtual byte (plain integer arithmetic:
+    a layout may have tens of thousands of mappings)."""
+    virt, size = m.virt, m.size.SIZE
+    if not _is_canonical(virt):
+        raise LayoutError(
+            f"{m.where('virt')}: virtual start {virt:#x} is not canonical (bits 63..47 must "
+            "all equal bit 47)"
+        )
+    if virt % size:
+        raise LayoutError(
+            f"{m.where('virt')}: virtual start {virt:#x} is not aligned to {m.size.DEBUG_STR}"
+        )
+    if m.count <= 0:
+        raise LayoutError(f"{m.where()}: count must be at least 1, got {m.count}")
+    last = virt + m.length - 1
+    if last >= 1 << 64 or (virt < 1 << 47) != (last < 1 << 47) or not _is_canonical(last):
+        raise LayoutError(f"{m.where()}: runs past the end of its canonical half")
+    if m.phys is not None:
+        if m.phys % size:
             raise LayoutError(
-                f"{m.where('virt')}: virtual start {m.virt:#x} is not canonical (bits 63..47 must "
-                "all equal bit 47)"
-            ) from None
-        if m.virt % m.size.SIZE:
-            raise LayoutError(
-                f"{m.where('virt')}: virtual start {m.virt:#x} is not aligned to {m.size.DEBUG_STR}"
+                f"{m.where('phys')}: physical start {m.phys:#x} is not aligned to "
+                f"{m.size.DEBUG_STR}"
             )
-        if m.count <= 0:
-            raise LayoutError(f"{where}: count must be at least 1, got {m.count}")
-        last = VirtAddr.forward_checked(start, m.length - 1)
-        if last is None or (m.virt < 1 << 47) != (last._v < 1 << 47):
-            raise LayoutError(f"{where}: runs past the end of its canonical half")
-        if m.phys is not None:
-            if m.phys % m.size.SIZE:
-                raise LayoutError(
-                    f"{m.where('phys')}: physical start {m.phys:#x} is not aligned to "
-                    f"{m.size.DEBUG_STR}"
-                )
-            if m.phys + m.length > 1 << 52:
-                raise LayoutError(f"{where}: physical range goes beyond 2**52")
-        if not m.flags & PageTableFlags.PRESENT:
-            raise LayoutError(f"{m.where('flags')}: flags must include PRESENT")
-        if m.flags & PageTableFlags.HUGE_PAGE:
-            raise LayoutError(
-                f"{m.where('flags')}: HUGE_PAGE is set by the page size, do not list it"
-            )
-        for p4 in range((m.virt >> 39) & 511, ((last._v >> 39) & 511) + 1):
+        if m.phys + m.length > 1 << 52:
+            raise LayoutError(f"{m.where()}: physical range goes beyond 2**52")
+    flags = int(m.flags)
+    if not flags & _PRESENT:
+        raise LayoutError(f"{m.where('flags')}: flags must include PRESENT")
+    if flags & _HUGE_PAGE:
+        raise LayoutError(f"{m.where('flags')}: HUGE_PAGE is set by the page size, do not list it")
+    first_slot, last_slot = (virt >> 39) & 511, (last >> 39) & 511
+    if spec.reserved_p4 or spec.recursive_index is not None:
+        for p4 in range(first_slot, last_slot + 1):
             if p4 in spec.reserved_p4:
                 raise LayoutError(
                     f"{m.where('virt')}: touches level-4 slot {p4} "
@@ -149,13 +196,15 @@ def check(spec: LayoutSpec) -> None:
                 )
             if p4 == spec.recursive_index:
                 raise LayoutError(f"{m.where('virt')}: touches the recursive slot {p4}")
-        for other_start, other_end, other in seen:
-            if m.virt <= other_end and other_start <= last._v:
-                raise LayoutError(
-                    f"{m.where('virt')}: {m.virt:#x}..{last._v:#x} overlaps mapping {other!r} "
-                    f"({other_start:#x}..{other_end:#x})"
-                )
-        seen.append((m.virt, last._v, m.name))
+    return last
+
+
+_PRESENT = int(PageTableFlags.PRESENT)
+_HUGE_PAGE = int(PageTableFlags.HUGE_PAGE)
+
+
+def _is_canonical(va: int) -> bool:
+    return 0 <= va < 1 << 47 or (1 << 64) - (1 << 47) <= va < 1 << 64
 
 
 _check = check
@@ -224,7 +273,12 @@ def build(
 def _fresh_memory(size: int) -> PhysMemory:
     """Zeroed memory backed by an anonymous mapping: the kernel zero-fills pages on first touch,
     so a layout of several GiB costs only the pages its tables and probes use."""
-    return PhysMemory(size, buffer=mmap.mmap(-1, size))
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE  # as guest memory is mapped
+    return PhysMemory(size, buffer=mmap.mmap(-1, size, flags=flags))
+
+
+#: Linux's MAP_NORESERVE (the mmap module exports it from Python 3.13 on).
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 
 
 def _build(spec: LayoutSpec, memory: PhysMemory, alloc_end: int) -> BuiltLayout:
@@ -245,8 +299,12 @@ def _build(spec: LayoutSpec, memory: PhysMemory, alloc_end: int) -> BuiltLayout:
         first = page_type.from_start_address(VirtAddr(m.virt))
         frame = frame_type.from_start_address(PhysAddr(phys))
         try:  # one call per mapping: the tables are exactly a map_to loop's, written in bulk
-            pages = page_type.range(first, first + m.count)
-            mapper.map_range(pages, frame, m.flags, alloc).ignore()
+            if m.count == 1:  # the same tables, a fraction of the cost per call
+                mapper.map_to(first, frame, m.flags, alloc).ignore()
+            else:  # inclusive: the range may end with the last page of its half (2**47, 2**64)
+                last = page_type.from_start_address(VirtAddr(m.virt + m.length - m.size.SIZE))
+                pages = page_type.range_inclusive(first, last)
+                mapper.map_range(pages, frame, m.flags, alloc).ignore()
         except Exception as e:
             many = f"{m.count} pages from " if m.count > 1 else ""
             raise LayoutError(f"{m.where()}: {many}{first!r} -> {frame!r}: {e}") from e

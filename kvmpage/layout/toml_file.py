@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kvmpage.layout import fasttoml
 from kvmpage.layout.spec import (
+    MAX_PAGES,
     LayoutError,
     LayoutSpec,
     MapperKind,
@@ -31,8 +33,6 @@ from kvmpage.paging.access import CpuState
 #: The guest agent's level-4 slot on a `kvmpage.machine.Machine` (its default ``agent_slot``).
 AGENT_SLOT = 511
 DEFAULT_MEMORY = 64 << 20
-#: Pages one layout may map: building costs a few microseconds per page, verifying more.
-MAX_PAGES = 1 << 21
 
 _SIZES: dict[str, type[PageSize]] = {}
 for _cls, _names in (
@@ -63,6 +63,8 @@ _TOP_KEYS = {"name", "memory", "max_page_size", "agent_slot", "mapper", "cpu", "
 _MAPPER_KEYS = {"kind", "phys_offset", "recursive_index"}
 _CPU_KEYS = {"wp", "smep", "smap", "nxe", "ac"}
 _MAPPING_KEYS = {"name", "virt", "phys", "page_size", "count", "length", "flags"}
+#: Flag lists already read (a layout of 60,000 mappings has a handful of distinct ones).
+_FLAGS_SEEN: dict[tuple[str, ...], PageTableFlags] = {}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 
 
@@ -154,6 +156,13 @@ class _Reader:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.error(key, f'expected a list of flag names like ["WRITABLE", "NX"], got '
                                   f"{value!r}")  # fmt: skip
+        names = tuple(value)
+        known = _FLAGS_SEEN.get(names)
+        if known is None:
+            known = _FLAGS_SEEN[names] = self._flags(key, names)
+        return known
+
+    def _flags(self, key: str, value: tuple[str, ...]) -> PageTableFlags:
         flags = PageTableFlags.PRESENT
         for name in value:
             canonical = FLAG_ALIASES.get(name.upper(), name.upper())
@@ -187,14 +196,17 @@ def load_layout(path: str | Path) -> LayoutSpec:
 
 def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layout") -> LayoutSpec:
     """`load_layout` on text already read (``path`` names it in error messages)."""
-    try:
-        doc = tomllib.loads(text)
+    try:  # the plain subset layout files use is read fast; tomllib reads everything else
+        doc = fasttoml.loads(text)
+        if doc is None:
+            doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise LayoutError(f"{path}: not valid TOML: {e}") from None
     top = _Reader(path, "", doc, _TOP_KEYS)
     memory = top.size("memory", DEFAULT_MEMORY)
-    if memory % (2 << 20) or not 4 << 20 <= memory <= 64 << 30:
-        raise top.error("memory", f"expected a multiple of 2M between 4M and 64G, got {memory:#x}")
+    if memory % (2 << 20) or memory < 4 << 20:
+        raise top.error("memory", f"expected a multiple of 2M, at least 4M, got {memory:#x}")
+    _check_memory(top, memory)
     cap_size = top.page_size("max_page_size", "1G") or Size1GiB
     agent_slot = top.integer("agent_slot", AGENT_SLOT)
     if agent_slot > 511:
@@ -256,8 +268,55 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
         source=path,
     )
     check(spec)
-    check_physical(spec, agent_reserved(memory, agent_slot))
+    reserved = agent_reserved(memory, agent_slot)
+    check_physical(spec, reserved)
+    _check_room(top, mappings, reserved[0])
     return spec
+
+
+def _check_room(top: _Reader, mappings: list[MappingSpec], below: int) -> None:
+    """The ``phys = "allocate"`` mappings fit below the agent's memory, counting only their
+    own bytes and the level-4 table (a lower bound: alignment and tables need more), so that a
+    layout far too big for its memory fails here, before anything is built."""
+    need = sum(m.length for m in mappings if m.phys is None)
+    room = below - 0x2000  # the first frame is never allocated, the next is the level-4 table
+    if need > room:
+        raise top.error(
+            "memory",
+            f'the mappings with phys = "allocate" need at least {need:#x} bytes, more than the '
+            f"{room:#x} bytes below the guest agent's memory at {below:#x}: raise 'memory'",
+        )
+
+
+def _check_memory(top: _Reader, memory: int) -> None:
+    """``memory`` within what kvmpage's agent can address and this host can give, whichever is
+    less (checked here, before anything is built, rather than failing later with a bare
+    ENOMEM); the message says which limit it is and where it comes from."""
+    from kvmpage.kvm.limits import MemoryLimit, guest_memory_limit
+    from kvmpage.machine.agent import MAX_PHYSMAP_PDS
+
+    agent = MemoryLimit(
+        MAX_PHYSMAP_PDS << 30,
+        f"kvmpage's guest agent, which maps guest memory with one table per GiB and has room "
+        f"for {MAX_PHYSMAP_PDS}",
+    )
+    limit = min(agent, guest_memory_limit(), key=lambda limit: limit.size)
+    if memory > limit.size:
+        raise top.error(
+            "memory",
+            f"{_size_text(memory)} is more than this host can give a guest: at most "
+            f"{_size_text(limit.size)}, the limit of {limit.why}",
+        )
+
+
+def _size_text(n: int) -> str:
+    """``28G``, ``23.4G (25125634048 bytes)``: exact when round, else with the byte count."""
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift:
+            if n % (1 << shift) == 0:
+                return f"{n >> shift}{unit}"
+            return f"{n / (1 << shift):.1f}{unit} ({n} bytes)"
+    return f"{n} bytes"
 
 
 def _table(top: _Reader, key: str) -> Mapping[str, Any]:
@@ -321,23 +380,31 @@ def _largest(
     flags: PageTableFlags,
     cap: type[PageSize],
 ) -> list[MappingSpec]:
-    """Split a range into runs of the largest page sizes that fit its alignment and length."""
+    """Split a range into runs of the largest page sizes that fit its alignment and length.
+
+    At each point the largest size (up to ``cap``) to which both the virtual and the physical
+    address are aligned, and that still fits, is used; the pieces are computed a run at a time
+    (at most a handful: up in size, then down), never a page at a time, so a range of any
+    length is split at once and its page count can be bounded before anything else.
+    """
+    sizes = [s for s in _BY_RANK if s.SIZE <= cap.SIZE]  # largest first
+    if phys is not None:  # a size whose alignment virt and phys do not share is never usable
+        sizes = [s for s in sizes if (virt - phys) % s.SIZE == 0]
     pieces: list[tuple[type[PageSize], int, int]] = []  # size, offset, count
     offset = 0
-    sizes = [s for s in _BY_RANK if s.SIZE <= cap.SIZE]
     while offset < length:
-        for s in sizes:
-            aligned = (virt + offset) % s.SIZE == 0 and (
-                phys is None or (phys + offset) % s.SIZE == 0
-            )
-            if aligned and length - offset >= s.SIZE:
-                if pieces and pieces[-1][0] is s:
-                    size_, start, count = pieces[-1]
-                    pieces[-1] = (size_, start, count + 1)
-                else:
-                    pieces.append((s, offset, 1))
-                offset += s.SIZE
-                break
+        left = length - offset
+        at = virt + offset
+        size = next(s for s in sizes if at % s.SIZE == 0 and left >= s.SIZE)
+        count = left // size.SIZE
+        larger = [s for s in sizes if s.SIZE > size.SIZE]
+        if larger:  # stop where the next larger size becomes usable, if it still fits there
+            step = larger[-1].SIZE
+            until = (-at % step) // size.SIZE
+            if left - until * size.SIZE >= step:
+                count = until
+        pieces.append((size, offset, count))
+        offset += count * size.SIZE
     return [
         MappingSpec(
             name if len(pieces) == 1 else f"{name}[{n}]",
