@@ -7,6 +7,7 @@ import ctypes
 import errno
 import os
 import shutil
+import stat
 import struct
 from pathlib import Path
 
@@ -308,3 +309,54 @@ def test_kvm_handles_and_capabilities() -> None:
         assert vm.closed and vcpu.closed
         vm.close()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize(
+    ("err", "name", "cls"),
+    [
+        (errno.ENOENT, "ENOENT", KvmUnavailableError),
+        (errno.ENXIO, "ENXIO", KvmUnavailableError),
+        (errno.ENODEV, "ENODEV", KvmUnavailableError),
+        (errno.EACCES, "EACCES", KvmPermissionError),
+        (errno.EPERM, "EPERM", KvmPermissionError),
+        (errno.EISDIR, "EISDIR", KvmError),
+        (errno.EMFILE, "EMFILE", KvmError),
+        (errno.EBUSY, "EBUSY", KvmError),
+        (errno.EIO, "EIO", KvmError),  # no advice of its own: still named
+    ],
+)
+def test_every_open_errno_is_named(err: int, name: str, cls: type[KvmError]) -> None:
+    e = open_error("/dev/kvm", OSError(err, os.strerror(err)))
+    assert type(e) is cls and e.errno == err and e.op == "open"
+    assert str(e).startswith("cannot open /dev/kvm: ") and name in str(e)
+
+
+def _unbacked_char_device(tmp_path: os.PathLike[str]) -> str:
+    """A character device node with a major number no driver has: opening it is ENXIO."""
+    path = os.path.join(tmp_path, "kvm")
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(240, 77))
+    except PermissionError:
+        pytest.skip("mknod needs CAP_MKNOD")
+    return path
+
+
+def test_enxio_is_named_as_such(tmp_path: os.PathLike[str]) -> None:
+    path = _unbacked_char_device(tmp_path)
+    with pytest.raises(KvmUnavailableError) as info:
+        Kvm(path)
+    assert info.value.errno == errno.ENXIO
+    message = str(info.value)
+    assert "ENXIO" in message and "no driver answers" in message and "missing" not in message
+
+
+def test_enxio_on_the_command_line(
+    tmp_path: os.PathLike[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvmpage.cli import main
+
+    path = _unbacked_char_device(tmp_path)
+    for argv in (["verify"], ["host"], ["walk", "0x1000"]):
+        assert main([*argv, "--device", path]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "ENXIO" in err and path in err
