@@ -35,15 +35,15 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[
     code, out, _ = run(capsys, *argv, "--json")
     doc = json.loads(out)
     VALIDATOR.validate(doc)
-    assert doc["exit_code"] == code and doc["schema_version"] == 1
+    assert doc["exit_code"] == code and doc["schema_version"] == 2
     return code, doc
 
 
 def test_schema_is_a_valid_json_schema_and_rejects_drift() -> None:
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
-    bad = {"schema_version": 1, "command": "dump", "exit_code": 0}
+    bad = {"schema_version": 2, "command": "dump", "exit_code": 0}
     assert not VALIDATOR.is_valid(bad)
-    assert not VALIDATOR.is_valid({"schema_version": 2, "command": "host", "exit_code": 0})
+    assert not VALIDATOR.is_valid({"schema_version": 1, "command": "host", "exit_code": 0})
 
 
 # -- dump (software only) -----------------------------------------------------------------------

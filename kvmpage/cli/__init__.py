@@ -9,10 +9,10 @@
 
 LAYOUT is a TOML layout file (docs/layout.md); without it, the built-in layout. Exit status
 (the table: docs/json-schema.md): 0 when the check passed, 1 when it ran and found a problem (a
-disagreement; a W+X finding with ``dump --strict``; a difference with ``dump --diff``), 2 when
-it could not run or could not write its output (the reason is one line on stderr, and the JSON
-error document with ``--json``), 141 when the reader of stdout went away, 128 + N after signal
-N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+disagreement; with ``--strict`` anything left unverified or a W+X finding; a difference with
+``dump --diff``), 2 when it could not run or could not write its output (the reason is one
+line on stderr, and the JSON error document with ``--json``), 141 when the reader of stdout
+went away, 128 + N after signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ examples:
   kvmpage verify --oracle tcg             QEMU's TCG MMU instead of KVM (1 GiB pages, no /dev/kvm)
   kvmpage verify --oracle both            KVM and TCG side by side; a difference is a finding
 
-exit status: 0 hardware agrees on every probe, 1 any disagreement, 2 could not run
+exit status: 0 every probe that ran agreed (the output says what did not run), 1 any
+disagreement, or with --strict anything not verified or a W+X finding, 2 could not run
 """
 _WALK_EXAMPLES = """\
 examples:
@@ -169,6 +170,18 @@ def _parser() -> argparse.ArgumentParser:
         "--seed", type=arg.seed, default=0, help="seed of the sample in large layouts (0..2**32-1)"
     )
     v.add_argument("--cpl3-only", action="store_true", help="skip the (slower) CPL0 probes")
+    v.add_argument(
+        "--all",
+        action="store_true",
+        help="probe every page with the full set (read/write/fetch at CPL3 and CPL0) instead of "
+        "sampling layouts of more than 2048 pages",
+    )
+    v.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 unless everything was verified: no probe left out, no sampled page, no "
+        "feature the layout uses that this host cannot check, no W+X finding",
+    )
     v.add_argument(
         "--limit",
         type=arg.integer(0),

@@ -24,7 +24,8 @@ from kvmpage.paging.access import CpuState
 from kvmpage.paging.walk import Rights
 
 #: Version of the JSON documents the commands print with ``--json`` (docs/json-schema.md).
-SCHEMA_VERSION = 1
+#: 2: every address is a hex string, the embedded verifier report's too.
+SCHEMA_VERSION = 2
 BUILTIN = "builtin"
 
 

@@ -2,21 +2,25 @@
 
 The output is the dump's table with one verdict column per oracle: ``ok`` when every probe of
 that oracle on the run's pages agreed with the software, ``FAIL`` when one did not, ``-`` when
-that oracle did not probe the run. Then the disagreements in full, what could not be checked,
-and one summary line.
+that oracle did not probe the run. Then the disagreements in full, a ``coverage:`` line (pages
+probed by each access at each CPL, out of the total; complete or sampled), what could not be
+checked, and one summary line. Exit status 0 means every probe that ran agreed; ``--strict``
+makes anything left unverified (`kvmpage.cli.coverage.not_verified`) exit status 1 too.
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, load_spec, on_machine
+from kvmpage.cli.common import EXIT_ERROR, EXIT_FAIL, EXIT_OK, load_spec, on_machine
+from kvmpage.cli.coverage import coverage_line, not_verified
 from kvmpage.cli.oracles import CROSS, profile_of
 from kvmpage.cli.output import (
     BUILTIN,
@@ -138,6 +142,7 @@ def _text(
     findings: Sequence[Finding],
     limit: int,
     dropped_gbpage: bool,
+    cpl0: bool = True,
 ) -> list[str]:
     """The text report, without its final verdict line (``profile``: the oracle's, or each
     oracle's with ``--oracle both``)."""
@@ -191,6 +196,7 @@ def _text(
         f"holes: {report.coverage.holes} unmapped pages next to the runs, probed: "
         f"{hole_cells or 'none'}"
     )
+    lines.append(coverage_line(report.coverage, cpl0=cpl0))
     ad = sum(1 for d in report.disagreements if d.kind == "accessed-dirty")
     if ad:
         lines.append(
@@ -230,12 +236,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     oracle = getattr(args, "oracle", "kvm")
     if oracle == "both":
+        from kvmpage.cli.common import CliError
         from kvmpage.cli.verify_both import cmd_verify_both
 
+        if args.strict or args.all:  # refused rather than ignored
+            raise CliError("--strict and --all check one oracle: give --oracle kvm or tcg")
         return cmd_verify_both(args)
     spec = load_spec(args.layout)
     profile_of(oracle, args.device)  # no KVM (or no Unicorn): say so, and what works instead
     options = PlanOptions(seed=args.seed, cpl0=not args.cpl3_only)
+    if args.all:  # every page gets the full set, however many there are
+        options = PlanOptions(seed=args.seed, cpl0=not args.cpl3_only, full_limit=sys.maxsize)
     with (
         Progress.for_args(args.quiet) as progress,
         on_machine(spec, args.device, progress, oracle=oracle) as (
@@ -265,8 +276,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
         spec = built.spec
         profile = verifier.profile
+        gbpage_leaves = sum(len(g.indices) for g in leaves.groups if g.level == 3)
     seconds = time.perf_counter() - t0
+    gaps = not_verified(
+        report,
+        findings,
+        cpl0=options.cpl0,
+        dropped_gbpage=dropped_gbpage,
+        gbpage_leaves=gbpage_leaves,
+    )
     code = EXIT_OK if report.ok else EXIT_FAIL
+    error = None
+    probes = sum(c.probes for oracle, c in report.oracles.items() if oracle != "kvm-translate")
+    if report.ok and probes == 0:  # nothing ran (KVM_TRANSLATE alone is no check): never a pass
+        code, error = EXIT_ERROR, "no probe ran: nothing was verified"
+    elif report.ok and args.strict and gaps:
+        code = EXIT_FAIL
     if args.json:
         emit_json(
             {
@@ -286,9 +311,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 "holes": holes.to_json(),
                 "audit": [finding_json(f) for f in findings],
                 "report": report.to_dict(),
+                "strict": args.strict,
+                "not_verified": gaps,
                 "seconds": round(seconds, 4),
+                **({"error": error} if error else {}),
             }
         )
+        if error:
+            print(f"kvmpage verify: error: {error}", file=sys.stderr)
         return code
     lines = _text(
         head=head,
@@ -302,8 +332,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
         findings=findings,
         limit=args.limit,
         dropped_gbpage=dropped_gbpage,
+        cpl0=options.cpl0,
     )
+    if args.strict and gaps:
+        lines.append(f"--strict: not verified: {'; '.join(gaps)}")
     print("\n".join(lines))
     verdict = VERDICTS[oracle][0 if report.ok else 1]
+    if report.ok and code == EXIT_FAIL:
+        verdict = "every probe that ran agreed, but NOT EVERYTHING WAS VERIFIED (--strict)"
+    elif error:
+        verdict = "NOTHING VERIFIED"
     print(f"{verdict}: {report.summary().rsplit(';', 1)[0]}; {seconds:.2f} s")
+    if error:
+        print(f"kvmpage verify: error: {error}", file=sys.stderr)
     return code

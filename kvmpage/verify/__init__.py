@@ -201,6 +201,7 @@ class Verifier:
         results = self.session.run(probes, self.cpu, reads, pipelined=pipelined)
         chunks = reads.chunks
         t2 = time.perf_counter()
+        plan.coverage.count_probed(probes, [c.vas for c in chunks])
         self._compare_probes(report, probes, expectations, values, results)
         self._compare_bulk(report, chunks, results)
         self._compare_ad(report, probes, expectations, before, chunks)

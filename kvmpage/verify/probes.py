@@ -77,9 +77,13 @@ class PlanOptions:
     image_sample: bool = False
 
 
+#: The six kinds of probe, as `Coverage.probed` names them.
+PROBE_KINDS = tuple(f"{access.value}@cpl{cpl}" for access, cpl in FULL_SET)
+
+
 @dataclass
 class Coverage:
-    """What the plan covers, in words and numbers."""
+    """What the plan covers, in words and numbers; after a run, what was really probed."""
 
     pages: int = 0
     pages_full: int = 0
@@ -88,10 +92,28 @@ class Coverage:
     extra: int = 0
     strategy: str = ""
     skipped: dict[str, int] = field(default_factory=dict)
+    #: after a run: pages (mapped leaves) probed by each kind of probe (``"write@cpl0"``...),
+    #: out of `pages`; a page counts once a probe of that kind ran on it
+    probed: dict[str, int] = field(default_factory=dict)
+    #: after a run: every page was read, written and fetched at CPL3 and CPL0
+    complete: bool = False
 
     def skip(self, reason: str, count: int = 1) -> None:
         """Count probes left out, by reason."""
         self.skipped[reason] = self.skipped.get(reason, 0) + count
+
+    def count_probed(self, probes: Sequence[Probe], bulk_reads: Sequence[Sequence[int]]) -> None:
+        """Fill `probed` and `complete` from the probes that ran and the bulk pages read (the
+        first byte of 4 KiB pages, a CPL3 read each)."""
+        seen: dict[str, set[int]] = {kind: set() for kind in PROBE_KINDS}
+        for p in probes:
+            if p.leaf is not None:
+                seen[f"{p.access.value}@cpl{p.cpl}"].add(p.leaf.virt)
+        self.probed = {kind: len(pages) for kind, pages in seen.items()}
+        reads = seen["read@cpl3"] if self.extra else set()  # an extra address may be a bulk page
+        for vas in bulk_reads:
+            self.probed["read@cpl3"] += len(vas) - len(reads.intersection(vas))
+        self.complete = all(n >= self.pages for n in self.probed.values())
 
 
 class BulkGroup(NamedTuple):

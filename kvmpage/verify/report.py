@@ -1,7 +1,8 @@
 """The verification report: counts per oracle, unavailable features, coverage, disagreements.
 
-`Report.to_dict` is JSON-serialisable (schema version `SCHEMA_VERSION`); `Report.format` is the
-text a person reads.
+`Report.to_dict` is JSON-serialisable (schema version `SCHEMA_VERSION`): addresses are hex
+strings, as everywhere in kvmpage's JSON (a reader that holds numbers as doubles, jq or
+JavaScript, would round a 64-bit address); `Report.format` is the text a person reads.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from typing import Any
 
 from kvmpage.verify.probes import Coverage
 
-SCHEMA_VERSION = 1
+#: 2: addresses (a disagreement's ``va``) are hex strings; the coverage has ``probed`` and
+#: ``complete``.
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -98,7 +101,7 @@ class Report:
         return not self.disagreements
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable form (addresses as integers)."""
+        """A JSON-serialisable form (addresses as hex strings)."""
         return {
             "schema_version": SCHEMA_VERSION,
             "host": self.host,
@@ -113,7 +116,7 @@ class Report:
             "unverified": dict(self.unverified),
             "coverage": asdict(self.coverage),
             "seconds": dict(self.seconds),
-            "disagreements": [asdict(d) for d in self.disagreements],
+            "disagreements": [{**asdict(d), "va": f"{d.va:#x}"} for d in self.disagreements],
         }
 
     def summary(self) -> str:
