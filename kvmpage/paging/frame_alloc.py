@@ -16,10 +16,11 @@ the same frame twice while it is in use.
 from __future__ import annotations
 
 import heapq
+import operator
 from typing import Any, Generic, Protocol, TypeVar
 
-from kvmpage.memory import PhysMemory, PhysMemoryError
-from kvmpage.paging.page import PageSize, PhysFrame, Size4KiB
+from kvmpage.memory import PhysicalMemory, PhysMemoryError
+from kvmpage.paging.page import PageSize, PhysFrame, Size4KiB, _check_size
 
 S_co = TypeVar("S_co", bound=PageSize)
 S_contra = TypeVar("S_contra", bound=PageSize)
@@ -39,6 +40,20 @@ class FrameDeallocator(Protocol[S_contra]):
         """Return ``frame``; the caller promises it is no longer used."""
 
 
+def _address(value: Any, name: str) -> int:
+    """A physical address given as an int or a `PhysAddr` (not a float, a string or a bool)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = operator.index(value)
+    except TypeError:
+        kind = type(value).__name__
+        raise TypeError(f"{name} must be an int or a PhysAddr, got {kind}") from None
+    if v < 0:
+        raise ValueError(f"{name} must not be negative, got {v:#x}")
+    return v
+
+
 class FrameDeallocationError(ValueError):
     """A frame given back that this allocator did not hand out, or that is already free."""
 
@@ -56,9 +71,12 @@ class BumpFrameAllocator(Generic[S_co]):
         end: int,
         *,
         size: type[PageSize] = Size4KiB,
-        memory: PhysMemory | None = None,
+        memory: PhysicalMemory | None = None,
     ) -> None:
-        s, e = int(start), int(end)
+        size = _check_size(size)
+        s, e = _address(start, "start"), _address(end, "end")
+        if memory is not None and not isinstance(memory, PhysicalMemory):
+            raise TypeError(f"memory must be a PhysicalMemory or None, got {type(memory).__name__}")
         if s % size.SIZE or e % size.SIZE:
             raise ValueError(
                 f"allocator range [{s:#x}, {e:#x}) is not aligned to {size.DEBUG_STR} frames"
@@ -97,8 +115,15 @@ class BumpFrameAllocator(Generic[S_co]):
         never handed out by `allocate_frame`. Returns the physical start, or None when the rest
         of the range is too small. The frames skipped to reach the alignment are lost.
         """
+        for value, name in ((length, "length"), (align, "align")):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if length < 0:
+            raise ValueError(f"length must not be negative, got {length}")
+        if align <= 0 or align & (align - 1):
+            raise ValueError(f"align must be a power of two, got {align}")
         start = -(-self._next // align) * align
-        if length < 0 or start + length > self.end:
+        if start + length > self.end:
             return None
         self._next = -(-(start + length) // self._step) * self._step
         return start
@@ -119,7 +144,7 @@ class PoolFrameAllocator(BumpFrameAllocator[S_co]):
         end: int,
         *,
         size: type[PageSize] = Size4KiB,
-        memory: PhysMemory | None = None,
+        memory: PhysicalMemory | None = None,
     ) -> None:
         super().__init__(start, end, size=size, memory=memory)
         self._free: list[int] = []

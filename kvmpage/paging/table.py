@@ -9,7 +9,9 @@ entry with its own storage.
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Iterator
+from typing import Any
 
 from kvmpage.addr import PhysAddr
 from kvmpage.index import ENTRY_COUNT, PageTableIndex
@@ -19,6 +21,26 @@ from kvmpage.panic import Panic
 
 ADDRESS_MASK = 0x000F_FFFF_FFFF_F000
 """Bits 12..51 of an entry: the physical address of the frame or next table (T-05)."""
+
+
+def int_arg(value: Any, name: str) -> int:
+    """``value`` as an int: an int, `PageTableFlags` or `PhysAddr` (anything with
+    ``__index__``), not a bool, a float or a string (`TypeError`)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+
+
+def u64_arg(value: Any, name: str) -> int:
+    """`int_arg`, in u64 (`ValueError` for a negative value or 2**64 and above). Raw entries
+    and flags go through here before anything is written."""
+    v = int_arg(value, name)
+    if not 0 <= v < 1 << 64:
+        raise ValueError(f"{name} {v:#x} does not fit in 64 bits")
+    return v
 
 
 class PageTableFlags(enum.IntFlag, boundary=enum.KEEP):
@@ -172,9 +194,10 @@ class PageTableEntry:
     __slots__ = ("_i", "_q")
 
     def __init__(self, raw: int = 0) -> None:
+        value = u64_arg(raw, "raw")
         self._q = memoryview(bytearray(8)).cast("Q")
         self._i = 0
-        self._q[0] = raw
+        self._q[0] = value
 
     @classmethod
     def _view(cls, words: memoryview, index: int) -> PageTableEntry:
@@ -195,7 +218,7 @@ class PageTableEntry:
 
     @raw.setter
     def raw(self, value: int) -> None:
-        self._q[self._i] = value
+        self._q[self._i] = u64_arg(value, "raw")
 
     def is_unused(self) -> bool:
         """Whether the raw value is 0: any set bit, even a lone OS bit, makes it used (T-04)."""
@@ -233,21 +256,25 @@ class PageTableEntry:
         """
         if not isinstance(addr, PhysAddr):
             raise TypeError(f"set_addr needs a PhysAddr, got {type(addr).__name__}")
+        f = u64_arg(flags, "flags")
         if addr._v & 0xFFF:
             raise Panic("assertion failed: addr.is_aligned(Size4KiB::SIZE)")
-        self._q[self._i] = addr._v | int(flags)
+        self._q[self._i] = addr._v | f
 
     def set_frame(self, frame: PhysFrame[Size4KiB], flags: int) -> None:
         """Point at a 4 KiB ``frame``; HUGE_PAGE in ``flags`` is a `Panic` (T-08)."""
         if type(frame) is not PhysFrame:
             raise TypeError(f"set_frame needs a 4 KiB PhysFrame, got {type(frame).__name__}")
-        if int(flags) & HUGE_PAGE:
+        f = u64_arg(flags, "flags")
+        if f & HUGE_PAGE:
             raise Panic("assertion failed: !flags.contains(PageTableFlags::HUGE_PAGE)")
-        self._q[self._i] = frame._start | int(flags)
+        self._q[self._i] = frame._start | f
 
     def set_flags(self, flags: int) -> None:
-        """Replace every flag, keep the address (T-09)."""
-        self._q[self._i] = (self._q[self._i] & ADDRESS_MASK) | int(flags)
+        """Replace every flag, keep the address (T-09; like the crate, flag bits in the address
+        field end up in the address)."""
+        f = u64_arg(flags, "flags")
+        self._q[self._i] = (self._q[self._i] & ADDRESS_MASK) | f
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PageTableEntry) and other.raw == self.raw
@@ -280,7 +307,9 @@ class PageTable:
     ENTRY_COUNT = ENTRY_COUNT
 
     def __init__(self, memory: PhysicalMemory, addr: int | PhysAddr) -> None:
-        a = int(addr)
+        if not isinstance(memory, PhysicalMemory):
+            raise TypeError(f"memory must be a PhysicalMemory, got {type(memory).__name__}")
+        a = int_arg(addr, "addr")  # its range is the memory's: PhysMemoryError
         if a & 0xFFF:
             raise PhysMemoryError(f"a page table must be 4 KiB aligned, got {a:#x}")
         #: The memory holding the table and its physical address.
@@ -296,9 +325,8 @@ class PageTable:
         return PageTableEntry._view(self._q, self._base + _slot(index))
 
     def __setitem__(self, index: int | PageTableIndex, entry: PageTableEntry | int) -> None:
-        self._q[self._base + _slot(index)] = (
-            entry.raw if isinstance(entry, PageTableEntry) else entry
-        )
+        value = entry.raw if isinstance(entry, PageTableEntry) else u64_arg(entry, "entry")
+        self._q[self._base + _slot(index)] = value
 
     def __len__(self) -> int:
         return ENTRY_COUNT

@@ -21,6 +21,15 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast
 from kvmpage.addr import PhysAddr, VirtAddr, canonicalize
 from kvmpage.memory import PhysicalMemory
 from kvmpage.paging.frame_alloc import FrameAllocator, FrameDeallocator
+from kvmpage.paging.mapper.checks import (
+    ALLOCATORS,
+    allocator_arg,
+    deallocator_arg,
+    flags_arg,
+    frame_arg,
+    page_arg,
+    range_arg,
+)
 from kvmpage.paging.mapper.errors import (
     FrameAllocationFailed,
     InvalidFrameAddress,
@@ -80,32 +89,31 @@ _FRAME_OF_LEVEL: dict[int, Any] = {
     3: PhysFrame[Size1GiB],
 }
 _PAGE_OF_LEVEL: dict[int, Any] = {1: Page, 2: Page[Size2MiB], 3: Page[Size1GiB]}
+_PAIR_LEVEL: dict[tuple[type, type], int] = {
+    (_PAGE_OF_LEVEL[level], _FRAME_OF_LEVEL[level]): level for level in (1, 2, 3)
+}
 
 
 def _index(va: int, level: int) -> int:
     return (va >> (3 + 9 * level)) & 511
 
 
-def _flags(flags: int) -> int:
-    f = int(flags)
-    if not 0 <= f <= _U64:
-        raise ValueError(f"flags {f:#x} do not fit in 64 bits")
-    return f
+def _leaf_level(page: Any) -> int:
+    """The level of the entry that maps ``page`` (checked to be a `Page`)."""
+    page_arg(page)
+    return _LEAF_LEVEL[page.SIZE_TYPE]
 
 
-def _leaf_level(page: Any, frame: Any | None = None) -> int:
-    """The level of the entry that maps ``page``; checks that ``frame`` has the same size."""
-    if not isinstance(page, Page):
-        raise TypeError(f"expected a Page, got {type(page).__name__}")
-    size = page.SIZE_TYPE
-    if frame is not None:
-        if not isinstance(frame, PhysFrame):
-            raise TypeError(f"expected a PhysFrame, got {type(frame).__name__}")
-        if frame.SIZE_TYPE is not size:
-            raise TypeError(
-                f"cannot map a {size.DEBUG_STR} page to a {frame.SIZE_TYPE.DEBUG_STR} frame"
-            )
-    return _LEAF_LEVEL[size]
+def _pair_level(page: Any, frame: Any) -> int:
+    """`_leaf_level`, and ``frame`` must be a `PhysFrame` of the same size (never None)."""
+    if type(page) is Page and type(frame) is PhysFrame:  # the common case, first
+        return 1
+    level = _PAIR_LEVEL.get((type(page), type(frame)))
+    if level is None:  # not a matching pair: say what is wrong
+        page_arg(page)
+        frame_arg(page, frame)
+        return _LEAF_LEVEL[page.SIZE_TYPE]
+    return level
 
 
 class Translate(Protocol):
@@ -286,11 +294,15 @@ class TableMapper:
     ) -> MapperFlush[S]:
         """Map ``page`` to ``frame`` with ``flags``; parents get ``flags & (P|W|U)`` (M-02).
 
-        Raises `FrameAllocationFailed`, `ParentEntryHugePage` or `PageAlreadyMapped` (with the
-        requested frame). Nothing is rolled back on failure, like the crate (MP-05).
+        The arguments are checked first (`TypeError`, `ValueError`: nothing is changed). Then it
+        raises `FrameAllocationFailed`, `ParentEntryHugePage` or `PageAlreadyMapped` (with the
+        requested frame), and nothing is rolled back, like the crate (MP-05): what each error
+        leaves behind is listed in docs/divergences.md.
         """
-        f = _flags(flags)
-        return self.map_to_with_table_flags(page, frame, f, f & _PARENT_FLAG_MASK, frame_allocator)
+        f = flags_arg(flags)
+        if type(frame_allocator) not in ALLOCATORS:
+            allocator_arg(frame_allocator)
+        return self._map(page, frame, f, f & _PARENT_FLAG_MASK, frame_allocator)
 
     def map_to_with_table_flags(
         self,
@@ -300,10 +312,25 @@ class TableMapper:
         parent_table_flags: int,
         frame_allocator: FrameAllocator[Any],
     ) -> MapperFlush[S]:
-        """Map with explicit flags for new parents / to OR into existing parents (MP-04..MP-11)."""
-        level = _leaf_level(page, frame)
-        f = _flags(flags)
-        insert = _flags(parent_table_flags)
+        """Map with explicit flags for new parents / to OR into existing parents (MP-04..MP-11).
+
+        Arguments are checked as by `map_to`, ``parent_table_flags`` as flags."""
+        f = flags_arg(flags)
+        insert = flags_arg(parent_table_flags, "parent_table_flags")
+        allocator_arg(frame_allocator)
+        return self._map(page, frame, f, insert, frame_allocator)
+
+    def _map(
+        self,
+        page: Page[S],
+        frame: PhysFrame[S],
+        f: int,
+        insert: int,
+        frame_allocator: FrameAllocator[Any],
+    ) -> MapperFlush[S]:
+        """`map_to_with_table_flags` once the flags and the allocator are checked (subclasses
+        put their fast paths here)."""
+        level = _pair_level(page, frame)
         va = page._start
         t = self._p4()
         for lvl in range(4, level, -1):
@@ -347,7 +374,7 @@ class TableMapper:
     def update_flags(self, page: Page[S], flags: int) -> MapperFlush[S]:
         """Replace the leaf's flags (huge leaves keep HUGE_PAGE); parents untouched (#534)."""
         level = _leaf_level(page)
-        f = _flags(flags)
+        f = flags_arg(flags)
         va = page._start
         q, b = self._walk_to(va, level, loose=True)
         i = b + _index(va, level)
@@ -361,7 +388,7 @@ class TableMapper:
 
     def _set_flags_at(self, page: Page[Any], table_level: int, flags: int) -> MapperFlushAll:
         level = _leaf_level(page)
-        f = _flags(flags)
+        f = flags_arg(flags)
         if level >= table_level:
             raise ParentEntryHugePage()
         va = page._start
@@ -454,17 +481,15 @@ class TableMapper:
         through two entries, the recursive slot inside the range) is checked page by page, as
         the loop would see it, so it is correct but not fast.
         """
-        if not isinstance(pages, PageRange | PageRangeInclusive):
-            raise TypeError(
-                f"expected a PageRange or PageRangeInclusive, got {type(pages).__name__}"
-            )
-        level = _leaf_level(pages.start, first_frame)
-        f = _flags(flags)
-        insert = f & _PARENT_FLAG_MASK if parent_table_flags is None else _flags(parent_table_flags)
-        if insert & ADDRESS_MASK:
-            raise ValueError(
-                f"parent_table_flags {insert:#x} have bits in the address field (12..51)"
-            )
+        range_arg(pages)
+        level = _pair_level(pages.start, first_frame)
+        f = flags_arg(flags)
+        insert = (
+            f & _PARENT_FLAG_MASK
+            if parent_table_flags is None
+            else flags_arg(parent_table_flags, "parent_table_flags")
+        )
+        allocator_arg(frame_allocator)
         n = pages.len()
         step = pages.start.SIZE
         va0 = pages.start._start
@@ -622,7 +647,7 @@ class TableMapper:
                 ):
                     page_type, frame_type = _PAGE_OF_LEVEL[level], _FRAME_OF_LEVEL[level]
                     for _ in range(count):
-                        self.map_to_with_table_flags(
+                        self._map(
                             page_type._make(va0 + done * step),
                             frame_type._make(frame0 + done * step),
                             f,
@@ -698,6 +723,7 @@ class TableMapper:
 
     def clean_up(self, frame_deallocator: FrameDeallocator[Any]) -> None:
         """Free every empty page table of the whole address space (C-01)."""
+        deallocator_arg(frame_deallocator)
         self._clean(self._p4(), 4, 0, 0xFFFF_FFFF_FFFF_F000, frame_deallocator)
 
     def clean_up_addr_range(
@@ -709,6 +735,7 @@ class TableMapper:
         """
         if not isinstance(range, PageRangeInclusive) or type(range.start) is not Page:
             raise TypeError("clean_up_addr_range takes a PageRangeInclusive of 4 KiB pages")
+        deallocator_arg(frame_deallocator)
         self._clean(self._p4(), 4, range.start._start, range.end._start, frame_deallocator)
 
     def _clean(

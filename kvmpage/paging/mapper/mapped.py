@@ -10,6 +10,7 @@ from typing import Protocol
 
 from kvmpage.memory import PhysicalMemory
 from kvmpage.paging.mapper.base import ADDRESS_MASK, Table, TableMapper
+from kvmpage.paging.mapper.checks import table_arg, tlb_arg
 from kvmpage.paging.mapper.flush import Tlb
 from kvmpage.paging.page import PhysFrame, Size4KiB
 from kvmpage.paging.table import PageTable
@@ -49,10 +50,13 @@ class MappedPageTable(TableMapper):
         tlb: Tlb | None = None,
     ) -> None:
         """``level_4_table``: the active (or to-be-active) PML4; ``tlb``: where flushes go."""
-        if not isinstance(level_4_table, PageTable):
+        table_arg(level_4_table)
+        if not callable(getattr(page_table_frame_mapping, "frame_to_pointer", None)):
             raise TypeError(
-                f"level_4_table must be a PageTable, got {type(level_4_table).__name__}"
+                "page_table_frame_mapping must have a frame_to_pointer() method, got "
+                f"{type(page_table_frame_mapping).__name__}"
             )
+        tlb_arg(tlb)
         super().__init__(level_4_table.memory, tlb)
         self._l4 = level_4_table
         self._l4_table: Table = (level_4_table._q, level_4_table._base)

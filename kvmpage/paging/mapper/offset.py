@@ -14,12 +14,11 @@ from kvmpage.addr import PhysAddr, VirtAddr
 from kvmpage.memory import PhysicalMemory, PhysMemory, PhysMemoryError
 from kvmpage.paging.frame_alloc import FrameAllocator
 from kvmpage.paging.mapper.base import ADDRESS_MASK, S, Table
+from kvmpage.paging.mapper.checks import table_arg
 from kvmpage.paging.mapper.flush import MapperFlush, Tlb
 from kvmpage.paging.mapper.mapped import MappedPageTable
 from kvmpage.paging.page import Page, PhysFrame, Size4KiB
 from kvmpage.paging.table import PageTable
-
-_U64 = (1 << 64) - 1
 
 
 class PhysOffset:
@@ -66,6 +65,7 @@ class OffsetPageTable(MappedPageTable):
     def __init__(
         self, level_4_table: PageTable, phys_offset: VirtAddr, *, tlb: Tlb | None = None
     ) -> None:
+        table_arg(level_4_table)
         mapping = PhysOffset(level_4_table.memory, phys_offset)
         super().__init__(level_4_table, mapping, tlb=tlb)
         self._offset_mapping = mapping
@@ -117,27 +117,23 @@ class OffsetPageTable(MappedPageTable):
             return None
         return PhysAddr._raw((e & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF))
 
-    def map_to_with_table_flags(
+    def _map(
         self,
         page: Page[S],
         frame: PhysFrame[S],
-        flags: int,
-        parent_table_flags: int,
+        f: int,
+        insert: int,
         frame_allocator: FrameAllocator[Any],
     ) -> MapperFlush[S]:
-        # Fast path for a 4 KiB page (`_map_4k_fast`); new parents need PRESENT and not
-        # HUGE_PAGE in the insert flags, else the general path (and its panics) decides.
-        if type(page) is Page and type(frame) is PhysFrame:
-            f = int(flags)
-            insert = int(parent_table_flags)
-            if 0 <= f <= _U64 and not f & 0x80 and 0 <= insert <= _U64:
-                done = self._map_4k_fast(
-                    page, frame, f, insert, frame_allocator, self._l4_table[1] << 3,
-                    self._offset_mapping._safe_below,
-                    insert if insert & 0x81 == 1 else None, self._offset_mapping.memory.words,
-                )  # fmt: skip
-                if done is not None:
-                    return done
-        return super().map_to_with_table_flags(
-            page, frame, flags, parent_table_flags, frame_allocator
-        )
+        # Fast path for a 4 KiB page (`_map_4k_fast`; the flags and the allocator are checked
+        # already); new parents need PRESENT and not HUGE_PAGE in the insert flags, else the
+        # general path (and its panics) decides.
+        if type(page) is Page and type(frame) is PhysFrame and not f & 0x80:
+            done = self._map_4k_fast(
+                page, frame, f, insert, frame_allocator, self._l4_table[1] << 3,
+                self._offset_mapping._safe_below,
+                insert if insert & 0x81 == 1 else None, self._offset_mapping.memory.words,
+            )  # fmt: skip
+            if done is not None:
+                return done
+        return super()._map(page, frame, f, insert, frame_allocator)

@@ -26,6 +26,7 @@ from kvmpage.paging.mapper.base import (
     Table,
     TableMapper,
 )
+from kvmpage.paging.mapper.checks import cr3_arg, index_arg, memory_arg, tlb_arg
 from kvmpage.paging.mapper.errors import (
     NotActive,
     NotRecursive,
@@ -36,8 +37,15 @@ from kvmpage.paging.walk import SoftPageFault, resolve, resolve_below
 
 
 def recursive_table_address(r: int, *indices: int) -> VirtAddr:
-    """The virtual address (r, ..., indices) padded on the left with ``r`` to four indices."""
-    idx = (r,) * (4 - len(indices)) + tuple(indices)
+    """The virtual address (r, ..., indices) padded on the left with ``r`` to four indices.
+
+    ``r`` and up to three ``indices``, each an int in 0..511 (`TypeError` / `ValueError`
+    otherwise: 512 or -1 used to give a wrong address silently)."""
+    if len(indices) > 3:
+        raise TypeError(f"recursive_table_address takes r and 3 indices at most, not {indices}")
+    r = index_arg(r, "r")
+    indices = tuple(index_arg(i, f"index {n}") for n, i in enumerate(indices, 1))
+    idx = (r,) * (4 - len(indices)) + indices
     v = (idx[0] << 39) | (idx[1] << 30) | (idx[2] << 21) | (idx[3] << 12)
     return VirtAddr._raw(canonicalize(v))
 
@@ -63,10 +71,11 @@ class RecursivePageTable(TableMapper):
         *,
         tlb: Tlb | None = None,
     ) -> None:
+        memory_arg(memory)
         if type(table_addr) is not VirtAddr:
             raise TypeError(f"table_addr must be a VirtAddr, got {table_addr!r}")
-        if type(cr3) is not PhysFrame:
-            raise TypeError(f"cr3 must be a 4 KiB PhysFrame, got {cr3!r}")
+        cr3_arg(cr3)
+        tlb_arg(tlb)
         page: Page[Size4KiB] = Page.containing_address(table_addr)
         r = int(page.p4_index())
         if not (
@@ -109,7 +118,13 @@ class RecursivePageTable(TableMapper):
         *,
         tlb: Tlb | None = None,
     ) -> RecursivePageTable:
-        """No checks (R-02): the caller promises entry ``recursive_index`` is the recursive one."""
+        """No checks of the tables (R-02): the caller promises entry ``recursive_index`` is the
+        recursive one. The arguments' types are checked all the same."""
+        memory_arg(memory)
+        cr3_arg(cr3)
+        tlb_arg(tlb)
+        if isinstance(recursive_index, bool):
+            raise TypeError("recursive_index must be an int or a PageTableIndex, got a bool")
         self = object.__new__(cls)
         self._init(memory, int(PageTableIndex(recursive_index)), cr3, tlb)
         return self
@@ -235,35 +250,33 @@ class RecursivePageTable(TableMapper):
             return super().translate_addr(addr)  # R-15: panics
         return PhysAddr._raw((raw & _MASK) | (va & 0xFFF))
 
-    def map_to_with_table_flags(
+    def _map(
         self,
         page: Page[S],
         frame: PhysFrame[S],
-        flags: int,
-        parent_table_flags: int,
+        f: int,
+        insert: int,
         frame_allocator: FrameAllocator[Any],
     ) -> MapperFlush[S]:
-        # Fast path for a 4 KiB page (`_map_4k_fast`) while entry r points back at the PML4:
-        # then each table's recursive address resolves to the frame its parent names. New
-        # parents get PRESENT | WRITABLE as well (R-05).
+        # Fast path for a 4 KiB page (`_map_4k_fast`; the flags and the allocator are checked
+        # already) while entry r points back at the PML4: then each table's recursive address
+        # resolves to the frame its parent names. New parents get PRESENT | WRITABLE as well
+        # (R-05).
         q, limit, t = self.memory.words, self.memory.size - 4096, self.cr3._start
         if (
             type(page) is Page
             and type(frame) is PhysFrame
+            and not (f | insert) & HUGE_PAGE
             and t <= limit
             and q[(t >> 3) + self.recursive_index] & (_MASK | 0x81) == t | 1  # self-mapped
         ):
-            f, insert = int(flags), int(parent_table_flags)
-            if 0 <= f < 1 << 64 and not (f | insert) & HUGE_PAGE and 0 <= insert < 1 << 64:
-                done = self._map_4k_fast(
-                    page, frame, f, insert, frame_allocator, t, limit + 1,
-                    insert | PRESENT | WRITABLE, q,
-                )  # fmt: skip
-                if done is not None:
-                    return done
-        return super().map_to_with_table_flags(
-            page, frame, flags, parent_table_flags, frame_allocator
-        )
+            done = self._map_4k_fast(
+                page, frame, f, insert, frame_allocator, t, limit + 1,
+                insert | PRESENT | WRITABLE, q,
+            )  # fmt: skip
+            if done is not None:
+                return done
+        return super()._map(page, frame, f, insert, frame_allocator)
 
 
 _MASK = ADDRESS_MASK
