@@ -4,6 +4,11 @@
 the Rust crate ``x86_64``); ``kvmpage.memory`` is the physical memory they write into.
 """
 
+from kvmpage import _early
+
+if _early.is_console_script():  # first thing: a Ctrl-C while the command starts is one line
+    _early.stop_on_signals()
+
 from kvmpage.addr import (
     PhysAddr,
     PhysAddrNotValid,

@@ -219,3 +219,37 @@ def test_the_console_script_exits_130_with_one_line(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err == "kvmpage verify: interrupted (SIGINT)\n"
+
+
+def _early_child(argv: list[str], name: str = "kvmpage") -> subprocess.CompletedProcess[str]:
+    """A process that looks like the console script (``sys.argv[0]``), imports kvmpage, and
+    is interrupted before any command code runs."""
+    code = (
+        "import os, signal, sys, time\n"
+        f"sys.argv = [{name!r}, *{argv!r}]\n"
+        "import kvmpage\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(10)\n"
+        "print('not stopped')\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+
+
+def test_a_signal_before_main_is_one_line_too() -> None:
+    """The console script handles signals from the first line of kvmpage it runs (before
+    that, the interpreter is still starting: that part is Python's)."""
+    done = _early_child(["verify", "--json"])
+    assert done.returncode == 130 and done.stderr == "kvmpage verify: interrupted (SIGINT)\n"
+    doc = json.loads(done.stdout)
+    assert doc == {"schema_version": 2, "command": "verify", "exit_code": 130,
+                   "error": "interrupted (SIGINT)"}  # fmt: skip
+    from kvmpage import _early
+    from kvmpage.cli.output import SCHEMA_VERSION
+
+    assert _early.SCHEMA_VERSION == SCHEMA_VERSION
+
+
+def test_importing_kvmpage_as_a_library_leaves_signals_alone() -> None:
+    done = _early_child(["verify"], name="my-program")
+    assert done.returncode != 130 and "KeyboardInterrupt" in done.stderr

@@ -5,7 +5,8 @@ that came from a file.
   ``KeyboardInterrupt``), so every ``with`` block on the way out runs and releases its machine
   (the KVM handles hold the signals while they close, `kvmpage.kvm.signals`). The command then
   prints one line and exits with 128 + the signal number: 130 for Ctrl-C, 143 for SIGTERM, 129
-  for SIGHUP, as a shell reports a process the signal killed.
+  for SIGHUP, as a shell reports a process the signal killed. Before ``main`` runs, the console
+  script has `kvmpage._early` handle them the same way.
 - **Output.** `guarded_output` puts a thin wrapper on stdout that turns a failed write into
   `OutputError` (not an ``OSError``, so it cannot pass for a KVM or a file problem), and one on
   stderr that drops failed writes: a message for people has nowhere else to go. A reader that
