@@ -341,3 +341,17 @@ def test_a_campaign_that_made_no_probe_is_not_a_pass(
     doc = json.loads(out)
     VALIDATOR.validate(doc)
     assert code == 2 and doc["exit_code"] == 2 and doc["probes"] == 0 and "no probe" in doc["error"]
+
+
+@pytest.mark.parametrize(
+    ("redirect", "code", "fragment"),
+    [(">&-", 2, "cannot write the output"), ("2>&-", 0, ""), (">&- 2>&-", 2, "")],
+)
+def test_a_command_started_without_stdout_or_stderr(
+    redirect: str, code: int, fragment: str
+) -> None:
+    script = " ".join(_script())
+    done = subprocess.run(["sh", "-c", f"{script} dump {redirect}"], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    assert done.returncode == code and "Traceback" not in done.stderr
+    assert "internal error" not in done.stderr and fragment in done.stderr

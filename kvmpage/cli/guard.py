@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import signal
 import sys
@@ -125,7 +126,7 @@ def signal_handlers(command: str = "") -> Iterator[SignalState]:
 class _Stdout:
     """stdout, with failed writes raised as `OutputError`."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | io.TextIOBase) -> None:
         self._stream = stream
         #: Whether anything was written (a JSON document must not follow half of another).
         self.started = False
@@ -150,7 +151,7 @@ class _Stdout:
 class _Stderr:
     """stderr, where a failed write is dropped: messages for people have nowhere else to go."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | io.TextIOBase) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
@@ -167,14 +168,24 @@ class _Stderr:
         return getattr(self._stream, name)
 
 
+class _Closed(io.TextIOBase):
+    """What stands for a standard stream the process was started without (``>&-``): writing
+    fails as writing to a closed descriptor does."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "the stream is closed (the command was started without it)")
+
+    def isatty(self) -> bool:
+        return False
+
+
 @contextlib.contextmanager
 def guarded_output() -> Iterator[_Stdout]:
     """Put the `_Stdout` and `_Stderr` wrappers in place for the block (restored after)."""
     out, err = sys.stdout, sys.stderr
-    guarded = _Stdout(out)
+    guarded = _Stdout(out if out is not None else _Closed())
     sys.stdout = guarded
-    if err is not None:
-        sys.stderr = _Stderr(err)
+    sys.stderr = _Stderr(err if err is not None else _Closed())
     try:
         yield guarded
     finally:
