@@ -355,3 +355,25 @@ def test_a_command_started_without_stdout_or_stderr(
                           text=True, check=False)  # fmt: skip
     assert done.returncode == code and "Traceback" not in done.stderr
     assert "internal error" not in done.stderr and fragment in done.stderr
+
+
+@pytest.mark.parametrize("flag", ["--json", "--js", "--json=1"])
+def test_json_is_recognised_however_it_is_spelled(
+    capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    code, out, err = run(capsys, "dump", "--bogus", flag)
+    doc = json.loads(out)
+    VALIDATOR.validate(doc)
+    assert code == 2 and doc["command"] == "dump"
+    assert one_line(err).startswith("kvmpage dump: error: ")
+
+
+def test_a_bad_diff_layout_fails_before_anything_is_built(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kvmpage.cli import dump_cmd
+
+    built: list[object] = []
+    monkeypatch.setattr(dump_cmd, "snapshot", lambda spec: built.append(spec))
+    code, _, err = run(capsys, "dump", "--diff", "missing.toml")
+    assert code == 2 and "missing.toml" in one_line(err) and built == []

@@ -461,7 +461,11 @@ def _reason(e: BaseException, command: str) -> str:
 
 
 def _wants_json(argv: Sequence[str]) -> bool:
-    return "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+    """Whether the command line asks for JSON, also when argparse cannot parse it (then the
+    usage error is the JSON error document): ``--json``, ``--json=...``, or an abbreviation
+    argparse would accept (``--js``), before any ``--``."""
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    return any(w.startswith("--j") and "--json".startswith(w.split("=")[0]) for w in words)
 
 
 def _command_of(argv: Sequence[str]) -> str | None:
@@ -500,7 +504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_json = _wants_json(words)
     with signal_handlers(command or "") as signals, guarded_output() as stdout:
         try:
-            code = _run(_parser().parse_args(words))
+            args = _parser().parse_args(words)
+            as_json = bool(getattr(args, "json", as_json))
+            code = _run(args)
             if signals.received:  # a handler's exception that some code swallowed
                 raise Interrupted(signals.received[0])
             sys.stdout.flush()
@@ -529,8 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"kvmpage{f' {command}' if command else ''}: error: {e}")
             return EXIT_ERROR
         except UsageError as e:
-            reason = printable(f"{e} (see '{e.prog} --help')")
-            say(f"{e.prog}: error: {reason}")
+            prog = f"kvmpage {command}" if e.prog == "kvmpage" and command else e.prog
+            reason = printable(f"{e} (see '{prog} --help')")
+            say(f"{prog}: error: {reason}")
             if as_json:
                 _error_json(command, EXIT_ERROR, reason)
             return EXIT_ERROR

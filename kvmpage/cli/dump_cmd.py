@@ -67,16 +67,16 @@ def _change_json(c: Change, old: MappingNames, new: MappingNames) -> dict[str, A
 def cmd_dump(args: argparse.Namespace) -> int:
     """``kvmpage dump [LAYOUT] [--diff OTHER]``."""
     spec = load_spec(args.layout)
+    # both layouts are read and checked before either is built
+    other_spec = load_spec(args.diff) if args.diff is not None else spec
     changes: list[Change] | None = None
     other: dict[str, Any] | None = None
-    other_spec = spec
     with Progress.for_args(args.quiet) as progress:
         progress.stage(f"building and scanning {spec.source or 'the built-in layout'}")
         runs, names, head, layout = snapshot(spec)
         progress.stage(f"W+X audit of {len(runs)} runs")
         findings = audit(runs)
         if args.diff is not None:
-            other_spec = load_spec(args.diff)
             progress.stage(f"building and scanning {other_spec.source or 'the built-in layout'}")
             other_runs, _, _, other = snapshot(other_spec)
             changes = diff(runs, other_runs)
