@@ -19,7 +19,7 @@ from types import FrameType
 #: The JSON schema version of the error document (kvmpage.cli.output.SCHEMA_VERSION; a test
 #: keeps them equal without importing the command here).
 SCHEMA_VERSION = 2
-_COMMANDS = ("verify", "walk", "dump", "host", "fuzz")
+_COMMANDS = ("verify", "walk", "dump", "host", "image", "fuzz")
 _WORDS: dict[int, str] = {
     signal.SIGINT: "interrupted",
     signal.SIGTERM: "terminated",

@@ -377,3 +377,8 @@ def test_a_bad_diff_layout_fails_before_anything_is_built(
     monkeypatch.setattr(dump_cmd, "snapshot", lambda spec: built.append(spec))
     code, _, err = run(capsys, "dump", "--diff", "missing.toml")
     assert code == 2 and "missing.toml" in one_line(err) and built == []
+
+
+def test_strict_is_refused_with_an_image_not_ignored(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "verify", "--image", "guest.elf", "--strict")
+    assert code == 2 and out == "" and "--strict is for layouts" in one_line(err)
