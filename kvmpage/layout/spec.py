@@ -14,7 +14,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from kvmpage.addr import PhysAddr, VirtAddr
+from kvmpage.addr import VirtAddr
 from kvmpage.memory import PhysMemory
 from kvmpage.paging import (
     MappedPageTable,
@@ -291,13 +291,16 @@ def _build(spec: LayoutSpec, memory: PhysMemory, alloc_end: int) -> BuiltLayout:
     table = memory.table(p4._start)
     mapper = _make_mapper(spec, memory, table, p4)
     built = BuiltLayout(spec, memory, mapper, alloc, p4._start)
+    types: dict[type[PageSize], tuple[Any, Any]] = {}
     for m in spec.mappings:
         phys = m.phys if m.phys is not None else _allocate_run(alloc, m)
         built.phys_of[m.name] = phys
-        page_type: Any = cast(Any, Page)[m.size]
-        frame_type: Any = cast(Any, PhysFrame)[m.size]
-        first = page_type.from_start_address(VirtAddr(m.virt))
-        frame = frame_type.from_start_address(PhysAddr(phys))
+        page_type, frame_type = types.get(m.size) or types.setdefault(
+            m.size, (cast(Any, Page)[m.size], cast(Any, PhysFrame)[m.size])
+        )
+        # check() made sure of alignment, canonical form and range: no second validation
+        first = page_type._make(m.virt)
+        frame = frame_type._make(phys)
         try:  # one call per mapping: the tables are exactly a map_to loop's, written in bulk
             if m.count == 1:  # the same tables, a fraction of the cost per call
                 mapper.map_to(first, frame, m.flags, alloc).ignore()
