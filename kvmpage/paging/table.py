@@ -307,9 +307,10 @@ class PageTable:
     ENTRY_COUNT = ENTRY_COUNT
 
     def __init__(self, memory: PhysicalMemory, addr: int | PhysAddr) -> None:
+        # (on every step of a MappedPageTable's walks: the common case costs two type tests)
+        a = addr if type(addr) is int else int_arg(addr, "addr")  # range: PhysMemoryError
         if not isinstance(memory, PhysicalMemory):
             raise TypeError(f"memory must be a PhysicalMemory, got {type(memory).__name__}")
-        a = int_arg(addr, "addr")  # its range is the memory's: PhysMemoryError
         if a & 0xFFF:
             raise PhysMemoryError(f"a page table must be 4 KiB aligned, got {a:#x}")
         #: The memory holding the table and its physical address.
