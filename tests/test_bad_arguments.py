@@ -125,7 +125,7 @@ def _state(e: Env) -> tuple[bytes, list[int], int, list[Any]]:
             list(e.mapper.tlb.log))  # fmt: skip
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(kind=st.sampled_from(KINDS), data=st.data())
 def test_a_bad_argument_changes_nothing(kind: str, data: st.DataObject) -> None:
     name, params = data.draw(st.sampled_from(OPERATIONS), label="operation")

@@ -316,7 +316,7 @@ def test_a_reproducer_that_cannot_be_saved_still_prints_the_disagreement(
 
     monkeypatch.setattr(common, "PREDICTOR", WritableEverywhere)
     monkeypatch.setattr(fuzz, "save_reproducer", disk_full)
-    argv = ["fuzz", "--seed", "5", "--cases", "40", "--seconds", "60", "--save", str(tmp_path)]
+    argv = ["fuzz", "--seed", "5", "--cases", "1", "--seconds", "60", "--save", str(tmp_path)]
     code, out, _ = run(capsys, *argv, "--quiet")
     assert code == 1
     assert "DISAGREEING CASE: case seed" in out and "DISAGREE [" in out

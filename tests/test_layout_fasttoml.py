@@ -47,7 +47,7 @@ def _tomllib(text: str) -> dict[str, object] | None:
         return None
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(st.lists(lines, max_size=12), st.sampled_from(["\n", "\r\n"]))
 def test_the_fast_reader_agrees_with_tomllib_or_gives_up(body: list[str], newline: str) -> None:
     text = newline.join(body)

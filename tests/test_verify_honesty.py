@@ -65,19 +65,28 @@ def test_sampling_is_visible_and_strict_fails_on_it(
 ) -> None:
     monkeypatch.setattr(common, "PREDICTOR", WrongAboutOneWrite)
     layout = _layout(tmp_path)
-    code, text, doc = _run(capsys, "verify", layout)
-    assert code == 0  # every probe that ran agreed ...
+    assert main(["verify", layout]) == 0  # every probe that ran agreed ...
+    text = capsys.readouterr().out
     line = next(x for x in text.splitlines() if x.startswith("coverage: "))
     assert line.startswith("coverage: 20000 pages; probed (read/write/fetch) at CPL3 20000/296/296")
     assert "sampled: 296 pages got every probe, the other 19704 a CPL3 read only" in line
+    assert main(["verify", layout, "--strict", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    VALIDATOR.validate(doc)
     cov = doc["report"]["coverage"]  # ... and the JSON has the same numbers
     assert cov["pages"] == 20000 and not cov["complete"]
     assert cov["probed"]["read@cpl3"] == 20000 and cov["probed"]["write@cpl0"] == 296
     assert doc["not_verified"] == ["19704 of 20000 pages sampled, not fully probed"]
-    code, text, doc = _run(capsys, "verify", layout, "--strict")
-    assert code == 1 and doc["strict"] and not doc["report"]["disagreements"]
-    assert "--strict: not verified: 19704 of 20000 pages sampled" in text
-    assert "NOT EVERYTHING WAS VERIFIED (--strict)" in text.splitlines()[-1]
+    assert doc["exit_code"] == 1 and doc["strict"] and not doc["report"]["disagreements"]
+
+
+def test_strict_says_why_in_text(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    layout = _layout(tmp_path, "12000K")
+    assert main(["verify", layout, "--strict", "--cpl3-only"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    strict = next(line for line in lines if line.startswith("--strict: not verified: "))
+    assert "of 3000 pages sampled, not fully probed; no CPL0 probe (--cpl3-only)" in strict
+    assert "NOT EVERYTHING WAS VERIFIED (--strict)" in lines[-1]
 
 
 def test_all_probes_every_page_and_finds_what_sampling_missed(
