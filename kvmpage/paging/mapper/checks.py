@@ -74,7 +74,7 @@ def deallocator_arg(deallocator: Any, name: str = "frame_deallocator") -> None:
 
 def _method_arg(value: Any, method: str, name: str, known: set[type]) -> None:
     if not callable(getattr(value, method, None)):
-        raise TypeError(f"{name} must have a {method}() method, got {type(value).__name__}")
+        raise TypeError(f"{name} must have the method {method}(), got {type(value).__name__}")
     if callable(getattr(type(value), method, None)):  # defined by the class: true of them all
         known.add(type(value))
 
