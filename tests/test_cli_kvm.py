@@ -314,3 +314,15 @@ def test_frames_where_the_host_answers_mmio_are_no_false_alarm(
     code, doc = run_json(capsys, "verify", str(layout))
     assert code == 0 and doc["report"]["disagreement_count"] == 0
     assert doc["report"]["coverage"]["skipped"] == {APIC_FETCH: 1}  # the CPL0 fetch, said so
+
+
+def test_a_higher_half_kernel_layout_verifies_with_the_agent_elsewhere(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    layout = tmp_path / "minus2g.toml"
+    layout.write_text(
+        '[[mapping]]\nname = "text"\nvirt = 0xffffffff80000000\npage_size = "2M"\ncount = 2\n'
+        '[[mapping]]\nname = "top"\nvirt = 0xfffffffffffff000\nflags = ["W", "NX"]\n'
+    )
+    code, out, _ = run(capsys, "verify", str(layout))
+    assert code == 0 and "agent in level-4 slot 510 (511 is the layout's)" in out

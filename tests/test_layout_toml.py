@@ -133,11 +133,14 @@ BAD = [
     ),
     (M + "virt = 0x1000\nphys = 0x4000000", ["key 'phys'", "outside guest memory"]),
     (M + "virt = 0x1000\nphys = 0x3c00000", ["key 'phys'", "agent's reserved memory"]),
-    (M + "virt = 0xffff_ff80_0000_0000", ["key 'virt'", "level-4 slot 511", "guest agent"]),
+    (
+        "agent_slot = 511\n" + M + "virt = 0xffff_ff80_0000_0000",
+        ["key 'virt'", "level-4 slot 511", "guest agent"],
+    ),
     ('memory = "5M"', ["key 'memory'", "multiple of 2M"]),
     ('[mapper]\nkind = "ofset"', ["[mapper]", "key 'kind'", "offset, mapped, recursive"]),
     ('[mapper]\nkind = "recursive"', ["key 'recursive_index'", "missing"]),
-    ("[mapper]\nrecursive_index = 511", ["key 'recursive_index'", "guest agent"]),
+    ("agent_slot = 511\n[mapper]\nrecursive_index = 511", ["key 'recursive_index'", "guest agent"]),
     ("[mapper]\nphys_offset = 0x8000_0000_0000", ["key 'phys_offset'", "canonical"]),
     ('[cpu]\nsmep = "yes"', ["[cpu]", "key 'smep'", "true or false"]),
     ("mapping = 3", ["key 'mapping'", "[[mapping]]"]),
@@ -175,3 +178,21 @@ def test_agent_slot_can_move() -> None:
     assert spec.reserved_p4 == frozenset({300})
     with pytest.raises(LayoutError, match="slot 300"):
         parse_layout("agent_slot = 300\n" + M + "virt = 0xffff_9600_0000_0000")
+
+
+def test_the_agent_moves_out_of_a_higher_half_kernels_way() -> None:
+    """A layout that names no agent slot gets one it leaves free: 511 holds a -2 GiB kernel."""
+    kernel = M + "virt = 0xffff_ffff_8000_0000\n"
+    spec = parse_layout(kernel)
+    assert spec.reserved_p4 == {510} and spec.agent_slot_chosen
+    spec = parse_layout("[mapper]\nrecursive_index = 510\n" + kernel)
+    assert spec.reserved_p4 == {509}
+    named = parse_layout("agent_slot = 3\n" + M + "virt = 0x1000")
+    assert named.reserved_p4 == {3} and not named.agent_slot_chosen
+
+
+def test_a_layout_that_uses_every_slot_gets_a_clear_error() -> None:
+    lower = M + 'virt = 0x0\npage_size = "1G"\nlength = "128T"\n'
+    upper = '[[mapping]]\nname = "u"\nvirt = 0xffff_8000_0000_0000\npage_size = "1G"\n'
+    with pytest.raises(LayoutError, match="every level-4 slot is used"):
+        parse_layout('memory = "4M"\n' + lower + upper + 'length = "128T"\n')

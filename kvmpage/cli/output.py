@@ -34,6 +34,9 @@ def header(built: BuiltLayout) -> str:
     spec = built.spec
     tables = built.allocator.in_use()
     extra = f", recursive slot {spec.recursive_index}" if spec.recursive_index is not None else ""
+    slot = min(spec.reserved_p4) if spec.reserved_p4 else 511
+    if spec.agent_slot_chosen and slot != 511:
+        extra += f", agent in level-4 slot {slot} (511 is the layout's)"
     where = f" ({printable(spec.source)})" if spec.source else ""
     return (
         f"layout {spec.name!r}{where}: {spec.kind} mapper, {human_size(spec.memory_size)} "

@@ -90,6 +90,9 @@ class LayoutSpec:
     cpu: CpuState = field(default_factory=CpuState)
     #: The file the layout came from; empty for layouts written in Python.
     source: str = ""
+    #: Whether the guest agent's slot (in ``reserved_p4``) was chosen by kvmpage because the
+    #: layout names none (`choose_agent_slot`), rather than given with ``agent_slot = N``.
+    agent_slot_chosen: bool = False
 
 
 @dataclass

@@ -13,10 +13,11 @@ import contextlib
 import difflib
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kvmpage.addr import canonicalize
 from kvmpage.layout import fasttoml
 from kvmpage.layout.spec import (
     MAX_PAGES,
@@ -208,6 +209,7 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
         raise top.error("memory", f"expected a multiple of 2M, at least 4M, got {memory:#x}")
     _check_memory(top, memory)
     cap_size = top.page_size("max_page_size", "1G") or Size1GiB
+    named_slot = top.has("agent_slot")
     agent_slot = top.integer("agent_slot", AGENT_SLOT)
     if agent_slot > 511:
         raise top.error("agent_slot", f"expected a level-4 index 0..511, got {agent_slot}")
@@ -225,7 +227,7 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
     recursive: int | None = None
     if mapper.has("recursive_index"):
         recursive = mapper.integer("recursive_index")
-        if recursive > 511 or recursive == agent_slot:
+        if recursive > 511 or (named_slot and recursive == agent_slot):
             raise mapper.error(
                 "recursive_index",
                 f"expected a level-4 index 0..511 other than the guest agent's {agent_slot}, "
@@ -256,6 +258,8 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
             f"the layout maps {pages} pages; kvmpage builds at most {MAX_PAGES} in one layout "
             '(use page_size = "largest" or larger pages)',
         )
+    if not named_slot:
+        agent_slot = choose_agent_slot(mappings, recursive, top)
     spec = LayoutSpec(
         name=top.string("name", default_name),
         mappings=tuple(mappings),
@@ -266,12 +270,41 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
         reserved_p4=frozenset({agent_slot}),
         cpu=cpu,
         source=path,
+        agent_slot_chosen=not named_slot,
     )
     check(spec)
     reserved = agent_reserved(memory, agent_slot)
     check_physical(spec, reserved)
     _check_room(top, mappings, reserved[0])
     return spec
+
+
+#: Level-4 slots the agent never takes when it chooses: a PVM host keeps 256 for itself (CPL3
+#: code cannot run there), and the agent runs CPL3 code in its slot.
+_AVOIDED_SLOTS = frozenset({256})
+
+
+def choose_agent_slot(
+    mappings: Sequence[MappingSpec], recursive: int | None, top: _Reader | None = None
+) -> int:
+    """The guest agent's level-4 slot for a layout that names none: 511 when the layout leaves
+    it free, else the highest free slot of the kernel half, else the highest free one of the
+    user half (a higher-half kernel's -2 GiB image lives in 511)."""
+    used: set[int] = set() if recursive is None else {recursive}
+    for m in mappings:
+        last = canonicalize(m.virt + m.length - 1) if m.length else m.virt
+        used.update(range((m.virt >> 39) & 511, ((last >> 39) & 511) + 1))
+    order: list[int] = [*range(511, 255, -1), *range(255, -1, -1)]
+    for slot in order:
+        if slot not in used and slot not in _AVOIDED_SLOTS:
+            return slot
+    message = (
+        "every level-4 slot is used by the mappings (or the recursive slot): the kvmpage guest "
+        "agent needs one free slot for its code and data; leave one free"
+    )
+    if top is not None:
+        raise top.error("mapping", message)
+    raise LayoutError(message)
 
 
 def _check_room(top: _Reader, mappings: list[MappingSpec], below: int) -> None:
