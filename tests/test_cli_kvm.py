@@ -68,7 +68,7 @@ def test_verify_builtin_agrees(capsys: pytest.CaptureFixture[str]) -> None:
     assert any(line.startswith("recursive slot 510:") for line in lines)
     assert any(line.startswith("holes: ") for line in lines)
     assert lines[-1].startswith("hardware agrees: ") and " 0 disagree" in lines[-1]
-    assert "W+X audit: 2 findings (details: kvmpage dump)" in lines
+    assert "audit: 3 findings (table-writable 1, w+x-alias 2); details: kvmpage dump" in lines
     if not host_profile().supports("1gib-pages"):
         assert "0x0000008000000000" not in out  # the 1 GiB page is left out where unverifiable
         assert "the built-in layout's 1 GiB page is left out" in out
@@ -83,7 +83,7 @@ def test_verify_json_counts_add_up(capsys: pytest.CaptureFixture[str]) -> None:
             per_oracle[oracle] = per_oracle.get(oracle, 0) + c["probes"]
     assert per_oracle == {k: v["probes"] for k, v in doc["report"]["oracles"].items()}
     assert all(r["verdict"] == "agree" for r in doc["runs"] if not r["recursive_slot"])
-    assert [f["kind"] for f in doc["audit"]] == ["w+x-alias", "w+x-alias"]
+    assert [f["kind"] for f in doc["audit"]] == ["w+x-alias", "w+x-alias", "table-writable"]
 
 
 def test_verify_reports_a_disagreement_with_exit_1(

@@ -2,7 +2,7 @@
 
     kvmpage verify [LAYOUT]       build a layout on KVM, check every mapping against the CPU
     kvmpage walk VA [LAYOUT]      one address level by level, then what the CPU did with it
-    kvmpage dump [LAYOUT]         ptdump-style listing, W+X audit, --diff OTHER
+    kvmpage dump [LAYOUT]         ptdump-style listing, the audit, --diff OTHER
     kvmpage host                  what this host's KVM can verify, and how that was established
     kvmpage fuzz                  random layouts and operations, every step verified on KVM
     kvmpage image info|strip      what a memory image holds; its page tables alone
@@ -226,11 +226,13 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "dump",
         parents=[_common(device=False)],
-        help="list the mappings, audit W+X (also across aliases), diff two layouts",
-        description="Build LAYOUT with the software mapper and list every mapping as the CPU "
-        "would see it: runs of pages with the same attributes, their physical addresses, page "
-        "size, effective rights and leaf flags. Then a W+X audit that also catches a frame "
-        "writable through one address and executable through another. No KVM needed.",
+        help="list the mappings, audit them (W+X also across aliases...), diff two layouts",
+        description="Build LAYOUT with the software mapper (or read a memory image with "
+        "--image) and list every mapping as the CPU would see it: runs of pages with the same "
+        "attributes, their physical addresses, page size, effective rights and leaf flags. "
+        "Then an audit: W+X, also a frame writable through one address and executable through "
+        "another, user pages in the kernel half, writable page tables, user frames the kernel "
+        "maps executable, and with KPTI what the user tables map of the kernel. No KVM needed.",
         epilog=_DUMP_EXAMPLES,
         formatter_class=fmt,
     )

@@ -4,14 +4,15 @@ verify`` and the list that ``--strict`` turns into exit status 1.
 Exit status 0 means every probe that ran agreed; these say what did not run. A large layout is
 sampled (every page is read at CPL3, a sample gets the full set), some probes are never run
 (they would write a page table or the agent's memory, or this host keeps a PML4 slot from
-CPL3), some features cannot be checked on this host, and the W+X audit may have findings. A
-reader of the text sees each; ``--strict`` fails on any.
+CPL3), some features cannot be checked on this host, and the audit (W+X, writable page
+tables...) may have findings. A reader of the text sees each; ``--strict`` fails on any.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kvmpage.cli.output import audit_summary
 from kvmpage.layout.audit import Finding
 from kvmpage.verify import Report
 from kvmpage.verify.probes import Coverage
@@ -73,5 +74,5 @@ def not_verified(
     if dropped_gbpage:
         out.append("the built-in layout's 1 GiB page was left out")
     if findings:
-        out.append(f"W+X audit: {len(findings)} finding{'s' if len(findings) > 1 else ''}")
+        out.append(audit_summary(findings).split(";")[0])
     return out

@@ -1,4 +1,4 @@
-"""``kvmpage dump [LAYOUT]``: a ptdump-style listing, a W+X audit, and ``--diff OTHER``.
+"""``kvmpage dump [LAYOUT]``: a ptdump-style listing, the audit, and ``--diff OTHER``.
 
 Software only (no KVM needed): the layout is built in a plain memory and scanned with hardware
 semantics. Runs are coalesced by effective attributes; the audit also catches a frame that is
@@ -18,6 +18,7 @@ from kvmpage.cli.output import (
     approx_size,
     emit_json,
     finding_json,
+    findings_lines,
     format_table,
     header,
     hexa,
@@ -29,25 +30,30 @@ from kvmpage.layout.audit import audit
 from kvmpage.layout.diff import Change, diff, format_diff
 from kvmpage.layout.dump import Run, runs_of
 from kvmpage.layout.spec import BuiltLayout, LayoutSpec, build
-from kvmpage.paging.leaves import Leaves
+from kvmpage.paging.leaves import Leaves, table_frames
 
 
-def _runs(built: BuiltLayout) -> list[Run]:
+def _runs(built: BuiltLayout) -> tuple[list[Run], list[int]]:
+    """The runs outside the agent's and the recursive slot, and the page-table frames."""
     spec = built.spec
     skip = set(spec.reserved_p4)
     if spec.recursive_index is not None:
         skip.add(spec.recursive_index)
-    return runs_of(
-        Leaves.scan(built.memory, built.p4_phys, skip_p4=frozenset(skip), cpu=spec.cpu)
-    )
+    leaves = Leaves.scan(built.memory, built.p4_phys, skip_p4=frozenset(skip), cpu=spec.cpu)
+    tables = table_frames(built.memory, built.p4_phys, skip_p4=frozenset(skip))
+    return runs_of(leaves), tables
 
 
-def snapshot(spec: LayoutSpec) -> tuple[list[Run], list[list[str]], str, dict[str, Any]]:
-    """Build ``spec`` in a fresh memory: its runs, their mapping names, header line, layout JSON."""
+def snapshot(
+    spec: LayoutSpec,
+) -> tuple[list[Run], list[list[str]], str, dict[str, Any], list[int]]:
+    """Build ``spec`` in a fresh memory: its runs, their mapping names, header line, layout JSON
+    and page-table frames."""
     built = build(spec, alloc_end=alloc_end(spec))
     try:
-        runs = _runs(built)
-        return runs, MappingNames(spec).of_runs(runs), header(built), layout_json(built)
+        runs, tables = _runs(built)
+        names = MappingNames(spec).of_runs(runs)
+        return runs, names, header(built), layout_json(built), tables
     finally:
         built.close()
 
@@ -73,12 +79,13 @@ def cmd_dump(args: argparse.Namespace) -> int:
     other: dict[str, Any] | None = None
     with Progress.for_args(args.quiet) as progress:
         progress.stage(f"building and scanning {spec.source or 'the built-in layout'}")
-        runs, names, head, layout = snapshot(spec)
-        progress.stage(f"W+X audit of {len(runs)} runs")
-        findings = audit(runs)
+        runs, names, head, layout, tables = snapshot(spec)
+        progress.stage(f"auditing {len(runs)} runs")
+        allowed = frozenset(args.allow or ())
+        findings = [f for f in audit(runs, tables=tables) if f.kind not in allowed]
         if args.diff is not None:
             progress.stage(f"building and scanning {other_spec.source or 'the built-in layout'}")
-            other_runs, _, _, other = snapshot(other_spec)
+            other_runs, _, _, other, _ = snapshot(other_spec)
             changes = diff(runs, other_runs)
     code = EXIT_OK
     if (findings and args.strict) or changes:
@@ -101,14 +108,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     print("\n".join(format_table(runs, names)))
     total = sum(r.size for r in runs)
     print(f"{len(runs)} runs, {approx_size(total)} mapped (software walk; no hardware check)")
-    if findings:
-        print(f"W+X audit: {len(findings)} finding{'s' if len(findings) > 1 else ''}")
-        for f in findings[: args.limit]:
-            print(f"  {f.kind:<10} {f.message}")
-        if len(findings) > args.limit:
-            print(f"  ... {len(findings) - args.limit} more (see --json)")
-    else:
-        print("W+X audit: no writable+executable memory, through one address or across aliases")
+    print("\n".join(findings_lines(findings, args.limit)))
     if changes is not None and other is not None:
         print()
         old, new = printable(layout["source"]), printable(other["source"])

@@ -32,6 +32,7 @@ from kvmpage.cli.output import (
     approx_size,
     emit_json,
     finding_json,
+    findings_lines,
     format_table,
     hexa,
     run_json,
@@ -325,7 +326,7 @@ def _print_text(
               "not listed (--include-recursive lists the tables seen through it)")  # fmt: skip
     if view.regions.unplaced:
         print(f"regions not placed (KASLR, not in VMCOREINFO): {', '.join(view.regions.unplaced)}")
-    _print_findings(findings, args.limit)
+    print("\n".join(findings_lines(findings, args.limit)))
     if changes is not None and other is not None:
         print()
         print("\n".join(format_diff(changes, f"CR3 {ctx.cr3:#x}", other[1])))
@@ -346,20 +347,3 @@ def _with_faults(
         out.append(line)
     out += [fault_line(f, levels) for f in faults[k:]]
     return out
-
-
-def _print_findings(findings: list[Finding], limit: int) -> None:
-    if not findings:
-        print(
-            "audit: no finding (W+X, aliases, user pages in the kernel half, writable page tables)"
-        )
-        return
-    kinds: dict[str, int] = {}
-    for f in findings:
-        kinds[f.kind] = kinds.get(f.kind, 0) + 1
-    parts = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
-    print(f"audit: {len(findings)} finding{'s' if len(findings) > 1 else ''} ({parts})")
-    for f in findings[:limit]:
-        print(f"  {f.kind:<21} {f.message}")
-    if len(findings) > limit:
-        print(f"  ... {len(findings) - limit} more (see --json; --allow KIND drops a kind)")

@@ -196,8 +196,31 @@ def format_table(
 _cached_size = functools.lru_cache(maxsize=1024)(human_size)
 
 
+def findings_lines(findings: Sequence[Finding], limit: int) -> list[str]:
+    """The audit in text: a count per kind, then up to ``limit`` findings."""
+    if not findings:
+        return [
+            "audit: no finding (W+X, also across aliases; user pages in the kernel half; "
+            "writable page tables)"
+        ]
+    kinds: dict[str, int] = {}
+    for f in findings:
+        kinds[f.kind] = kinds.get(f.kind, 0) + 1
+    parts = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+    lines = [f"audit: {len(findings)} finding{'s' if len(findings) > 1 else ''} ({parts})"]
+    lines += [f"  {f.kind:<21} {printable(f.message)}" for f in findings[:limit]]
+    if len(findings) > limit:
+        lines.append(f"  ... {len(findings) - limit} more (see --json; --allow KIND drops a kind)")
+    return lines
+
+
+def audit_summary(findings: Sequence[Finding]) -> str:
+    """One line for ``verify``: the audit's count per kind."""
+    return findings_lines(findings, 0)[0] + ("; details: kvmpage dump" if findings else "")
+
+
 def finding_json(f: Finding) -> dict[str, Any]:
-    """One W+X audit finding as JSON (``dump`` and ``verify``)."""
+    """One audit finding as JSON (``dump`` and ``verify``)."""
     return {
         "kind": f.kind,
         "phys": hexa(f.phys),

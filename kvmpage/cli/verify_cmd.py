@@ -25,6 +25,7 @@ from kvmpage.cli.oracles import CROSS, profile_of
 from kvmpage.cli.output import (
     BUILTIN,
     MappingNames,
+    audit_summary,
     cpu_line,
     emit_json,
     finding_json,
@@ -38,7 +39,7 @@ from kvmpage.kvm.host import HostProfile
 from kvmpage.layout.audit import Finding, audit
 from kvmpage.layout.dump import Run, runs_of
 from kvmpage.layout.spec import LayoutSpec
-from kvmpage.paging.leaves import Leaves
+from kvmpage.paging.leaves import Leaves, table_frames
 from kvmpage.verify import PlanOptions, Report, Verifier
 
 if TYPE_CHECKING:
@@ -224,10 +225,7 @@ def _text(
         parts = [f"{n} ({reason})" for reason, n in sorted(report.coverage.skipped.items())]
         lines.append(f"probes not run: {', '.join(parts)}")
     if findings:
-        lines.append(
-            f"W+X audit: {len(findings)} finding{'s' if len(findings) > 1 else ''} "
-            "(details: kvmpage dump)"
-        )
+        lines.append(audit_summary(findings))
     return lines
 
 
@@ -267,7 +265,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         layout = layout_json(built)
         names = MappingNames(built.spec).of_runs(runs)
         slot = built.spec.recursive_index
-        findings = audit([r for r in runs if slot is None or not in_slot(r, slot)])
+        skip = verifier.skip_p4 | ({slot} if slot is not None else set())
+        tables = table_frames(built.memory, built.p4_phys, skip_p4=frozenset(skip))
+        findings = audit([r for r in runs if slot is None or not in_slot(r, slot)], tables=tables)
         dropped_gbpage = (
             oracle == "kvm"
             and spec.name == BUILTIN
