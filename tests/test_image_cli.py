@@ -196,3 +196,14 @@ def test_walk_on_the_cpu_and_a_five_level_image(
     la57 = linux_image("la57", tmp_path)
     code, _, err = run(capsys, "verify", "--image", str(la57))
     assert code == 2 and "5-level" in err
+
+
+@pytest.mark.kvm
+def test_strict_on_an_image_fails_on_what_was_not_verified(
+    capsys: pytest.CaptureFixture[str], elf: pathlib.Path
+) -> None:
+    code, doc = run_json(capsys, "verify", "--image", str(elf), "--strict")
+    assert code == 1 and doc["ok"] and doc["strict"]
+    assert any("probes not run" in gap for gap in doc["not_verified"])
+    code, out, _ = run(capsys, "verify", "--image", str(elf), "--strict")
+    assert code == 1 and "NOT EVERYTHING WAS VERIFIED" in out and "coverage: " in out

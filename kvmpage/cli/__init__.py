@@ -385,11 +385,8 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     if args.func == "verify":
         if args.image is not None:
-            from kvmpage.cli.common import CliError
             from kvmpage.cli.image_verify import cmd_verify_image
 
-            if args.strict:  # refused rather than ignored: an image's run is not judged so
-                raise CliError("--strict is for layouts; with --image, see the guest's unverified")
             args.all_leaves = args.all_leaves or args.all  # --all: every leaf, as --all-leaves
             return cmd_verify_image(args)
         _layout_only(args, "all_leaves")

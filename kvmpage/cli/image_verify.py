@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from kvmpage.cli import common
 from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, CliError
+from kvmpage.cli.coverage import not_verified
 from kvmpage.cli.image_dump import scan_view
 from kvmpage.cli.image_source import (
     context_json,
@@ -118,7 +119,13 @@ def cmd_verify_image(args: argparse.Namespace) -> int:
         regions = view.regions
         names = [[regions.name_of(r.virt)] for r in runs]
         seconds = time.perf_counter() - t0
+        gaps = not_verified(
+            report, findings, cpl0=options.cpl0, dropped_gbpage=False,
+            gbpage_leaves=sum(len(g.indices) for g in leaves.groups if g.level == 3),
+        )  # fmt: skip
         code = EXIT_OK if report.ok else EXIT_FAIL
+        if report.ok and args.strict and gaps:
+            code = EXIT_FAIL
         if args.json:
             emit_json(
                 {
@@ -136,6 +143,8 @@ def cmd_verify_image(args: argparse.Namespace) -> int:
                     "holes": holes.to_json(),
                     "audit": [finding_json(f) for f in findings],
                     "report": report.to_dict(),
+                    "strict": args.strict,
+                    "not_verified": gaps,
                     "seconds": round(seconds, 4),
                 }
             )
@@ -155,11 +164,16 @@ def cmd_verify_image(args: argparse.Namespace) -> int:
             findings=findings,
             limit=args.limit,
             dropped_gbpage=False,
+            cpl0=options.cpl0,
         )
         print("\n".join(lines).replace("  mapping\n", "  region\n", 1))
-        sample = "every leaf" if args.all_leaves else "the default sample (--all-leaves: all)"
-        print(f"coverage: {report.coverage.strategy} ({sample})")
+        which = "every leaf (--all)" if args.all_leaves else "default (--all: every leaf)"
+        print(f"sample: {which}: {report.coverage.strategy}")
+        if args.strict and gaps and report.ok:
+            print(f"--strict: not verified: {'; '.join(gaps)}")
         verdict = "hardware agrees" if report.ok else "HARDWARE DISAGREES"
+        if report.ok and code == EXIT_FAIL:
+            verdict = "every probe that ran agreed, but NOT EVERYTHING WAS VERIFIED (--strict)"
         print(f"{verdict}: {report.summary().rsplit(';', 1)[0]}; {seconds:.2f} s")
         return code
     finally:
