@@ -14,7 +14,7 @@ from kvmpage.machine.protocol import R_VALUE
 from kvmpage.paging import PageTableFlags, Size2MiB, Size4KiB
 from kvmpage.paging.access import AccessKind, CpuState, Fault, Outcome
 from kvmpage.verify import PlanOptions, Predictor, Verifier, bulk, session
-from kvmpage.verify import __name__ as verify_module
+from kvmpage.verify import verifier as verify_module
 from kvmpage.verify.probes import Probe
 
 pytestmark = pytest.mark.kvm
@@ -134,7 +134,7 @@ def test_the_pipelined_run_stages_each_batch_before_it_runs(
 ) -> None:
     """Many small pipelined batches: a read whose tag were written too late would return 0 and
     disagree, so agreement on every page shows the ordering held."""
-    monkeypatch.setattr(f"{verify_module}.PIPELINE_MIN", 100)
+    monkeypatch.setattr(verify_module, "PIPELINE_MIN", 100)
     monkeypatch.setattr(session, "PIPELINE_READS", 300)
     runs: list[int] = []
     real_run = machine.run
@@ -157,7 +157,7 @@ def test_an_error_while_making_a_batch_ends_the_run_cleanly(
 ) -> None:
     """The third batch cannot be made (say, memory runs out while tagging): the run in flight
     finishes, the error comes out, and the machine and the session stay usable."""
-    monkeypatch.setattr(f"{verify_module}.PIPELINE_MIN", 100)
+    monkeypatch.setattr(verify_module, "PIPELINE_MIN", 100)
     monkeypatch.setattr(session, "PIPELINE_READS", 300)
     calls: list[int] = []
     real_take = bulk.BulkReads.take

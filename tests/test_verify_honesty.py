@@ -156,9 +156,9 @@ def test_probes_not_run_are_listed_and_fail_strict(
 def test_no_probe_at_all_is_not_a_pass(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kvmpage import verify
     from kvmpage.machine import host_profile
-    from kvmpage.verify.probes import Plan
+    from kvmpage.verify import verifier
+    from kvmpage.verify.probes import Coverage, Plan
 
     blocked = host_profile().cpl3_blocked_slots
     if blocked:  # this host keeps PML4 slots from CPL3: a CPL3-only run there probes nothing
@@ -171,7 +171,7 @@ def test_no_probe_at_all_is_not_a_pass(
         assert code == 2 and doc["error"] == "no probe ran: nothing was verified"
         assert text.splitlines()[-1].startswith("NOTHING VERIFIED")
     # on any host: a plan with no probe at all (KVM_TRANSLATE alone is no check)
-    empty = Plan([], verify.Coverage())
-    monkeypatch.setattr(verify, "make_plan", lambda leaves, options, **kw: empty)
+    empty = Plan([], Coverage())
+    monkeypatch.setattr(verifier, "make_plan", lambda leaves, options, **kw: empty)
     code, text, doc = _run(capsys, "verify")
     assert code == 2 and doc["error"] == "no probe ran: nothing was verified" and doc["ok"]

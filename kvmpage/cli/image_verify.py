@@ -30,13 +30,13 @@ from kvmpage.cli.image_source import (
 )
 from kvmpage.cli.output import emit_json, finding_json, run_json
 from kvmpage.cli.progress import Progress
-from kvmpage.cli.verify_cmd import _text, run_verdicts
+from kvmpage.cli.verify_cmd import _text
 from kvmpage.layout.audit import audit
 from kvmpage.layout.dump import runs_of
 from kvmpage.layout.spec import LayoutSpec
 from kvmpage.paging.arch import CpuState
 from kvmpage.paging.leaves import Leaves
-from kvmpage.verify import PlanOptions, Verifier
+from kvmpage.verify import PlanOptions, Verifier, run_verdicts
 from kvmpage.verify.image_guest import CannotVerify, ImageGuest, image_on_machine
 
 

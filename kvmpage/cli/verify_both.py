@@ -26,11 +26,11 @@ from kvmpage.cli.output import (
     run_json,
 )
 from kvmpage.cli.progress import Progress
-from kvmpage.cli.verify_cmd import VERDICTS, _text, in_slot, verdicts_of
+from kvmpage.cli.verify_cmd import VERDICTS, _text, in_slot
 from kvmpage.layout.audit import audit
 from kvmpage.layout.dump import runs_of
 from kvmpage.paging.leaves import Leaves
-from kvmpage.verify import PlanOptions
+from kvmpage.verify import PlanOptions, verdicts_of
 from kvmpage.verify.oracles import cross_check, merge
 
 NAMES = ("kvm", "tcg")

@@ -15,18 +15,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from kvmpage.machine.protocol import R_CR2, R_ERROR, R_STATUS, R_VALUE, R_VECTOR, ST_FAULT, ST_OK
-from kvmpage.paging.access import ADDRESS_MASK, Outcome
+from kvmpage.paging.access import ADDRESS_MASK, AccessKind, Outcome
 from kvmpage.paging.leaves import Leaf, LeafGroup
 from kvmpage.verify.compare import AccessedDirty, agrees_raw
 from kvmpage.verify.predict import Predictor
 from kvmpage.verify.probes import TAG_PREFIX, BulkGroup, Coverage
 from kvmpage.verify.session import RunResults
+from kvmpage.verify.targets import BLOCKED, Targets
 
 A = 0x20
+_READ = AccessKind.READ
 _FLAG_BITS = ~ADDRESS_MASK & ((1 << 64) - 1)
-BLOCKED = "CPL3 access in a PML4 slot this host keeps for itself"
-AGENT = "reaches the agent's own memory"
-TABLE = "reaches a page-table frame"
 
 
 @dataclass(slots=True)
@@ -47,28 +46,17 @@ class BulkChunk:
         return self.group.leaf(self.indices[j])
 
 
-@dataclass(frozen=True)
-class Memory:
-    """What tagging needs to know of guest memory."""
-
-    words: memoryview  #: guest RAM as u64 words
-    size: int  #: bytes of guest memory (reads above it are MMIO exits, answered with the tag)
-    reserved_start: int  #: the agent's memory starts here
-    protected: set[int]  #: page-table frames: never tagged
-
-
 def predict_chunk(
     group: LeafGroup,
     indices: list[int],
     predictor: Predictor,
-    memory: Memory,
+    targets: Targets,
     coverage: Coverage,
-    blocked: frozenset[int] = frozenset(),
 ) -> BulkChunk | None:
     """Predict the reads of one group's bulk pages and choose the frames to tag (dropping, and
-    counting in ``coverage``, the reads that must not run); None when none is left. Nothing is
-    written: `BulkReads` tags a chunk when the run is about to need it."""
-    if blocked and (group.base >> 39) & 511 in blocked:
+    counting in ``coverage``, the reads that must not run: `Targets`); None when none is left.
+    Nothing is written: `BulkReads` tags a chunk when the run is about to need it."""
+    if targets.blocked_slot(group.base, 3):
         coverage.skip(BLOCKED, len(indices))
         return None
     words, base, span = group.words, group.base, group.span
@@ -93,7 +81,7 @@ def predict_chunk(
             phys = list(range(p0, p0 + n * span, span))
         else:
             phys = [raw & ADDRESS_MASK & ~(span - 1) for raw in raws]
-        if max(phys) < memory.reserved_start and memory.protected.isdisjoint(phys):
+        if targets.all_taggable(phys):
             # below the agent's memory, addresses stay clear of the tag's prefix bits
             chunk.values[:] = (
                 range(TAG_PREFIX | phys[0], (TAG_PREFIX | phys[0]) + n * span, span)
@@ -102,12 +90,12 @@ def predict_chunk(
             )
             chunk.tagged = phys
             return chunk
-    kept = _prepare_each(chunk, raws, memory, coverage)
+    kept = _prepare_each(chunk, raws, targets, coverage)
     return kept if kept.vas else None
 
 
 def _prepare_each(
-    chunk: BulkChunk, raws: list[int], memory: Memory, coverage: Coverage
+    chunk: BulkChunk, raws: list[int], targets: Targets, coverage: Coverage
 ) -> BulkChunk:
     """`predict_chunk` page by page, for a chunk with mixed outcomes or unusual frames."""
     span = chunk.group.span
@@ -116,16 +104,12 @@ def _prepare_each(
         value: int | None = None
         if outcome.fault is None:
             phys = raw & ADDRESS_MASK & ~(span - 1)
-            if phys >= memory.size:  # no RAM: the MMIO exit answers with the address's tag
-                value = TAG_PREFIX | phys
-            elif phys >= memory.reserved_start:
-                coverage.skip(AGENT)
+            why = targets.skip(phys, _READ, 3)
+            if why is not None:
+                coverage.skip(why)
                 continue
-            elif phys in memory.protected:
-                coverage.skip(TABLE)
-                continue
-            else:
-                value = TAG_PREFIX | phys
+            value = TAG_PREFIX | phys
+            if targets.tagged(phys):  # (else an MMIO exit answers with the address's tag)
                 kept.tagged.append(phys)
         kept.indices.append(i)
         kept.vas.append(va)
@@ -146,10 +130,9 @@ class BulkReads:
         self,
         bulk: list[BulkGroup],
         predictor: Predictor,
-        memory: Memory,
+        targets: Targets,
         coverage: Coverage,
         *,
-        blocked: frozenset[int] = frozenset(),
         first_result: int = 0,
     ) -> None:
         """``first_result``: the index of the first bulk read among the run's results."""
@@ -157,9 +140,8 @@ class BulkReads:
         self.pages = sum(len(b.indices) for b in bulk)  #: bulk pages planned (an upper bound)
         self._groups = iter(bulk)
         self._predictor = predictor
-        self._memory = memory
+        self._targets = targets
         self._coverage = coverage
-        self._blocked = blocked
         self._next_result = first_result
         self._ready: list[int] = []  # addresses tagged and not handed out yet
 
@@ -170,14 +152,13 @@ class BulkReads:
             if group is None:
                 break
             chunk = predict_chunk(
-                group.group, group.indices, self._predictor, self._memory, self._coverage,
-                self._blocked,
+                group.group, group.indices, self._predictor, self._targets, self._coverage,
             )  # fmt: skip
             if chunk is None:
                 continue
             chunk.first = self._next_result + len(self._ready)
             if chunk.tagged:
-                _store(self._memory.words, chunk.tagged, _tags(chunk.tagged))
+                _store(self._targets.memory.words, chunk.tagged, _tags(chunk.tagged))
             self.chunks.append(chunk)
             self._ready += chunk.vas
         out, self._ready = self._ready[:limit], self._ready[limit:]
