@@ -67,7 +67,7 @@ from kvmpage.paging import (
     SoftPageFault,
     TableMapper,
 )
-from kvmpage.paging.mapper import base
+from kvmpage.paging.mapper import map_range as map_range_module
 
 pytestmark = STRICT_FLUSH_TOKENS
 
@@ -653,13 +653,13 @@ def test_aliased_ranges_use_the_slow_check_and_plain_ones_do_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[int] = []
-    slow = TableMapper._check_range_slowly
+    slow = map_range_module._check_range_slowly
 
-    def spy(self: TableMapper, *args: Any) -> None:
+    def spy(mapper: TableMapper, *args: Any) -> None:
         calls.append(args[0])
-        slow(self, *args)
+        slow(mapper, *args)
 
-    monkeypatch.setattr(TableMapper, "_check_range_slowly", spy)
+    monkeypatch.setattr(map_range_module, "_check_range_slowly", spy)
     for kind in KINDS:
         plain = Case(kind, 1, va_of(0, 1) - 600 * 4096, 1200, 0, setup=map_4k(0x1000))
         assert check_against_loop(plain) == "mapped"
@@ -680,7 +680,7 @@ def test_ramp_is_the_arithmetic_sequence() -> None:
             flags = rng.choice([0, int(P | W), int(P | NX), int(P | W | H | NX | F.BIT_62)])
             top = (1 << 52) - count * step
             first = (rng.randrange(0, top) & ~(step - 1)) | flags
-            got = base._ramp(first, step, count)
+            got = map_range_module._ramp(first, step, count)
             assert got.tolist() == list(range(first, first + count * step, step))
             assert array("Q", got.tobytes()).tolist() == got.tolist()
 

@@ -3,9 +3,9 @@
 The crate's mappers differ only in how they reach a child table (through a physical-to-virtual
 mapping, or through the recursive virtual address) and in a handful of checks (rules R-05..R-16).
 `TableMapper` implements every operation once over raw 64-bit entries and asks its subclass two
-questions: where is the level-4 table, and where is the child table of a given entry. The class
-attributes `RECURSIVE_CHECKS` switches between the two sets of checks, each documented with
-its rule id.
+questions: where is the level-4 table, and where is the child table of a given entry. Where they
+check differently, the class's ``RULES`` (`kvmpage.paging.mapper.rules`) says how, one named
+method per rule.
 
 Tables are handled as ``(words, base)`` pairs: ``words`` is the memory as u64 words and
 ``base`` the word index of the table's entry 0. That keeps the walks free of object churn.
@@ -13,9 +13,6 @@ Tables are handled as ``(words, base)`` pairs: ``words`` is the memory as u64 wo
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from array import array
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from kvmpage.addr import PhysAddr, VirtAddr, canonicalize
@@ -28,7 +25,6 @@ from kvmpage.paging.mapper.checks import (
     flags_arg,
     frame_arg,
     page_arg,
-    range_arg,
 )
 from kvmpage.paging.mapper.errors import (
     FrameAllocationFailed,
@@ -38,6 +34,7 @@ from kvmpage.paging.mapper.errors import (
     ParentEntryHugePage,
 )
 from kvmpage.paging.mapper.flush import MapperFlush, MapperFlushAll, RecordingTlb, Tlb
+from kvmpage.paging.mapper.rules import MAPPED_RULES, TableRules
 from kvmpage.paging.mapper.translate import (
     InvalidFrameAddressResult,
     Mapped,
@@ -133,10 +130,9 @@ class TableMapper:
     crate's ``Mapper<S>`` implementations.
     """
 
-    #: RecursivePageTable semantics: new parents get PRESENT|WRITABLE (R-05), parents are only
-    #: checked for zero in update_flags / set_flags / translate_page (R-10), translate tests
-    #: raw == 0 instead of PRESENT (R-14).
-    RECURSIVE_CHECKS: ClassVar[bool] = False
+    #: The checks this mapper makes on parent and leaf entries (`RecursiveRules` for the
+    #: recursive mapper: R-05, R-10, R-14, R-16).
+    RULES: ClassVar[TableRules] = MAPPED_RULES
 
     memory: PhysicalMemory
     tlb: Tlb
@@ -184,14 +180,7 @@ class TableMapper:
         """
         q, b = table
         raw = q[b + _index(va, level)]
-        if loose and self.RECURSIVE_CHECKS:
-            if raw == 0:
-                raise PageNotMapped()
-        else:
-            if not raw & PRESENT:
-                raise PageNotMapped()
-            if raw & HUGE_PAGE:
-                raise ParentEntryHugePage()
+        self.RULES.check_walked_parent(raw, loose)
         return self._child(raw, va, level - 1)
 
     def _walk_to(self, va: int, level: int, loose: bool) -> Table:
@@ -216,7 +205,7 @@ class TableMapper:
             if type(frame) is not PhysFrame:
                 raise TypeError(f"the allocator returned {frame!r}, not a 4 KiB PhysFrame")
             self._check_new_table(frame._start)
-            new_flags = insert | PRESENT | WRITABLE if self.RECURSIVE_CHECKS else insert
+            new_flags = self.RULES.new_parent_flags(insert)
             if new_flags & HUGE_PAGE:
                 raise Panic(_HUGE_FLAG_ASSERTION)
             q[i] = raw = frame._start | new_flags
@@ -232,14 +221,7 @@ class TableMapper:
 
     def _check_parent(self, raw: int) -> None:
         """The checks of `_create_next_table` on a parent entry, once it is linked or OR'ed."""
-        if self.RECURSIVE_CHECKS:
-            if raw & HUGE_PAGE:
-                raise ParentEntryHugePage()
-        else:
-            if not raw & PRESENT:
-                raise Panic("entry should be mapped at this point")
-            if raw & HUGE_PAGE:
-                raise ParentEntryHugePage()
+        self.RULES.check_linked_parent(raw)
 
     def _map_4k_fast(
         self,
@@ -445,229 +427,11 @@ class TableMapper:
         frame_allocator: FrameAllocator[Any],
         parent_table_flags: int | None = None,
     ) -> MapperFlushAll:
-        """Map page k of ``pages`` to ``first_frame + k``, for pages of any one size.
+        """Map page k of ``pages`` to ``first_frame + k``: the tables of a `map_to` loop, in one
+        call (`kvmpage.paging.mapper.map_range.map_range` says exactly how it differs)."""
+        from kvmpage.paging.mapper.map_range import map_range
 
-        The tables come out byte for byte as after a loop of `map_to` over the pages (of
-        `map_to_with_table_flags` when ``parent_table_flags`` is given; None means the parent
-        flags `map_to` derives, ``flags & (P|W|U)``), with the same table frames taken from
-        ``frame_allocator`` in the same order. It is much faster: one walk per leaf table, then
-        its entries are checked and written as one slice. Not in the crate. It differs from the
-        loop in four ways:
-
-        - **Checked before anything is written.** If the loop would fail on some page for any
-          reason but the allocator running out (`PageAlreadyMapped` with that page's frame,
-          `ParentEntryHugePage`, a panic, a table outside memory), `map_range` raises exactly
-          that error for the first such page, and has written nothing and allocated nothing.
-          This includes the errors `map_to` raises only after taking a frame for a new table
-          (HUGE_PAGE, or on the mapped and offset mappers a missing PRESENT, in the parent
-          flags), and HUGE_PAGE in the flags of 4 KiB pages, which `map_to` raises after
-          creating the parents.
-        - **If the allocator runs out midway**, `FrameAllocationFailed` is raised and memory
-          is exactly what the loop leaves: the pages before stay mapped, and the tables created
-          on the way to the page that failed stay linked (no rollback, MP-05). The exception's
-          ``pages_mapped`` is how many pages were mapped. Any other error raised once writing
-          began (an allocator handing out an unusable frame) carries ``pages_mapped`` too.
-          No flush token is returned then.
-        - **Arguments are checked even for an empty range**: a page and frame of different
-          sizes (`TypeError`), flags outside u64, parent flags with bits in the address field,
-          a range across the non-canonical hole, frames past 2**52 (`ValueError`). Every page
-          of the range is mapped, including the last page below the hole, where iterating the
-          range would panic (P-17).
-        - **One `MapperFlushAll`** for the whole range, also for an empty one (reloading CR3
-          then is merely unnecessary).
-
-        A `RecursivePageTable` must have its entry r pointing back at the level-4 table
-        (`ValueError` otherwise). A range whose tables alias each other (a table reached
-        through two entries, the recursive slot inside the range) is checked page by page, as
-        the loop would see it, so it is correct but not fast.
-        """
-        range_arg(pages)
-        level = _pair_level(pages.start, first_frame)
-        f = flags_arg(flags)
-        insert = (
-            f & _PARENT_FLAG_MASK
-            if parent_table_flags is None
-            else flags_arg(parent_table_flags, "parent_table_flags")
-        )
-        allocator_arg(frame_allocator)
-        n = pages.len()
-        step = pages.start.SIZE
-        va0 = pages.start._start
-        if va0 < 1 << 47 < va0 + n * step:
-            raise ValueError(
-                f"the range of {n} pages from {va0:#x} crosses the non-canonical hole at 2**47"
-            )
-        frame0 = first_frame._start
-        if frame0 + n * step > 1 << 52:
-            raise ValueError(
-                f"{n} frames of {first_frame.SIZE_TYPE.DEBUG_STR} from {frame0:#x} run past "
-                "the 52-bit physical address space"
-            )
-        if n:
-            self._check_range(va0, n, level, f, insert, frame0)
-            self._write_range(va0, n, level, f, insert, frame0, frame_allocator)
-        return MapperFlushAll(self.tlb)
-
-    def _parent_as_map_to_leaves_it(self, raw: int, insert: int) -> int:
-        """Parent entry ``raw`` as `_create_next_table` leaves it, raising what it raises, but
-        without allocating: a new table's entry is given without its frame address."""
-        if raw == 0:
-            raw = insert | PRESENT | WRITABLE if self.RECURSIVE_CHECKS else insert
-            if raw & HUGE_PAGE:
-                raise Panic(_HUGE_FLAG_ASSERTION)
-        elif insert and raw & insert != insert:
-            raw |= insert
-        self._check_parent(raw)
-        return raw
-
-    def _check_range(self, va0: int, n: int, level: int, f: int, insert: int, frame0: int) -> None:
-        """Raise what a loop of `map_to` over the range would raise first (allocation failures
-        aside), writing nothing: the first half of `map_range`.
-
-        The loop's own writes cannot change what it finds further on as long as each table
-        sits at one place of the tree: an existing parent only gets ``insert`` OR'ed in (the
-        same for every page after the first), a missing parent becomes a new, empty table
-        under which nothing can conflict, and each page has its own leaf entry. Then one walk
-        per leaf table (upper levels cached) with the parents as the loop leaves them, and one
-        look at the slice of leaf entries, decide. A table met at a second place of the tree
-        hands over to `_check_range_slowly`.
-        """
-        self._prepare_range_walk()
-        step = 1 << (3 + 9 * level)
-        p4 = self._p4()
-        # table (memory, word index) -> its place in the tree (level, va >> (3 + 9 * (level + 1)))
-        places: dict[tuple[int, int], tuple[int, int]] = {(id(p4[0]), p4[1]): (4, 0)}
-        cached: list[tuple[int, Table | None] | None] = [None] * 4  # by level: (place, table)
-        huge_flag_panics = level == 1 and f & HUGE_PAGE
-        k = 0
-        while k < n:
-            va = va0 + k * step
-            leaf = _index(va, level)
-            count = 1 if huge_flag_panics else min(n - k, 512 - leaf)
-            t: Table | None = p4
-            for lvl in range(4, level, -1):
-                place = va >> (3 + 9 * lvl)  # which table of level lvl - 1 this is
-                hit = cached[lvl - 1]
-                if hit is not None and hit[0] == place:
-                    t = hit[1]
-                else:
-                    assert t is not None
-                    q, b = t
-                    raw = q[b + _index(va, lvl)]
-                    entry = self._parent_as_map_to_leaves_it(raw, insert)
-                    t = None if raw == 0 else self._child_of(entry, va, lvl - 1)
-                    if t is not None:
-                        at = places.setdefault((id(t[0]), t[1]), (lvl - 1, place))
-                        if at != (lvl - 1, place):
-                            self._check_range_slowly(va0, n, level, f, insert, frame0)
-                            return
-                    cached[lvl - 1] = (place, t)
-                if t is None:
-                    break  # a new table: nothing under it can be in the way
-            if t is not None:
-                q, b = t
-                a = b + leaf
-                if q[a : a + count].tobytes() != _ZERO_BYTES[: 8 * count]:
-                    j = next(j for j in range(count) if q[a + j])
-                    raise PageAlreadyMapped(_FRAME_OF_LEVEL[level]._make(frame0 + (k + j) * step))
-            if huge_flag_panics:
-                raise Panic(_HUGE_FLAG_ASSERTION)
-            k += count
-
-    def _check_range_slowly(
-        self, va0: int, n: int, level: int, f: int, insert: int, frame0: int
-    ) -> None:
-        """`_check_range` for a range whose tables alias: the loop replayed page by page on a
-        copy-on-write view of the entries, where each table the loop would create is a scratch
-        table of its own."""
-        step = 1 << (3 + 9 * level)
-        leaf_bits = f | HUGE_PAGE if level > 1 else f
-        written: dict[tuple[int, int], int] = {}  # (id(memory view), word) -> value
-        created: dict[tuple[int, int], Table] = {}  # the same keys -> the new table
-        p4 = self._p4()
-        for k in range(n):
-            va = va0 + k * step
-            q, b = p4
-            for lvl in range(4, level, -1):
-                key = (id(q), b + _index(va, lvl))
-                raw = written.get(key)
-                if raw is None:
-                    raw = q[key[1]]
-                entry = self._parent_as_map_to_leaves_it(raw, insert)
-                if raw == 0:
-                    created[key] = (memoryview(bytearray(4096)).cast("Q"), 0)
-                written[key] = entry
-                q, b = created[key] if key in created else self._child_of(entry, va, lvl - 1)
-            key = (id(q), b + _index(va, level))
-            raw = written.get(key)
-            if (q[key[1]] if raw is None else raw) != 0:
-                raise PageAlreadyMapped(_FRAME_OF_LEVEL[level]._make(frame0 + k * step))
-            if level == 1 and f & HUGE_PAGE:
-                raise Panic(_HUGE_FLAG_ASSERTION)
-            written[key] = (frame0 + k * step) | leaf_bits
-
-    def _write_range(
-        self,
-        va0: int,
-        n: int,
-        level: int,
-        f: int,
-        insert: int,
-        frame0: int,
-        allocator: FrameAllocator[Any],
-    ) -> None:
-        """Map the range, leaf table by leaf table: the second half of `map_range`.
-
-        The walk to each leaf table is the loop's walk for its first page (`_create_next_table`,
-        so tables are created and OR'ed exactly as `map_to` does); the loop's walks for the
-        other pages of that table find the same tables, unless the leaf table is one of its
-        own parents or an entry is in use (which `_check_range` excludes, short of an
-        allocator handing out a frame in use): then those pages go through `map_to` itself.
-        """
-        step = 1 << (3 + 9 * level)
-        leaf_bits = f | HUGE_PAGE if level > 1 else f
-        # frame | leaf_bits grows by step with the frame unless a flag bit overlaps the frames
-        ramp = not leaf_bits & ADDRESS_MASK & ~(step - 1)
-        done = 0
-        try:
-            while done < n:
-                va = va0 + done * step
-                leaf = _index(va, level)
-                count = min(n - done, 512 - leaf)
-                t = self._p4()
-                above = [(id(t[0]), t[1])]
-                for lvl in range(4, level, -1):
-                    t = self._create_next_table(t, va, lvl, insert, allocator)
-                    above.append((id(t[0]), t[1]))
-                q, b = t
-                a = b + leaf
-                if (
-                    above[-1] in above[:-1]
-                    or q[a : a + count].tobytes() != _ZERO_BYTES[: 8 * count]
-                ):
-                    page_type, frame_type = _PAGE_OF_LEVEL[level], _FRAME_OF_LEVEL[level]
-                    for _ in range(count):
-                        self._map(
-                            page_type._make(va0 + done * step),
-                            frame_type._make(frame0 + done * step),
-                            f,
-                            insert,
-                            allocator,
-                        ).ignore()
-                        done += 1
-                    continue
-                first = frame0 + done * step
-                if ramp:
-                    q[a : a + count] = _ramp(first | leaf_bits, step, count)
-                else:
-                    q[a : a + count] = array(
-                        "Q", [fr | leaf_bits for fr in range(first, first + count * step, step)]
-                    )
-                done += count
-        except Exception as exc:
-            with contextlib.suppress(AttributeError):  # an exception type with __slots__
-                exc.pages_mapped = done  # type: ignore[attr-defined]
-            raise
+        return map_range(self, pages, first_frame, flags, frame_allocator, parent_table_flags)
 
     # -- Translate ------------------------------------------------------------------------
 
@@ -696,7 +460,7 @@ class TableMapper:
 
     def _translate_raw(self, va: int) -> tuple[int, int, int] | None:
         """(leaf level, leaf raw entry, va) or None for NotMapped; panics as the crate."""
-        recursive = self.RECURSIVE_CHECKS
+        rules = self.RULES
         t = self._p4()
         for level in (4, 3, 2, 1):
             q, b = t
@@ -704,13 +468,9 @@ class TableMapper:
             if level == 1:
                 if raw == 0:
                     return None
-                if recursive and raw & HUGE_PAGE:
-                    raise Panic("level 1 entry has huge page bit set")
+                rules.check_translated_leaf(raw)
                 return (1, raw, va)
-            if recursive:
-                if raw == 0:
-                    return None
-            elif not raw & PRESENT:
+            if rules.translate_stops_at(raw, level):
                 return None
             if raw & HUGE_PAGE:
                 if level == 4:
@@ -769,24 +529,6 @@ class TableMapper:
 
 _ZERO_TABLE = memoryview(bytes(4096)).cast("Q")
 _ZERO_BYTES = bytes(4096)
-# for each page size: the integer whose 64-bit lanes, lowest first, hold 0, step, 2 * step, ...
-_LANE_OFFSETS = {
-    step: int.from_bytes(array("Q", range(0, 512 * step, step)).tobytes(), sys.byteorder)
-    for step in (1 << 12, 1 << 21, 1 << 30)
-}
-
-
-def _ramp(first: int, step: int, count: int) -> memoryview:
-    """``count`` (<= 512) u64 words ``first``, ``first + step``, ..., each below 2**64.
-
-    Built as one big integer, the lanes of `_LANE_OFFSETS` plus ``first`` in each of the first
-    ``count`` lanes: no lane carries into the next, so the lanes are the words. Several times
-    faster than an array filled from a range, whose words of 2**63 and up (NO_EXECUTE) are slow.
-    """
-    order = sys.byteorder  # the words are native, like the memory's "Q" view
-    firsts = first.to_bytes(8, order) * count + _ZERO_BYTES[: 8 * (512 - count)]
-    lanes = _LANE_OFFSETS[step] + int.from_bytes(firsts, order)
-    return memoryview(lanes.to_bytes(4096, order)).cast("Q")[:count]
 
 
 class _Given:

@@ -32,6 +32,7 @@ from kvmpage.paging.mapper.errors import (
     NotRecursive,
 )
 from kvmpage.paging.mapper.flush import MapperFlush, Tlb
+from kvmpage.paging.mapper.rules import RECURSIVE_RULES
 from kvmpage.paging.page import Page, PhysFrame, Size4KiB
 from kvmpage.paging.walk import SoftPageFault, resolve, resolve_below
 
@@ -61,7 +62,7 @@ class RecursivePageTable(TableMapper):
     memory), the result is `NotActive` too.
     """
 
-    RECURSIVE_CHECKS = True
+    RULES = RECURSIVE_RULES
 
     def __init__(
         self,
