@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
-from kvmpage.addr import PhysAddr, VirtAddr, canonicalize
+from kvmpage.addr import PhysAddr, VirtAddr
 from kvmpage.memory import PhysicalMemory
 from kvmpage.paging.frame_alloc import FrameAllocator, FrameDeallocator
 from kvmpage.paging.mapper.checks import (
@@ -26,6 +26,7 @@ from kvmpage.paging.mapper.checks import (
     frame_arg,
     page_arg,
 )
+from kvmpage.paging.mapper.cleanup import clean
 from kvmpage.paging.mapper.errors import (
     FrameAllocationFailed,
     InvalidFrameAddress,
@@ -222,52 +223,6 @@ class TableMapper:
     def _check_parent(self, raw: int) -> None:
         """The checks of `_create_next_table` on a parent entry, once it is linked or OR'ed."""
         self.RULES.check_linked_parent(raw)
-
-    def _map_4k_fast(
-        self,
-        page: Page[S],
-        frame: PhysFrame[S],
-        f: int,
-        insert: int,
-        allocator: FrameAllocator[Any],
-        root: int,
-        end: int,
-        new_flags: int | None,
-        q: memoryview,
-    ) -> MapperFlush[S] | None:
-        """The common case of `map_to_with_table_flags` for a 4 KiB page, inlined.
-
-        From the PML4 at ``root``, each parent either exists (present, not huge, carrying the
-        ``insert`` flags, below ``end``) or is empty and gets a new table with ``new_flags``
-        (None: do not create), exactly as `_create_next_table` would. Returns None as soon as
-        anything is unusual, having changed only what the general path would have changed
-        too, so the caller hands over to it and the result is the same.
-        """
-        va, t = page._start, root
-        for shift in (39, 30, 21):  # levels 4, 3, 2
-            i = (t >> 3) + ((va >> shift) & 511)
-            e = q[i]
-            if e == 0 and new_flags is not None:
-                new = allocator.allocate_frame()
-                if new is None:
-                    raise FrameAllocationFailed()
-                if type(new) is not PhysFrame or new._start >= end:
-                    # raises exactly what the general path raises for this frame
-                    level = (shift - 3) // 9
-                    self._create_next_table((q, t >> 3), va, level, insert, _Given(new))
-                    raise AssertionError("unreachable: the general path raises here")
-                t = new._start
-                q[i] = t | new_flags
-                q[t >> 3 : (t >> 3) + 512] = _ZERO_TABLE
-                continue
-            t = e & ADDRESS_MASK
-            if e & 0x81 != 1 or e & insert != insert or t >= end:
-                return None
-        i = (t >> 3) + ((va >> 12) & 511)
-        if q[i] != 0:
-            raise PageAlreadyMapped(frame)
-        q[i] = frame._start | f
-        return MapperFlush(page, self.tlb)
 
     # -- Mapper ---------------------------------------------------------------------------
 
@@ -484,7 +439,7 @@ class TableMapper:
     def clean_up(self, frame_deallocator: FrameDeallocator[Any]) -> None:
         """Free every empty page table of the whole address space (C-01)."""
         deallocator_arg(frame_deallocator)
-        self._clean(self._p4(), 4, 0, 0xFFFF_FFFF_FFFF_F000, frame_deallocator)
+        clean(self, self._p4(), 4, 0, 0xFFFF_FFFF_FFFF_F000, frame_deallocator)
 
     def clean_up_addr_range(
         self, range: PageRangeInclusive[Size4KiB], frame_deallocator: FrameDeallocator[Any]
@@ -496,29 +451,7 @@ class TableMapper:
         if not isinstance(range, PageRangeInclusive) or type(range.start) is not Page:
             raise TypeError("clean_up_addr_range takes a PageRangeInclusive of 4 KiB pages")
         deallocator_arg(frame_deallocator)
-        self._clean(self._p4(), 4, range.start._start, range.end._start, frame_deallocator)
-
-    def _clean(
-        self, table: Table, level: int, start: int, end: int, dealloc: FrameDeallocator[Any]
-    ) -> bool:
-        if start > end:
-            return False
-        q, b = table
-        if level > 1:
-            span = 1 << (12 + 9 * (level - 1))
-            base = canonicalize(start & ~((span << 9) - 1))
-            for i in range(_index(start, level), _index(end, level) + 1):
-                raw = q[b + i]
-                if not raw & PRESENT or raw & HUGE_PAGE or self._skip_in_clean_up(level, i):
-                    continue
-                sub = VirtAddr.forward(VirtAddr._raw(base), i * span)._v  # jumps the hole (#468)
-                sub_start = max(sub, start)
-                sub_end = min(sub + span - 1 & ~0xFFF, end)
-                child = self._child(raw, sub_start, level - 1)
-                if self._clean(child, level - 1, sub_start, sub_end, dealloc):
-                    q[b + i] = 0
-                    dealloc.deallocate_frame(PhysFrame._make(raw & ADDRESS_MASK))
-        return not any(q[b : b + 512])
+        clean(self, self._p4(), 4, range.start._start, range.end._start, frame_deallocator)
 
     # -- inspection -----------------------------------------------------------------------
 
@@ -529,17 +462,6 @@ class TableMapper:
 
 _ZERO_TABLE = memoryview(bytes(4096)).cast("Q")
 _ZERO_BYTES = bytes(4096)
-
-
-class _Given:
-    """An allocator that hands out one frame already taken from the caller's allocator."""
-
-    def __init__(self, frame: Any) -> None:
-        self._frame = frame
-
-    def allocate_frame(self) -> Any:
-        frame, self._frame = self._frame, None
-        return frame
 
 
 def _va(addr: VirtAddr) -> int:

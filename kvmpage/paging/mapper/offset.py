@@ -15,6 +15,7 @@ from kvmpage.memory import PhysicalMemory, PhysMemory, PhysMemoryError
 from kvmpage.paging.frame_alloc import FrameAllocator
 from kvmpage.paging.mapper.base import ADDRESS_MASK, S, Table
 from kvmpage.paging.mapper.checks import table_arg
+from kvmpage.paging.mapper.fast import map_4k_fast
 from kvmpage.paging.mapper.flush import MapperFlush, Tlb
 from kvmpage.paging.mapper.mapped import MappedPageTable
 from kvmpage.paging.page import Page, PhysFrame, Size4KiB
@@ -129,8 +130,8 @@ class OffsetPageTable(MappedPageTable):
         # already); new parents need PRESENT and not HUGE_PAGE in the insert flags, else the
         # general path (and its panics) decides.
         if type(page) is Page and type(frame) is PhysFrame and not f & 0x80:
-            done = self._map_4k_fast(
-                page, frame, f, insert, frame_allocator, self._l4_table[1] << 3,
+            done = map_4k_fast(
+                self, page, frame, f, insert, frame_allocator, self._l4_table[1] << 3,
                 self._offset_mapping._safe_below,
                 insert if insert & 0x81 == 1 else None, self._offset_mapping.memory.words,
             )  # fmt: skip

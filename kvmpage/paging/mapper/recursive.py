@@ -31,6 +31,7 @@ from kvmpage.paging.mapper.errors import (
     NotActive,
     NotRecursive,
 )
+from kvmpage.paging.mapper.fast import map_4k_fast
 from kvmpage.paging.mapper.flush import MapperFlush, Tlb
 from kvmpage.paging.mapper.rules import RECURSIVE_RULES
 from kvmpage.paging.page import Page, PhysFrame, Size4KiB
@@ -271,8 +272,8 @@ class RecursivePageTable(TableMapper):
             and t <= limit
             and q[(t >> 3) + self.recursive_index] & (_MASK | 0x81) == t | 1  # self-mapped
         ):
-            done = self._map_4k_fast(
-                page, frame, f, insert, frame_allocator, t, limit + 1,
+            done = map_4k_fast(
+                self, page, frame, f, insert, frame_allocator, t, limit + 1,
                 insert | PRESENT | WRITABLE, q,
             )  # fmt: skip
             if done is not None:

@@ -1,0 +1,48 @@
+"""`CleanUp`: freeing the page tables that became empty (C-01..C-12), shared by the mappers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kvmpage.addr import VirtAddr, canonicalize
+from kvmpage.paging.frame_alloc import FrameDeallocator
+from kvmpage.paging.page import PhysFrame
+from kvmpage.paging.table import ADDRESS_MASK
+
+if TYPE_CHECKING:
+    from kvmpage.paging.mapper.base import Table, TableMapper
+
+PRESENT = 1
+HUGE_PAGE = 0x80
+
+
+def _index(va: int, level: int) -> int:
+    return (va >> (3 + 9 * level)) & 511
+
+
+def clean(
+    mapper: TableMapper,
+    table: Table,
+    level: int,
+    start: int,
+    end: int,
+    dealloc: FrameDeallocator[Any],
+) -> bool:
+    if start > end:
+        return False
+    q, b = table
+    if level > 1:
+        span = 1 << (12 + 9 * (level - 1))
+        base = canonicalize(start & ~((span << 9) - 1))
+        for i in range(_index(start, level), _index(end, level) + 1):
+            raw = q[b + i]
+            if not raw & PRESENT or raw & HUGE_PAGE or mapper._skip_in_clean_up(level, i):
+                continue
+            sub = VirtAddr.forward(VirtAddr._raw(base), i * span)._v  # jumps the hole (#468)
+            sub_start = max(sub, start)
+            sub_end = min(sub + span - 1 & ~0xFFF, end)
+            child = mapper._child(raw, sub_start, level - 1)
+            if clean(mapper, child, level - 1, sub_start, sub_end, dealloc):
+                q[b + i] = 0
+                dealloc.deallocate_frame(PhysFrame._make(raw & ADDRESS_MASK))
+    return not any(q[b : b + 512])
