@@ -8,8 +8,9 @@ the leaf listing, the audit, the verifier) never asks where the bytes come from:
   guest RAM, so the software mapper writes straight into the guest. It may declare *holes*
   (``present=``): ranges inside ``[0, size)`` that are not memory (guest-physical addresses
   with no RAM behind them).
-- `SegmentedMemory`: sparse segments, each a view of its own buffer (the read-only or private
-  ``mmap`` of a memory image file), Volatility-style: an address no segment covers is *absent*.
+- `kvmpage.segmented.SegmentedMemory`: sparse segments, each a view of its own buffer (the
+  read-only or private ``mmap`` of a memory image file), Volatility-style: an address no
+  segment covers is *absent*.
 
 Absent is not zero: every access to an absent address raises `AbsentMemoryError`, so a walk that
 reaches one stops with that reason instead of reading zeros. Every access is bounds-checked and
@@ -18,18 +19,15 @@ aligned addresses, as an x86-64 CPU reads them.
 
 The word-array access is public and is what fast code uses: `PhysicalMemory.frame_words` gives
 the ``u64`` view that holds a 4 KiB frame and the index of its first word; a flat memory also
-has `PhysMemory.words`, the whole memory as one ``u64`` array.
+has `PhysMemory.words`, the whole memory as one ``u64`` array. Page-table views over any of
+them are `kvmpage.paging.table.PageTable` (this module knows nothing of tables).
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from kvmpage.paging.table import PageTable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 FRAME = 4096
 _TABLE_WORDS = FRAME // 8
@@ -214,12 +212,6 @@ class PhysicalMemory:
         """
         return self._span(int(addr), length)
 
-    def table(self, addr: int) -> PageTable:
-        """The 512-entry `PageTable` stored in the 4 KiB frame at physical address ``addr``."""
-        from kvmpage.paging.table import PageTable
-
-        return PageTable(self, addr)
-
     # -- lifetime -----------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -387,154 +379,3 @@ class PhysMemory(PhysicalMemory):
         kind = type(self._buf).__name__
         holes = f", {len(self._present)} present ranges" if self._holes else ""
         return f"PhysMemory(size={self.size:#x}, backing={kind}{holes})"
-
-
-class Segment:
-    """``len(data)`` bytes of physical memory from physical address ``start``.
-
-    ``data`` is any buffer (a slice of a file's ``mmap``); its start need not be aligned in the
-    buffer (memory image formats put headers before the data).
-    """
-
-    __slots__ = ("_bytes", "_q", "end", "start")
-
-    def __init__(self, start: int, data: Any) -> None:
-        view = memoryview(data).cast("B")
-        if start < 0 or start % 8 or len(view) % 8:
-            n = len(view)
-            view.release()
-            raise PhysMemoryError(
-                f"a segment must start and end on 8-byte boundaries, got {start:#x}+{n:#x}"
-            )
-        self.start = start
-        self.end = start + len(view)
-        self._bytes = view
-        self._q = view.cast("Q")
-
-    def release(self) -> None:
-        self._q.release()
-        self._bytes.release()
-
-
-class SegmentedMemory(PhysicalMemory):
-    """Sparse physical memory: disjoint `Segment` views, sorted by address.
-
-    ``readonly``: refuse writes even when the buffers are writable. Buffers that are read-only
-    (``mmap.ACCESS_READ``) make the memory read-only in any case.
-    """
-
-    absent_word = "not in the image"
-
-    def __init__(
-        self, segments: Sequence[Segment], *, readonly: bool = True, absent_word: str = ""
-    ) -> None:
-        ordered = sorted(segments, key=lambda s: s.start)
-        for a, b in itertools.pairwise(ordered):
-            if b.start < a.end:
-                raise PhysMemoryError(
-                    f"segments overlap: {a.start:#x}-{a.end:#x} and {b.start:#x}-{b.end:#x}"
-                )
-        self._segments = ordered
-        self._starts = [s.start for s in ordered]
-        self._present = Ranges((s.start, s.end) for s in ordered)
-        self.size = ordered[-1].end if ordered else 0
-        self.readonly = readonly or any(s._bytes.readonly for s in ordered)
-        self._closed = False
-        if absent_word:
-            self.absent_word = absent_word
-        self._copies: dict[int, memoryview] = {}
-
-    @property
-    def segments(self) -> list[Segment]:
-        """The segments, in address order."""
-        return list(self._segments)
-
-    def present(self) -> Ranges:
-        return self._present
-
-    def contains(self, addr: int, length: int = 1) -> bool:
-        if addr < 0 or length < 0:
-            return False
-        return self._present.covers(addr, max(length, 1))
-
-    def _segment(self, addr: int, length: int) -> Segment | None:
-        i = bisect.bisect_right(self._starts, addr) - 1
-        if i < 0:
-            return None
-        seg = self._segments[i]
-        return seg if addr + length <= seg.end else None
-
-    def frame_words(self, addr: int) -> tuple[memoryview, int]:
-        addr = int(addr)
-        if addr & (FRAME - 1):
-            raise PhysMemoryError(f"a frame address must be 4 KiB aligned, got {addr:#x}")
-        if self._closed:
-            raise PhysMemoryError("physical memory is closed")
-        seg = self._segment(addr, FRAME)
-        if seg is not None:
-            return seg._q, (addr - seg.start) >> 3
-        self.check(addr, FRAME)
-        # present, but split over adjacent segments: a read-only copy of the frame
-        copy = self._copies.get(addr)
-        if copy is None:
-            copy = memoryview(self._gather(addr, FRAME)).toreadonly().cast("Q")
-            self._copies[addr] = copy
-        return copy, 0
-
-    def _word_view(self, addr: int) -> tuple[memoryview, int]:
-        if self._closed:
-            raise PhysMemoryError("physical memory is closed")
-        seg = self._segment(addr, 8)
-        if seg is None:
-            self.check(addr, 8)
-            raise AssertionError("unreachable: segments are 8-byte aligned")
-        return seg._q, (addr - seg.start) >> 3
-
-    def _gather(self, addr: int, length: int) -> bytes:
-        out = bytearray()
-        end = addr + length
-        while addr < end:
-            seg = self._segment(addr, 1)
-            assert seg is not None
-            stop = min(end, seg.end)
-            out += seg._bytes[addr - seg.start : stop - seg.start]
-            addr = stop
-        return bytes(out)
-
-    def _span(self, addr: int, length: int) -> memoryview:
-        if self._closed:
-            raise PhysMemoryError("physical memory is closed")
-        seg = self._segment(addr, length)
-        if seg is None:
-            self.check(addr, length)
-            raise PhysMemoryError(
-                f"physical range {addr:#x}+{length:#x} spans several segments: read it in parts"
-            )
-        return seg._bytes[addr - seg.start : addr - seg.start + length]
-
-    def read(self, addr: int, length: int) -> bytes:
-        addr = int(addr)
-        if self._segment(addr, length) is None and self.contains(addr, length):
-            return self._gather(addr, length)
-        return bytes(self._span(addr, length))
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for copy in self._copies.values():
-            copy.release()
-        self._copies.clear()
-        for seg in self._segments:
-            seg.release()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __repr__(self) -> str:
-        mode = "read-only" if self.readonly else "writable"
-        return (
-            f"SegmentedMemory({len(self._segments)} segments, {self._present.total:#x} bytes, "
-            f"{mode})"
-        )

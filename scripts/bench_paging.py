@@ -28,6 +28,7 @@ from kvmpage.paging import (
     Size4KiB,
     TableMapper,
 )
+from kvmpage.paging.table import PageTable
 
 GIB = 1 << 30
 PAGES = GIB // 4096  # 262,144
@@ -40,7 +41,7 @@ def build(kind: str, memory: PhysMemory) -> tuple[TableMapper, PoolFrameAllocato
     alloc: PoolFrameAllocator = PoolFrameAllocator(0x1000, 64 << 20, memory=memory)
     p4 = alloc.allocate_frame()
     assert p4 is not None
-    table = memory.table(p4._start)
+    table = PageTable(memory, p4._start)
     if kind == "offset":
         return OffsetPageTable(table, VirtAddr(0)), alloc
     table[RECURSIVE_INDEX] = p4._start | 3

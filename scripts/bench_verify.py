@@ -54,7 +54,7 @@ class _Direct:
         self.memory = memory
 
     def frame_to_pointer(self, frame: PhysFrame) -> PageTable:
-        return self.memory.table(frame.start_address().as_u64())
+        return PageTable(self.memory, frame.start_address().as_u64())
 
 
 def one_run(
@@ -69,7 +69,7 @@ def one_run(
         alloc: PoolFrameAllocator = PoolFrameAllocator(0x1000, tables, memory=m.memory)
         p4 = alloc.allocate_frame()
         assert p4 is not None
-        table = m.memory.table(p4.start_address())
+        table = PageTable(m.memory, p4.start_address())
         mapper = make_mapper(kind, m.memory, table, p4)
         if map_to:
             for i in range(pages):

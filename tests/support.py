@@ -102,7 +102,7 @@ class IdentityMapping:
         self.memory = memory
 
     def frame_to_pointer(self, frame: PhysFrame[Size4KiB]) -> PageTable:
-        return self.memory.table(frame.start_address())
+        return PageTable(self.memory, frame.start_address())
 
 
 def pool_allocator(memory: PhysMemory) -> PoolFrameAllocator[Size4KiB]:
@@ -117,7 +117,7 @@ def build_mapper(
     P4_PHYS. "mapped" reads tables through ``mapping`` (an `IdentityMapping` by default);
     "recursive" first writes the recursive entry ``r`` (pointing at P4_PHYS, PRESENT|WRITABLE).
     ``tlb`` is passed on (None: the mapper makes a `RecordingTlb`)."""
-    l4 = memory.table(P4_PHYS)
+    l4 = PageTable(memory, P4_PHYS)
     if kind == "mapped":
         if mapping is None:
             mapping = IdentityMapping(memory)

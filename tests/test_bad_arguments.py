@@ -175,7 +175,7 @@ def test_recursive_table_address_refuses_what_is_not_an_index(bad: Any) -> None:
 
 def test_constructors_check_their_arguments() -> None:
     memory = PhysMemory(MEM_SIZE)
-    table = memory.table(P4_PHYS)
+    table = PageTable(memory, P4_PHYS)
     cr3 = frame4k(P4_PHYS)
     bad_calls: list[Callable[[], Any]] = [
         lambda: MappedPageTable(None, object()),  # type: ignore[arg-type]
@@ -220,7 +220,7 @@ def test_allocators_check_their_arguments() -> None:
 @pytest.mark.parametrize("bad", [1.5, "3", None, True, -1, 1 << 64])
 def test_entries_check_raw_values_and_flags(bad: Any) -> None:
     memory = PhysMemory(MEM_SIZE)
-    table = memory.table(P4_PHYS)
+    table = PageTable(memory, P4_PHYS)
     table[3] = 0x5003
     entry = table[3]
     with pytest.raises((TypeError, ValueError)):

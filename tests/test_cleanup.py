@@ -48,6 +48,7 @@ from kvmpage.paging import (
     Size4KiB,
     recursive_table_address,
 )
+from kvmpage.paging.table import PageTable
 
 pytestmark = STRICT_FLUSH_TOKENS
 
@@ -79,7 +80,7 @@ class Env(support.Env):
 
     def p4_used(self) -> list[int]:
         """Indices of used level-4 entries, the recursive slot excepted."""
-        raws = self.memory.table(P4_PHYS).raw_entries()
+        raws = PageTable(self.memory, P4_PHYS).raw_entries()
         return [i for i, r in enumerate(raws) if r and not (self.kind == "recursive" and i == R)]
 
 
@@ -271,7 +272,7 @@ def test_c11_recursive_slot_is_skipped() -> None:
         tok.ignore()
         m.clean_up(alloc)
         assert [int(f.start_address()) for f in alloc.deallocated] == [0x4000, 0x3000, 0x2000]
-        raws = memory.table(P4_PHYS).raw_entries()
+        raws = PageTable(memory, P4_PHYS).raw_entries()
         assert [i for i, v in enumerate(raws) if v] == [r]
         m.clean_up_addr_range(prange(0, LAST_PAGE), alloc)
         assert memory.read_u64(P4_PHYS + 8 * r) == P4_PHYS | int(P | W)

@@ -24,6 +24,7 @@ from kvmpage.paging import (
     Size2MiB,
     Size4KiB,
 )
+from kvmpage.paging.table import PageTable
 
 pytestmark = pytest.mark.filterwarnings("error::kvmpage.paging.UnusedFlushWarning")
 
@@ -54,7 +55,7 @@ def memory():
 
 @pytest.fixture
 def mapper(memory):
-    return OffsetPageTable(memory.table(P4_ADDR), VirtAddr(0))
+    return OffsetPageTable(PageTable(memory, P4_ADDR), VirtAddr(0))
 
 
 @pytest.fixture
@@ -111,9 +112,9 @@ def test_fa01_exhaustion_is_frame_allocation_failed(memory, mapper):
     with pytest.raises(FrameAllocationFailed):
         mapper.map_to(page(0x40_0000), frame(0x8_0000), PW, one)
     assert starts(one.allocated) == [0x2000]
-    p4 = memory.table(P4_ADDR)
+    p4 = PageTable(memory, P4_ADDR)
     assert p4[0].raw == 0x2000 | int(PW)  # the P3 stays linked
-    assert memory.table(0x2000).is_empty()
+    assert PageTable(memory, 0x2000).is_empty()
 
 
 def test_fa01_any_object_with_allocate_frame_is_an_allocator(memory, mapper):
@@ -179,7 +180,7 @@ def test_fa02_only_clean_up_deallocates(memory, mapper, alloc):
     assert alloc.deallocated == []
     mapper.clean_up_addr_range(PageRangeInclusive(page(0), page(0x7FFF_FFFF_F000)), alloc)
     assert sorted(starts(alloc.deallocated)) == sorted(starts(tables))
-    assert memory.table(P4_ADDR).is_empty()
+    assert PageTable(memory, P4_ADDR).is_empty()
 
 
 # -- FA-03: mappers only allocate 4 KiB table frames --------------------------------------------
@@ -219,11 +220,11 @@ def test_fa04_allocation_order_is_p3_p2_p1(memory, mapper, alloc):
     mapper.map_to(page(va), frame(0x9_0000), PW, alloc).ignore()
     p3f, p2f, p1f = alloc.allocated
     assert starts(alloc.allocated) == [0x2000, 0x3000, 0x4000]
-    p4 = memory.table(P4_ADDR)
+    p4 = PageTable(memory, P4_ADDR)
     assert p4[1].frame() == p3f
-    assert memory.table(p3f.start_address().as_u64())[2].frame() == p2f
-    assert memory.table(p2f.start_address().as_u64())[3].frame() == p1f
-    assert memory.table(p1f.start_address().as_u64())[4].frame() == frame(0x9_0000)
+    assert PageTable(memory, p3f.start_address().as_u64())[2].frame() == p2f
+    assert PageTable(memory, p2f.start_address().as_u64())[3].frame() == p1f
+    assert PageTable(memory, p1f.start_address().as_u64())[4].frame() == frame(0x9_0000)
 
 
 def test_fa04_only_unused_parent_entries_allocate(memory, mapper, alloc):
@@ -239,19 +240,19 @@ def test_fa04_only_unused_parent_entries_allocate(memory, mapper, alloc):
     # same P3 table, next P2 table: two (P2 then P1)
     mapper.map_to(page(0x4000_0000), frame(0xC_0000), PW, alloc).ignore()
     assert len(alloc.allocated) == 6
-    p3 = memory.table(alloc.allocated[0].start_address().as_u64())
+    p3 = PageTable(memory, alloc.allocated[0].start_address().as_u64())
     assert p3[1].frame() == alloc.allocated[4]
 
 
 def test_fa04_non_zero_non_present_parent_is_not_reallocated(memory, mapper, alloc):
     """FA-04: the test is raw == 0, not PRESENT: a P4 entry holding only an address and an OS
     bit is reused (the parent flags are OR'ed in), so only P2 and P1 are allocated."""
-    p4 = memory.table(P4_ADDR)
+    p4 = PageTable(memory, P4_ADDR)
     p4[0] = 0x3F000 | int(F.BIT_9)  # a zeroed frame outside the allocator's range
     mapper.map_to(page(0x1000), frame(0x9_0000), PW, alloc).ignore()
     assert len(alloc.allocated) == 2
     assert p4[0].raw == 0x3F000 | int(F.BIT_9 | PW)
-    assert memory.table(0x3F000)[0].frame() == alloc.allocated[0]
+    assert PageTable(memory, 0x3F000)[0].frame() == alloc.allocated[0]
 
 
 # -- FA-05: at most 3 / 2 / 1 frames per map ----------------------------------------------------
@@ -262,7 +263,7 @@ def test_fa05_frames_per_map(memory, mapper, alloc, size, frames):
     """FA-05: one map consumes at most 3 (4KiB), 2 (2MiB), 1 (1GiB) frames, top-down."""
     mapper.map_to(page(0xFFFF_8000_0000_0000, size), frame(0, size), PW, alloc).ignore()
     assert len(alloc.allocated) == frames
-    p4 = memory.table(P4_ADDR)
+    p4 = PageTable(memory, P4_ADDR)
     assert p4[256].frame() == alloc.allocated[0]
     mapper.map_to(
         page(0xFFFF_8000_0000_0000 + size.SIZE, size), frame(size.SIZE, size), PW, alloc
@@ -276,7 +277,7 @@ def test_fa05_exactly_enough_frames(memory, mapper, size, frames):
     enough = PoolFrameAllocator(0x2000, 0x2000 + frames * 0x1000, memory=memory)
     mapper.map_to(page(0, size), frame(0, size), PW, enough).ignore()
     assert enough.remaining() == 0
-    other = OffsetPageTable(memory.table(0x80000), VirtAddr(0))
+    other = OffsetPageTable(PageTable(memory, 0x80000), VirtAddr(0))
     short = PoolFrameAllocator(0x90000, 0x90000 + (frames - 1) * 0x1000, memory=memory)
     with pytest.raises(FrameAllocationFailed):
         other.map_to(page(0, size), frame(0, size), PW, short)

@@ -91,6 +91,7 @@ from kvmpage.paging import (
     UnmapError,
     recursive_table_address,
 )
+from kvmpage.paging.table import PageTable
 
 pytestmark = STRICT_FLUSH_TOKENS
 
@@ -399,7 +400,7 @@ def test_i20_address_difference_includes_the_hole() -> None:
 def test_i20_offset_page_table_checked_add() -> None:
     """I-20 (#290): OffsetPageTable's phys -> virt uses the checked VirtAddr add."""
     memory = PhysMemory(MEM_SIZE)
-    m = OffsetPageTable(memory.table(P4_PHYS), VirtAddr(0x7FFF_FFFF_F000))
+    m = OffsetPageTable(PageTable(memory, P4_PHYS), VirtAddr(0x7FFF_FFFF_F000))
     memory.write_u64(P4_PHYS, 0x2000 | int(P | W))
     with pytest.raises(Panic, match=r"^attempt to add resulted in non-canonical virtual address"):
         m.translate(VirtAddr(0))

@@ -19,6 +19,7 @@ from kvmpage.paging import (
     PhysFrame,
     Size2MiB,
 )
+from kvmpage.paging.table import PageTable
 
 pytestmark = pytest.mark.kvm
 
@@ -40,7 +41,7 @@ def setup() -> Iterator[Setup]:
     assert p4 is not None
     p4_phys = int(p4.start_address())
     tlb = BatchTlb(cr3=p4_phys)
-    mapper = OffsetPageTable(m.memory.table(p4_phys), VirtAddr(0), tlb=tlb)
+    mapper = OffsetPageTable(PageTable(m.memory, p4_phys), VirtAddr(0), tlb=tlb)
     m.install_agent_slot(p4_phys)
     yield m, mapper, tables, tlb, p4_phys
     m.close()

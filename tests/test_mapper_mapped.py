@@ -94,7 +94,7 @@ class RecordingMapping:
 
     def frame_to_pointer(self, frame: PhysFrame[Size4KiB]) -> PageTable:
         self.calls.append(frame)
-        return self.memory.table(frame.start_address())
+        return PageTable(self.memory, frame.start_address())
 
 
 @dataclass
@@ -160,7 +160,7 @@ def test_m01_page_and_frame_sizes_must_match(env: Env) -> None:
     with pytest.raises(TypeError):
         env.mapper.map_to(page4k(0), frame2m(0), P, env.alloc)
     assert env.alloc.allocated == []
-    assert env.memory.table(P4_PHYS).is_empty()
+    assert PageTable(env.memory, P4_PHYS).is_empty()
 
 
 @pytest.mark.parametrize(
@@ -305,10 +305,10 @@ def test_mp01_mapping_may_place_tables_elsewhere() -> None:
 
     class Shadow:
         def frame_to_pointer(self, frame: PhysFrame[Size4KiB]) -> PageTable:
-            return shadow.table(frame.start_address())
+            return PageTable(shadow, frame.start_address())
 
     alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(ALLOC_START, ALLOC_END)
-    m = MappedPageTable(memory.table(P4_PHYS), Shadow())
+    m = MappedPageTable(PageTable(memory, P4_PHYS), Shadow())
     m.map_to(page4k(0x1000), frame4k(0x7_0000), P | W, alloc).ignore()
     assert memory.read_u64(P4_PHYS) == 0x2000 | int(P | W)  # the level-4 table itself
     assert memory.read_u64(0x2000) == 0 and shadow.read_u64(0x2000) == 0x3000 | int(P | W)
@@ -324,10 +324,10 @@ def test_mp01_mapping_into_a_larger_memory() -> None:
 
     class Elsewhere:
         def frame_to_pointer(self, frame: PhysFrame[Size4KiB]) -> PageTable:
-            return big.table(frame.start_address())
+            return PageTable(big, frame.start_address())
 
     alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(0x40_0000, 0x50_0000)
-    m = MappedPageTable(small.table(P4_PHYS), Elsewhere())
+    m = MappedPageTable(PageTable(small, P4_PHYS), Elsewhere())
     m.map_to(page4k(0x1000), frame4k(0x9000), P | W, alloc).ignore()
     assert small.read_u64(P4_PHYS) == 0x40_0000 | int(P | W)
     assert big.read_u64(0x40_0000) == 0x40_1000 | int(P | W)
@@ -371,7 +371,7 @@ def test_mp02_offset_plus_phys_panics_like_virtaddr_add(offset: int, message: st
     not canonical or overflows panics, in map_to, translate and translate_addr."""
     memory = PhysMemory(MEM_SIZE)
     alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(ALLOC_START, ALLOC_END)
-    m = OffsetPageTable(memory.table(P4_PHYS), VirtAddr(offset))
+    m = OffsetPageTable(PageTable(memory, P4_PHYS), VirtAddr(offset))
     with pytest.raises(Panic, match=message):
         m.map_to(page4k(0x1000), frame4k(0x7_0000), P | W, alloc)
     # the level-4 entry was linked before the child was reached (no rollback, MP-05)
@@ -395,7 +395,7 @@ def test_mp02_offset_boundary_is_exact(offset: int, message: str) -> None:
     work and the one at 0x1_0000 panics, in the general and the fast paths alike."""
     memory = PhysMemory(MEM_SIZE)
     alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(0xE000, 0x2_0000)
-    m = OffsetPageTable(memory.table(P4_PHYS), VirtAddr(offset))
+    m = OffsetPageTable(PageTable(memory, P4_PHYS), VirtAddr(offset))
     m.map_to(page2m(0x20_0000), frame2m(0x4000_0000), P | W, alloc).ignore()  # P3 e000, P2 f000
     assert m.translate_addr(VirtAddr(0x20_0001)) == PhysAddr(0x4000_0001)
     assert m.translate(VirtAddr(0x20_0001)) == Mapped(
@@ -456,7 +456,7 @@ def test_mp04_new_tables_are_zeroed_after_linking(env: Env) -> None:
         env.memory.write_u64(a, 0xDEAD_BEEF_0000_0001)
     env.map(page4k(0), frame4k(0x8000_0000))
     for table, used in ((0x2000, 0), (0x3000, 0), (0x4000, 0)):
-        raws = env.memory.table(table).raw_entries()
+        raws = PageTable(env.memory, table).raw_entries()
         assert [i for i, r in enumerate(raws) if r] == [used]
 
 
@@ -543,10 +543,10 @@ def test_mp05_allocator_with_one_frame_no_rollback_then_clean_up(env: Env) -> No
     with pytest.raises(FrameAllocationFailed):
         env.mapper.map_to(page4k(0x1000), frame4k(0x9000), P | W, one)
     assert env.memory.read_u64(P4_PHYS) == 0x2000 | int(P | W)
-    assert env.memory.table(0x2000).is_empty()
+    assert PageTable(env.memory, 0x2000).is_empty()
     env.mapper.clean_up(one)
     assert [int(f.start_address()) for f in one.deallocated] == [0x2000]
-    assert env.memory.table(P4_PHYS).is_empty()
+    assert PageTable(env.memory, P4_PHYS).is_empty()
 
 
 def test_mp05_allocation_failure_at_p1_keeps_upper_tables(env: Env) -> None:
@@ -1082,8 +1082,8 @@ def test_mp30_translate_never_panics_except_huge_p4() -> None:
             if raw & ADDRESS_MASK >= MEM_SIZE and raw & int(P):
                 raw |= int(H)  # only leaves may point outside the memory
             memory.write_u64(t + 8 * i, raw)
-    mapped = MappedPageTable(memory.table(P4_PHYS), RecordingMapping(memory))
-    offset = OffsetPageTable(memory.table(P4_PHYS), VirtAddr(OFFSET))
+    mapped = MappedPageTable(PageTable(memory, P4_PHYS), RecordingMapping(memory))
+    offset = OffsetPageTable(PageTable(memory, P4_PHYS), VirtAddr(OFFSET))
     outcomes: dict[str, int] = {}
     for _ in range(3000):
         va = VirtAddr.new_truncate(rng.randrange(0, 1 << 48))

@@ -283,7 +283,7 @@ def test_r05_frame_allocation_failed_no_rollback(env: Env) -> None:
     with pytest.raises(FrameAllocationFailed):
         env.mapper.map_to(page4k(0x1000), frame4k(0x9000), P | W, one)
     assert env.entry(0x1000, 4) == 0x2000 | int(P | W)
-    assert env.memory.table(0x2000).is_empty()
+    assert PageTable(env.memory, 0x2000).is_empty()
 
 
 def test_r06_new_tables_zeroed_through_recursive_address(env: Env) -> None:
@@ -292,7 +292,7 @@ def test_r06_new_tables_zeroed_through_recursive_address(env: Env) -> None:
         env.memory.write_u64(a, 0xDEAD_BEEF_0000_0001)
     env.map(page4k(0), frame4k(0x9000))
     for t in (0x2000, 0x3000, 0x4000):
-        raws = env.memory.table(t).raw_entries()
+        raws = PageTable(env.memory, t).raw_entries()
         assert [i for i, r in enumerate(raws) if r] == [0]
 
 

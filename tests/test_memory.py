@@ -13,6 +13,7 @@ import pytest
 
 from kvmpage import PhysAddr, PhysMemory, PhysMemoryError, VirtAddr
 from kvmpage.paging import OffsetPageTable, Page, PageTableFlags, PhysFrame, PoolFrameAllocator
+from kvmpage.paging.table import PageTable
 
 SIZE = 0x4000
 
@@ -34,8 +35,8 @@ OUT_OF_BOUNDS = [
     ("write_u64 at end", lambda m: m.write_u64(SIZE, (1 << 64) - 1)),
     ("write_u64 far", lambda m: m.write_u64(1 << 40, 1)),
     ("write_u64 negative", lambda m: m.write_u64(-8, (1 << 64) - 1)),
-    ("table at end", lambda m: m.table(SIZE)),
-    ("table negative", lambda m: m.table(-0x1000)),
+    ("table at end", lambda m: PageTable(m, SIZE)),
+    ("table negative", lambda m: PageTable(m, -0x1000)),
     ("check", lambda m: m.check(SIZE - 1, 2)),
 ]
 
@@ -109,7 +110,7 @@ def test_accessors_take_phys_addr(memory):
     memory.write_u64(PhysAddr(0x2000), 7)
     assert memory.read_u64(PhysAddr(0x2000)) == 7
     assert memory.read(PhysAddr(0x2000), 1) == b"\x07"
-    assert memory.table(PhysAddr(0x2000))[0].raw == 7
+    assert PageTable(memory, PhysAddr(0x2000))[0].raw == 7
 
 
 def test_edges_are_inside(memory):
@@ -117,7 +118,7 @@ def test_edges_are_inside(memory):
     assert memory.read_u64(SIZE - 8) == 0xAB
     memory.write(SIZE - 1, b"\x01")
     assert memory.read(SIZE - 1, 1) == b"\x01"
-    t = memory.table(SIZE - 0x1000)
+    t = PageTable(memory, SIZE - 0x1000)
     assert t[511].raw == memory.read_u64(SIZE - 8)
     assert memory.contains(0, SIZE) and not memory.contains(0, SIZE + 1)
     assert memory.contains(SIZE, 0) and not memory.contains(-1, 0)
@@ -148,7 +149,7 @@ def test_u64_access_must_be_8_byte_aligned(addr):
 @pytest.mark.parametrize("addr", [8, 0x800, 0x1FF8])
 def test_table_must_be_4kib_aligned(memory, addr):
     with pytest.raises(PhysMemoryError):
-        memory.table(addr)
+        PageTable(memory, addr)
 
 
 @pytest.mark.parametrize("value", [-1, 1 << 64])
@@ -169,7 +170,7 @@ ACCESSORS = [
     ("view", lambda m: m.view(0, 8)),
     ("read_u64", lambda m: m.read_u64(0)),
     ("write_u64", lambda m: m.write_u64(0, 1)),
-    ("table", lambda m: m.table(0)),
+    ("table", lambda m: PageTable(m, 0)),
 ]
 
 
@@ -204,7 +205,7 @@ def test_mmap_backed_memory_works_and_mmap_closes_after_close():
     assert mm[0x1008:0x100C] == b"\xef\xbe\xad\xde"
     mm[0x2000:0x2008] = (0x1234).to_bytes(8, "little")
     assert m.read_u64(0x2000) == 0x1234
-    t = m.table(0x3000)
+    t = PageTable(m, 0x3000)
     t[1] = 0x5003
     e = t[1]
     assert e.raw == 0x5003
@@ -220,7 +221,7 @@ def test_mmap_backed_memory_works_and_mmap_closes_after_close():
 def test_mmap_closes_after_a_mapper_used_the_memory():
     mm = mmap.mmap(-1, 0x10_0000)
     m = PhysMemory(0x10_0000, buffer=mm)
-    mapper = OffsetPageTable(m.table(0x1000), VirtAddr(0))
+    mapper = OffsetPageTable(PageTable(m, 0x1000), VirtAddr(0))
     alloc = PoolFrameAllocator(0x2000, 0x10000, memory=m)
     flags = PageTableFlags.PRESENT | PageTableFlags.WRITABLE
     page = Page.containing_address(VirtAddr(0x40_1000))

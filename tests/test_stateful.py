@@ -48,6 +48,7 @@ from kvmpage.paging import (
     Size4KiB,
     TableMapper,
 )
+from kvmpage.paging.table import PageTable
 
 pytestmark = pytest.mark.filterwarnings("error::kvmpage.paging.UnusedFlushWarning")
 
@@ -186,7 +187,7 @@ class MapperMachine(RuleBasedStateMachine):
         self.model = Model()
 
     def _make_mapper(self, p4: PhysFrame) -> TableMapper:  # type: ignore[type-arg]
-        table = self.memory.table(p4._start)
+        table = PageTable(self.memory, p4._start)
         if self.KIND == "offset":
             return OffsetPageTable(table, VirtAddr(0))
         if self.KIND == "mapped":

@@ -292,22 +292,22 @@ def test_entry_equality():
 
 def test_t11_table_has_512_entries_in_a_4kib_frame(memory):
     """T-11: exactly 512 entries (ENTRY_COUNT), one 4 KiB aligned frame of memory."""
-    t = memory.table(0x3000)
+    t = PageTable(memory, 0x3000)
     assert ENTRY_COUNT == 512 == PageTable.ENTRY_COUNT == len(t)
     assert len(list(t)) == 512
     assert t.frame() == frame(0x3000)
     assert t.phys == 0x3000
     with pytest.raises(PhysMemoryError):
-        memory.table(0x3008)
+        PageTable(memory, 0x3008)
     with pytest.raises(PhysMemoryError):
-        memory.table(0x10000)
+        PageTable(memory, 0x10000)
     assert PageTable(memory, PhysAddr(0x3000)) == t
     assert "T-11" in NOT_APPLICABLE
 
 
 def test_t11_table_entries_are_little_endian_u64_in_memory(memory):
     """T-11: entry i of the table at p is the little-endian u64 at p + 8*i."""
-    t = memory.table(0x3000)
+    t = PageTable(memory, 0x3000)
     t[5] = 0x1122_3344_5566_7788
     assert memory.read(0x3000 + 8 * 5, 8) == bytes.fromhex("8877665544332211")
     memory.write_u64(0x3000 + 8 * 511, 0xABC003)
@@ -319,7 +319,7 @@ def test_t11_table_entries_are_little_endian_u64_in_memory(memory):
 
 def test_t12_new_zero_is_empty(memory):
     """T-12: a fresh table is all zero; is_empty iff all 512 raw values are 0; zero() clears."""
-    t = memory.table(0x2000)
+    t = PageTable(memory, 0x2000)
     assert t.is_empty()
     t[511] = int(F.BIT_9)  # a lone OS bit is enough to make it non-empty
     assert not t.is_empty()
@@ -336,7 +336,7 @@ def test_t12_new_zero_is_empty(memory):
 
 def test_t13_iteration_in_index_order_and_writes_through(memory):
     """T-13: iter() / iter_mut() yield the 512 entries in index order (live views)."""
-    t = memory.table(0x4000)
+    t = PageTable(memory, 0x4000)
     for i in range(512):
         t[i] = i << 12 | 1
     assert [e.raw for e in t.iter()] == [i << 12 | 1 for i in range(512)]
@@ -348,7 +348,7 @@ def test_t13_iteration_in_index_order_and_writes_through(memory):
 def test_t13_table_in_the_last_frame_iterates(memory):
     """T-13 (issue #424 / PR #425): a table in the very last frame iterates without overrun."""
     last = memory.size - 0x1000
-    t = memory.table(last)
+    t = PageTable(memory, last)
     for e in t:
         e.set_addr(PhysAddr(0x1000), F.PRESENT)
     assert len([e for e in t if not e.is_unused()]) == 512
@@ -359,7 +359,7 @@ def test_t13_table_in_the_last_frame_iterates(memory):
 @pytest.mark.parametrize("bad", [512, 513, 1 << 20, -1])
 def test_t14_int_index_out_of_range_panics(memory, bad):
     """T-14: indexing by an integer >= 512 panics (index out of bounds)."""
-    t = memory.table(0x1000)
+    t = PageTable(memory, 0x1000)
     assert_panics("index out of bounds: the len is 512", t.__getitem__, bad)
     assert_panics("index out of bounds: the len is 512", t.__setitem__, bad, 1)
     assert memory.read_u64(0x2000) == 0  # the slot after the table untouched
@@ -367,7 +367,7 @@ def test_t14_int_index_out_of_range_panics(memory, bad):
 
 def test_t14_index_by_page_table_index(memory):
     """T-14: indexing by PageTableIndex is always in range and equals the int index."""
-    t = memory.table(0x1000)
+    t = PageTable(memory, 0x1000)
     t[PageTableIndex(511)] = 0x5003
     assert t[511].raw == 0x5003
     assert t[PageTableIndex.new_truncate(1023)] == t[511]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvmpage.addr import canonicalize
-from kvmpage.memory import PhysMemory, Segment, SegmentedMemory
+from kvmpage.memory import PhysMemory
 from kvmpage.paging.arch import CpuState, Features, reserved_mask
 from kvmpage.paging.leaves import Leaves, TooManyLeaves, scan, table_frames
 from kvmpage.paging.walk import (
@@ -23,6 +23,7 @@ from kvmpage.paging.walk import (
     rights_of,
     walk,
 )
+from kvmpage.segmented import Segment, SegmentedMemory
 
 P, W, U, PS, NX = 1, 2, 4, 0x80, 1 << 63
 T = P | W | U  # a permissive table entry

@@ -27,10 +27,11 @@ from kvmpage.image.notes import (
     kvmpage_note,
     vmcoreinfo,
 )
-from kvmpage.memory import PhysMemoryError, Segment, SegmentedMemory
+from kvmpage.memory import PhysMemoryError
 from kvmpage.paging.arch import Features
 from kvmpage.paging.leaves import DEFAULT_LIMIT, Leaves
 from kvmpage.paging.walk import Walk, walk
+from kvmpage.segmented import Segment, SegmentedMemory
 
 if TYPE_CHECKING:
     from kvmpage.image.tables import ImageTables

@@ -16,6 +16,7 @@ from kvmpage.addr import PhysAddr, VirtAddr
 from kvmpage.image.context import PagingContext
 from kvmpage.paging.mapper import MappedPageTable, PhysicalFrames, TranslateResult
 from kvmpage.paging.page import Page, PhysFrame
+from kvmpage.paging.table import PageTable
 
 if TYPE_CHECKING:
     from kvmpage.image.image import Image
@@ -39,7 +40,7 @@ class ImageTables:
         self.image = image
         self.context = context
         memory = image.memory
-        self._mapper = MappedPageTable(memory.table(context.root), PhysicalFrames(memory))
+        self._mapper = MappedPageTable(PageTable(memory, context.root), PhysicalFrames(memory))
 
     @property
     def mapper(self) -> MappedPageTable:

@@ -291,7 +291,7 @@ def _build(spec: LayoutSpec, memory: PhysMemory, alloc_end: int) -> BuiltLayout:
     p4 = alloc.allocate_frame()
     if p4 is None:
         raise LayoutError("physical memory has no room for the level-4 table")
-    table = memory.table(p4._start)
+    table = PageTable(memory, p4._start)
     mapper = _make_mapper(spec, memory, table, p4)
     built = BuiltLayout(spec, memory, mapper, alloc, p4._start)
     types: dict[type[PageSize], tuple[Any, Any]] = {}

@@ -6,7 +6,7 @@ never seen by the guest, even after ``invlpg``. A kernel does not have this prob
 writes its tables itself; `agent_writes` makes the machine do the same. It works on every host.
 
     tlb = BatchTlb(cr3=p4)
-    mapper = OffsetPageTable(memory.table(p4), VirtAddr(0), tlb=tlb)
+    mapper = OffsetPageTable(PageTable(memory, p4), VirtAddr(0), tlb=tlb)
     ... map, then run a first batch ...
     batch = tlb.batch = Batch()
     with agent_writes(memory, batch, table_frames):

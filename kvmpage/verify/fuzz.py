@@ -40,6 +40,7 @@ from kvmpage.paging.mapper import (
     RecursivePageTable,
     recursive_table_address,
 )
+from kvmpage.paging.table import PageTable
 from kvmpage.verify import PlanOptions, Predictor, Verifier
 from kvmpage.verify.report import Report
 
@@ -180,7 +181,7 @@ class _World:
             )
             p4 = self.alloc.allocate_frame()
             assert p4 is not None
-            table = memory.table(p4.start_address().as_u64())
+            table = PageTable(memory, p4.start_address().as_u64())
             self.mapper: TableMapper
             if kind == "offset":
                 self.mapper = OffsetPageTable(table, VirtAddr(PHYS_OFFSET))
@@ -257,7 +258,7 @@ class _Direct:
         self.memory = memory
 
     def frame_to_pointer(self, frame: Any) -> Any:
-        return self.memory.table(frame.start_address().as_u64())
+        return PageTable(self.memory, frame.start_address().as_u64())
 
 
 def run_case(
