@@ -63,26 +63,22 @@ k_next:
         add     $RECORD_SIZE, %rsi
 dispatch:
         mov     C_OP(%rsi), %eax
-        cmp     $OP_READ, %eax                  # the ring-0 read: ten instructions a probe
-        jne     1f
         mov     %rsi, KSTATE_OFF+KS_GUARD(%rbx)
         mov     C_ADDR(%rsi), %rdx
+        cmp     $OP_READ, %eax                  # the ring-0 read: ten instructions a probe
+        jne     1f
         mov     (%rdx), %rax
         mov     %rax, R_VALUE(%rsi)
         movl    $ST_OK, R_STATUS(%rsi)
         add     $RECORD_SIZE, %rsi
         jmp     dispatch
-1:      cmp     $OP_CPL3, %eax
-        jae     enter_user
-        test    %eax, %eax
-        jz      batch_done
-        mov     %rsi, KSTATE_OFF+KS_GUARD(%rbx)
-        mov     C_ADDR(%rsi), %rdx
-        mov     C_ARG(%rsi), %rcx
-        cmp     $OP_WRITE, %eax
+1:      cmp     $OP_WRITE, %eax                 # the write: eleven
         jne     1f
+        mov     C_ARG(%rsi), %rcx
         mov     %rcx, (%rdx)
-        jmp     k_ok
+        movl    $ST_OK, R_STATUS(%rsi)
+        add     $RECORD_SIZE, %rsi
+        jmp     dispatch
 1:      cmp     $OP_FETCH, %eax
         jne     1f
         call    *%rdx
@@ -91,7 +87,12 @@ dispatch:
         lea     KSTACK_TOP_OFF(%rbx), %rsp
         mov     %rax, R_VALUE(%rsi)
         jmp     k_ok
-1:      cmp     $OP_INVLPG, %eax
+1:      cmp     $OP_CPL3, %eax
+        jae     enter_user
+        test    %eax, %eax
+        jz      batch_done
+        mov     C_ARG(%rsi), %rcx
+        cmp     $OP_INVLPG, %eax
         jne     1f
         invlpg  (%rdx)
         jmp     k_ok
@@ -193,8 +194,10 @@ batch_done:
         movq    $DOORBELL_DONE, DOORBELL_OFF(%rbx)
         jmp     kernel_entry
 
-# a #PF in ring 0 (from the #PF stub): charge it to the record ring 0 guards. Twelve emulated
-# instructions from the stub to the next dispatch; the result is four stores.
+# a #PF in ring 0 (from the #PF stub): charge it to the record ring 0 guards. Fourteen emulated
+# instructions from the stub to the next dispatch; the result is four stores. RFLAGS is put
+# back: the delivery of an exception in ring 0 clears AC on a PVM host, and ring 0 keeps AC
+# for SMAP between records.
 k_pf:
         BASE    %rbx
         mov     KSTATE_OFF+KS_GUARD(%rbx), %rsi
@@ -207,6 +210,8 @@ k_pf:
         movabs  $(14 << 32 | ST_FAULT), %rax    # status and vector, one store
         mov     %rax, R_STATUS(%rsi)
         lea     KSTACK_TOP_OFF(%rbx), %rsp
+        pushq   KSTATE_OFF+KS_RFLAGS(%rbx)
+        popfq
         jmp     k_next
 1:      pushq   $14                             # no guard: nobody planned this one
         jmp     isr_common
@@ -277,6 +282,8 @@ isr_common:
         jz      unexpected
         RECORD_FAULT
         lea     KSTACK_TOP_OFF(%rbx), %rsp
+        pushq   KSTATE_OFF+KS_RFLAGS(%rbx)
+        popfq
         jmp     k_next
 
 from_user:

@@ -496,6 +496,33 @@ def test_ring3_page_faults_and_other_faults_interleave(lab: Lab) -> None:
             assert_pf(res[i], expected, va)
 
 
+def test_rflags_ac_survives_faults_in_ring_0(lab: Lab, profile: HostProfile) -> None:
+    """With SMAP on and RFLAGS.AC set, a CPL0 read of a user page succeeds, also right after a
+    CPL0 fault (whose delivery clears AC on a PVM host: the agent puts RFLAGS back) and after
+    ring 3 ran."""
+    if not profile.supports("smap"):
+        pytest.skip(f"this host has no SMAP: {profile.features['smap'].evidence}")
+    va, frame, _ = lab.page(P | W | U | A)
+    hole = lab.next_va + 0x10_0000
+    b = lab.batch()
+    b.set_smap(True)
+    b.set_ac(True)
+    reads = [b.read(va, cpl=0)]
+    b.read(hole, cpl=0)  # #PF in ring 0
+    reads.append(b.read(va, cpl=0))
+    b.fetch(hole + STUB, cpl=0)  # #PF in ring 0, instruction fetch
+    reads.append(b.read(va, cpl=0))
+    b.read(hole)  # ring 3, #PF
+    reads.append(b.read(va, cpl=0))
+    b.set_ac(False)
+    i_off = b.read(va, cpl=0)
+    b.set_smap(False)
+    res = lab.machine.run(b)
+    for i in reads:
+        assert_ok(res[i], TAG | frame)
+    assert_pf(res[i_off], 0x1, va)
+
+
 def test_unplanned_ring3_page_fault_gives_a_register_dump(lab: Lab) -> None:
     """A #PF in ring 3 that is not a probe's own access (here: a fetch stub that reads an
     unmapped address) is not recorded as the probe's result: the guest stops with a dump that
