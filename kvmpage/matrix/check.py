@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from kvmpage.machine.protocol import ST_FAULT, ST_OK, VECTOR_NAMES
 from kvmpage.matrix import dims
 from kvmpage.matrix.arena import Arena
-from kvmpage.matrix.expect import FETCH_OFFSET, Expected, ad_rule
+from kvmpage.matrix.expect import FETCH_OFFSET, Expected, combined_ad
 from kvmpage.matrix.hostfacts import HostFacts
 from kvmpage.matrix.report import Disagreement, Totals
 from kvmpage.verify.probes import TAG_PREFIX, tag
@@ -43,21 +43,19 @@ class Checker:
         self.host = host
         self.totals = totals
         self.limit = limit
-        self._masks: dict[tuple[int, int, int], tuple[tuple[int, int], ...]] = {}
+        self._masks: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {}
 
     def clear(self) -> None:
         self._masks.clear()
 
-    def masks(
-        self, first: Expected | None, main: Expected, leaf: int
-    ) -> tuple[tuple[int, int], ...]:
+    def masks(self, first: Expected | None, main: Expected) -> tuple[tuple[int, int], ...]:
         """Per level 4..1: the A/D bits the accesses must set and may set."""
-        key = (first.serial if first is not None else -1, main.serial, leaf)
+        if first is None:
+            return main.ad
+        key = (first.serial, main.serial)
         hit = self._masks.get(key)
         if hit is None:
-            exps = (main,) if first is None else (first, main)
-            hit = tuple(ad_rule(level, 0, exps, leaf) for level in (4, 3, 2, 1))
-            self._masks[key] = hit
+            hit = self._masks[key] = combined_ad(first, main)
         return hit
 
     def chunk(self, chunk: Chunk, cols: Sequence[list[int]]) -> None:
@@ -86,7 +84,7 @@ class Checker:
                 got0 = (st[i0], vec[i0], err[i0], cr2[i0], val[i0])
                 if got0 != want0:
                     ok = self._probe(chunk, m, "first.", first, want0, got0, va, oracle) and ok
-            masks = self.masks(first, main, chunk.cfgs[m].leaf)
+            masks = self.masks(first, main)
             for k, (addr, before) in enumerate(chunk.entries[m]):
                 must, may = masks[k]
                 may &= ~before

@@ -50,6 +50,8 @@ def to_json(result: MatrixResult, exit_code: int) -> dict[str, Any]:
         "unavailable": dict(sorted(result.host.unavailable.items())),
         "dimensions": dimensions_json(t.covered(), result.host.unavailable),
         "seconds": round(result.seconds, 3),
+        "guest_seconds": round(t.guest_seconds, 3),
+        "host_seconds": round(t.host_seconds, 3),
         "rate": round(t.checked / result.seconds) if result.seconds > 0 else 0,
     }
 
@@ -67,7 +69,8 @@ def format_text(result: MatrixResult, shown: int = 10) -> list[str]:
     rate = t.checked / result.seconds if result.seconds > 0 else 0.0
     lines.append(
         f"checked {t.checked:,} combinations ({oracles}) in {result.seconds:.1f} s, "
-        f"{rate:,.0f}/s; {t.probes:,} probes in {t.runs:,} runs"
+        f"{rate:,.0f}/s; {t.probes:,} probes in {t.runs:,} runs (guest {t.guest_seconds:.1f} s, "
+        f"host CPU {t.host_seconds:.1f} s, overlapped)"
     )
     skipped = Counter(t.skipped)
     skipped.update(result.filtered)
@@ -178,6 +181,8 @@ def merge(docs: list[tuple[str, dict[str, Any]]], limit: int) -> dict[str, Any]:
             covered.setdefault(name, set()).update(entry["covered"])
     out["dimensions"] = dimensions_json(covered, unavailable)
     out["seconds"] = round(max(d["seconds"] for _, d in docs), 3)
+    for key in ("guest_seconds", "host_seconds"):
+        out[key] = round(sum(d.get(key, 0.0) for _, d in docs), 3)
     out["seconds_total"] = round(sum(d.get("seconds_total", d["seconds"]) for _, d in docs), 3)
     out["rate"] = round(out["combinations"] / out["seconds"]) if out["seconds"] > 0 else 0
     return out

@@ -100,7 +100,16 @@ class Runner:
         self.progress = progress
         slots = [s for s in range(512) if s != machine.agent_slot and s not in host.blocked_slots]
         self.slots = slots
-        self.slot_vas = [canonical(s << 39) for s in slots]
+        #: per member m: its address, its PML4 entry's offset, and per leaf level the address
+        #: its leaf entry holds and the data page it reaches
+        self.vas = [canonical(s << 39) | m << 30 | m << 21 | m << 12 for m, s in enumerate(slots)]
+        self.p4_offsets = [8 * s for s in slots]
+        self.leaf_addresses = {
+            lv: [self.arena.leaf_address(lv, m) for m in range(len(slots))] for lv in (1, 2, 3)
+        }
+        self.leaf_pages = {0: [0] * len(slots)} | {
+            lv: [self.arena.leaf_page(lv, m) for m in range(len(slots))] for lv in (1, 2, 3)
+        }
         self.slot_entry = machine.agent_slot_entry
         self.agent_slot = machine.agent_slot
         if machine.capacity < capacity(len(slots)):
@@ -126,7 +135,9 @@ class Runner:
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="kvmpage-matrix") as worker:
                 while True:
+                    t1 = time.thread_time()
                     prep = self._prepare(it)
+                    self.totals.host_seconds += time.thread_time() - t1
                     if prep is _RECYCLE:
                         if running is not None:
                             self._check(running[1], running[0].result())
@@ -238,38 +249,35 @@ class Runner:
         members0: list[tuple[int, bool]] = []
         get_cfg = self._cfgs.get
         get_exp = self.expect.get
-        arena = self.arena
         woff = chunk.woff
         start = dims.ENTRY_START
+        vas, p4_offsets = self.vas, self.p4_offsets
+        leaf_addresses, leaf_pages = self.leaf_addresses, self.leaf_pages
         for m, row in enumerate(rows):
             key = row[start:]
             cfg = get_cfg(key)
             if cfg is None:
                 cfg = self._cfgs[key] = entry_config(row, self.host)
             flags = cfg.flags
-            slot = self.slots[m]
-            nexts = (t3, t2, t1)
-            written = []
-            at = (p4 + 8 * slot, t3 + 8 * m, t2 + 8 * m, t1 + 8 * m)
-            last = len(flags) - 1
-            for k, f in enumerate(flags):
-                if k == last and cfg.leaf:
-                    target = arena.leaf_address(cfg.leaf, m)
-                else:
-                    target = nexts[k] if k < 3 else 0
-                value = f | target
-                q[at[k] >> 3] = value
-                written.append((at[k], value))
-            chunk.entries.append(tuple(written))
+            n = len(flags)
+            m8 = m << 3
+            at = (p4 + p4_offsets[m], t3 + m8, t2 + m8, t1 + m8)
+            targets = [t3, t2, t1, 0]
+            if cfg.leaf:
+                targets[n - 1] = leaf_addresses[cfg.leaf][m]
+            written = tuple((at[k], flags[k] | targets[k]) for k in range(n))
+            for a, v in written:
+                q[a >> 3] = v
+            chunk.entries.append(written)
             cpl = 3 if row[dims.C_CPL] else 0
             access = row[dims.C_ACCESS]
             main = get_exp(cpu, cpl, access, cfg)
             first = get_exp(cpu, cpl, 0, cfg) if row[dims.C_TWICE] else None
             chunk.expected.append((first, main))
             chunk.cfgs.append(cfg)
-            va = self.slot_vas[m] | m << 30 | m << 21 | m << 12
+            va = vas[m]
             chunk.vas.append(va)
-            chunk.pages.append(arena.leaf_page(cfg.leaf, m) if cfg.leaf else 0)
+            chunk.pages.append(leaf_pages[cfg.leaf][m])
             ops, addrs, vals, members = (
                 (ops3, addrs3, vals3, members3) if cpl == 3 else (ops0, addrs0, vals0, members0)
             )
@@ -302,6 +310,7 @@ class Runner:
     # -- checking ------------------------------------------------------------------------
 
     def _check(self, prep: Prepared, out: BatchResults) -> None:
+        t0 = time.thread_time()
         statuses = out.column(R_STATUS)
         for i in prep.services:
             if statuses[i] != ST_OK:
@@ -312,6 +321,7 @@ class Runner:
             self.checker.chunk(chunk, cols)
         self.totals.probes += len(out)
         self.totals.runs += 1
+        self.totals.host_seconds += time.thread_time() - t0
         if self.progress is not None:
             self.progress(self.totals)
 

@@ -87,6 +87,9 @@ class Expected:
     d_must: int
     reason: str
     serial: int  #: unique in the process: a key that outlives the cache
+    #: per level 4..1: (bits the access must set, bits it may set) of the entry: A where the
+    #: model says must / may, D where it must; every other bit must stay as it was
+    ad: tuple[tuple[int, int], ...] = ()
 
 def _levels(levels: Sequence[int] | frozenset[int]) -> int:
     out = 0
@@ -103,6 +106,7 @@ class Expectations:
         self.model: Model = model if model is not None else evaluate
         self.features: Features = host.features
         self._cache: dict[tuple[object, ...], Expected] = {}
+        self._cpus: dict[tuple[int, ...], CpuState] = {}
         self.calls = 0
 
     def clear(self) -> None:
@@ -117,7 +121,10 @@ class Expectations:
         if hit is not None:
             return hit
         self.calls += 1
-        wp, nxe, smep, smap, ac = (bool(v) for v in cpu)
+        state = self._cpus.get(cpu)
+        if state is None:
+            wp, nxe, smep, smap, ac = (bool(v) for v in cpu)
+            state = self._cpus[cpu] = CpuState(wp=wp, smep=smep, smap=smap, nxe=nxe, ac=ac)
         kind = ACCESS_KINDS[access]
         va = FETCH_OFFSET if kind is AccessKind.FETCH else READ_OFFSET
         out = self.model(
@@ -125,39 +132,44 @@ class Expectations:
             va,
             access=kind,
             cpl=cpl,
-            cpu=CpuState(wp=wp, smep=smep, smap=smap, nxe=nxe, ac=ac),
+            cpu=state,
             features=self.features,
         )
         fault = out.fault
+        a_must, a_may, d_must = _levels(out.a_must), _levels(out.a_may), _levels(out.d_must)
         exp = Expected(
             vector=fault.vector if fault is not None else 0,
             error=fault.error_code if fault is not None else 0,
             span=(out.page_size or 0) if fault is None else 0,
             walked=_levels(out.levels),
-            a_must=_levels(out.a_must),
-            a_may=_levels(out.a_may),
-            d_must=_levels(out.d_must),
+            a_must=a_must,
+            a_may=a_may,
+            d_must=d_must,
             reason=out.reason,
             serial=next(_SERIALS),
+            ad=_ad(a_must, a_may, d_must),
         )
         self._cache[key] = exp
         return exp
 
 
-def ad_rule(level: int, before: int, exps: Sequence[Expected], leaf: int) -> tuple[int, int]:
-    """``(must, may)``: the bits of the entry at ``level`` (value ``before``) the accesses
-    ``exps`` must set and may set; every other bit must stay as it was. D is only ever set in
-    the leaf (``leaf`` is its level, 0 when the walk has none)."""
-    bit = 1 << level
-    must = may = 0
-    for e in exps:
-        if e.a_must & bit:
-            must |= _A
-        elif e.a_may & bit:
-            may |= _A
-        if e.d_must & bit and level == leaf:
-            must |= _D
-    may &= ~must
-    must &= ~before
-    may &= ~before
-    return must, may
+def _ad(a_must: int, a_may: int, d_must: int) -> tuple[tuple[int, int], ...]:
+    """`Expected.ad` from the level sets (bit L for level L)."""
+    out = []
+    for lv in (4, 3, 2, 1):
+        must = (_A if a_must >> lv & 1 else 0) | (_D if d_must >> lv & 1 else 0)
+        out.append((must, _A & ~must if a_may >> lv & 1 else 0))
+    return tuple(out)
+
+
+def combined_ad(first: Expected, then: Expected) -> tuple[tuple[int, int], ...]:
+    """The A/D rule of two accesses in a row (a priming read, then the access): a bit one of
+    them must set must be set; one that either may set and neither must, may be."""
+    (m4, y4), (m3, y3), (m2, y2), (m1, y1) = first.ad
+    (n4, z4), (n3, z3), (n2, z2), (n1, z1) = then.ad
+    return (
+        (m4 | n4, (y4 | z4) & ~(m4 | n4)),
+        (m3 | n3, (y3 | z3) & ~(m3 | n3)),
+        (m2 | n2, (y2 | z2) & ~(m2 | n2)),
+        (m1 | n1, (y1 | z1) & ~(m1 | n1)),
+    )

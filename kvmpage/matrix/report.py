@@ -70,7 +70,8 @@ class Totals:
     runs: int = 0
     recycles: int = 0
     seconds: float = 0.0
-    guest_seconds: float = 0.0  #: time in KVM_RUN (the rest is the host's, partly overlapped)
+    guest_seconds: float = 0.0  #: time in KVM_RUN
+    host_seconds: float = 0.0  #: CPU time building and checking batches (overlaps the guest)
     model_calls: int = 0
     oracles: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
@@ -95,6 +96,7 @@ class Totals:
         self.recycles += other.recycles
         self.model_calls += other.model_calls
         self.guest_seconds += other.guest_seconds
+        self.host_seconds += other.host_seconds
         self.oracles.update(other.oracles)
         self.skipped.update(other.skipped)
         self.groups.update(other.groups)
