@@ -193,6 +193,15 @@ def test_progress_is_reported() -> None:
     assert calls[-1][0] == 9000 and [c[0] for c in calls] == sorted(c[0] for c in calls)
 
 
+def test_a_failing_job_reads_as_one_line(host: HostFacts) -> None:
+    """What a job raises must cross the process boundary: it becomes one picklable line."""
+    from kvmpage.matrix import run as run_module
+
+    with pytest.raises(RuntimeError, match=r"^job 2 of 3: .*/nonexistent/kvm") as info:
+        run_module._job(Selection("sample", 10), (1, 3), host, "/nonexistent/kvm", None, 10)
+    assert "\n" not in str(info.value)
+
+
 def test_cannot_run_without_kvm(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["matrix", "--device", "/nonexistent/kvm", "--json"])
     captured = capsys.readouterr()

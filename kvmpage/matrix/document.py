@@ -97,22 +97,23 @@ def format_text(result: MatrixResult, shown: int = 10) -> list[str]:
 
 def _coverage_line(result: MatrixResult) -> str:
     covered = result.totals.covered()
-    missing = [
-        f"{d.name}={v}" for d in dims.DIMENSIONS for v in d.values if v not in covered[d.name]
-    ]
+    by_reason: dict[str, list[str]] = {}
+    for name, entry in dimensions_json(covered, result.host.unavailable).items():
+        for value, why in entry["missing"].items():
+            by_reason.setdefault(why, []).append(f"{name}={value}")
     n = sum(len(d.values) for d in dims.DIMENSIONS)
+    missing = sum(len(v) for v in by_reason.values())
+    head = f"dimensions: {len(dims.DIMENSIONS)}, "
     if not missing:
-        return f"dimensions: {len(dims.DIMENSIONS)}, all {n} values covered"
-    return (
-        f"dimensions: {len(dims.DIMENSIONS)}, {n - len(missing)} of {n} values covered; "
-        f"not covered: {_abbreviate(missing)} (why: --json .dimensions)"
-    )
+        return head + f"all {n} values covered"
+    why = "; ".join(f"{_abbreviate(values)} ({reason})" for reason, values in by_reason.items())
+    return head + f"{n - missing} of {n} values covered; not covered: {why}"
 
 
-def _abbreviate(items: list[str], limit: int = 8) -> str:
+def _abbreviate(items: list[str], limit: int = 4) -> str:
     if len(items) <= limit:
         return ", ".join(items)
-    return ", ".join(items[:limit]) + f" and {len(items) - limit} more"
+    return f"{items[0]} ... {items[-1]} ({len(items)} values)"
 
 
 # -- merging shards ---------------------------------------------------------------------------

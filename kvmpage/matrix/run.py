@@ -49,9 +49,8 @@ def machine_for(host: HostFacts, device: str) -> Any:
     from kvmpage.machine import Machine
     from kvmpage.matrix.arena import memory_size
 
-    slots = 512 - 1 - len(host.blocked_slots)
-    return Machine(memory_size(host.gbpages_work), capacity=capacity(slots) + 16,
-                   device=device, timeout=60.0)  # fmt: skip
+    return Machine(memory_size(host.gbpages_work), capacity=capacity(512), device=device,
+                   timeout=60.0)  # fmt: skip
 
 
 def run_matrix(
@@ -123,7 +122,13 @@ def _job(
             shared[2 * j] = t.checked + sum(t.skipped.values())
             shared[2 * j + 1] = t.disagreement_count
 
-    return _run_part(selection, part, host, device, model, limit, report)
+    try:
+        return _run_part(selection, part, host, device, model, limit, report)
+    except Exception as e:
+        # what reaches the parent must unpickle (some exceptions take more than a message)
+        # and read as one line there
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RuntimeError(f"job {j + 1} of {part[1]}: {first}") from None
 
 
 def _run_jobs(
