@@ -38,8 +38,11 @@ def _outcome(vector: int, error: int) -> str:
 class Checker:
     """Checks chunks of one run; counts into ``totals``, keeps ``limit`` disagreements."""
 
-    def __init__(self, arena: Arena, host: HostFacts, totals: Totals, limit: int) -> None:
+    def __init__(
+        self, arena: Arena, host: HostFacts, totals: Totals, limit: int, vas: list[int]
+    ) -> None:
         self.arena = arena
+        self.vas = vas  #: each member's base address, by member index
         self.host = host
         self.totals = totals
         self.limit = limit
@@ -59,79 +62,82 @@ class Checker:
         return hit
 
     def chunk(self, chunk: Chunk, cols: Sequence[list[int]]) -> None:
+        """Check every member of ``chunk`` against the result columns of its batch (status,
+        vector, error code, CR2, value) and the memory as the batch left it."""
         st, vec, err, cr2, val = cols
         q = self.arena.q
-        totals = self.totals
         woff = chunk.woff
+        vas = self.vas
         oracle3, oracle0 = self.host.oracle(3), self.host.oracle(0)
-        for m, row in enumerate(chunk.rows):
-            first, main = chunk.expected[m]
-            assert isinstance(main, Expected)
-            assert first is None or isinstance(first, Expected)
-            i0, i1 = chunk.records[m]
-            va = chunk.vas[m]
-            page = chunk.pages[m]
+        cpl3 = 0
+        for m, (row, written, first, main, rel, page) in enumerate(chunk.members):
             access = row[dims.C_ACCESS]
+            va = vas[m]
             probe = va + (0, woff, FETCH_OFFSET)[access]
-            oracle = oracle3 if row[dims.C_CPL] else oracle0
-            ok = True
+            if row[dims.C_CPL]:
+                oracle, i1 = oracle3, chunk.base3 + rel
+                cpl3 += 1
+            else:
+                oracle, i1 = oracle0, chunk.base0 + rel
             want = _want(main, access, probe, page)
             got = (st[i1], vec[i1], err[i1], cr2[i1], val[i1])
             if got != want:
-                ok = self._probe(chunk, m, "", main, want, got, probe, oracle)
+                self._probe(chunk, m, "", main, want, got, probe, oracle)
             if first is not None:
+                i0 = i1 - 1
                 want0 = _want(first, 0, va, page)
                 got0 = (st[i0], vec[i0], err[i0], cr2[i0], val[i0])
                 if got0 != want0:
-                    ok = self._probe(chunk, m, "first.", first, want0, got0, va, oracle) and ok
-            masks = self.masks(first, main)
-            for k, (addr, before) in enumerate(chunk.entries[m]):
+                    self._probe(chunk, m, "first.", first, want0, got0, va, oracle)
+            masks = main.ad if first is None else self.masks(first, main)
+            for k, (addr, before) in enumerate(written):
                 must, may = masks[k]
                 may &= ~before
                 after = q[addr >> 3]
                 if (after & ~may) != ((before | must) & ~may):
                     self._entry(chunk, m, k, before, after, must, may, probe, oracle, main)
-                    ok = False
             if access == 1 and page:
                 at = (page + woff) >> 3
-                written = q[at]
+                value = q[at]
                 expect = (chunk.write_base + m) | WRITE_MARK if main.vector == 0 else 0
-                if written != expect and got[0] == want[0]:
+                if value != expect and got[0] == want[0]:
                     self._add(chunk, m, "memory",
                               "the value, at the leaf's frame" if expect else "unchanged",
                               "not written there" if expect else "written", oracle, probe,
-                              f"{written:#x} at {page + woff:#x}, expected {expect:#x}", main)
-                    ok = False
+                              f"{value:#x} at {page + woff:#x}, expected {expect:#x}", main)
                 q[at] = 0
-            del ok
-            totals.oracles[oracle] += 1
-        totals.checked += len(chunk.rows)
+        totals = self.totals
+        n = len(chunk.members)
+        totals.oracles[oracle3] += cpl3
+        totals.oracles[oracle0] += n - cpl3
+        totals.checked += n
         start = dims.ENTRY_START
-        for row in chunk.rows:
+        for member in chunk.members:
+            row = member[0]
             totals.heads.add(row[:start])
             totals.walks.add((row[dims.C_NXE], row[start:]))
 
     # -- taking a mismatch apart -----------------------------------------------------------
 
     def _probe(self, chunk: Chunk, m: int, prefix: str, exp: Expected, want: Want, got: Want,
-               va: int, oracle: str) -> bool:  # fmt: skip
+               va: int, oracle: str) -> None:  # fmt: skip
         status, vector, error, cr2, value = got
         g_vec = 0 if status == ST_OK else vector if status == ST_FAULT else -1
         if status not in (ST_OK, ST_FAULT):
             self._add(chunk, m, prefix + "outcome", _outcome(want[1], want[2]),
                       f"status {status}", oracle, va, f"record status {status}", exp)  # fmt: skip
-            return False
+            return
         if g_vec != want[1] or error != want[2]:
             field = "error_code" if g_vec == want[1] else "outcome"
             self._add(chunk, m, prefix + field, _outcome(want[1], want[2]),
                       _outcome(g_vec, error), oracle, va,
                       f"expected {_outcome(want[1], want[2])}, got {_outcome(g_vec, error)}",
                       exp)  # fmt: skip
-            return False
+            return
         if g_vec == 14 and cr2 != want[3]:
             self._add(chunk, m, prefix + "cr2", "va", f"va{cr2 - va:+#x}", oracle, va,
                       f"CR2 {cr2:#x}, the access was at {va:#x}", exp)  # fmt: skip
-            return False
+            return
         if g_vec == 0 and value != want[4]:
             if value == 0xFFFF_FFFF_FFFF_FFFF:
                 actual = "all ones (no RAM there)"
@@ -141,8 +147,6 @@ class Checker:
                 actual = "not a tag"
             self._add(chunk, m, prefix + "frame", "tag of the leaf's frame", actual, oracle, va,
                       f"read {value:#x}, the leaf's frame holds {want[4]:#x}", exp)  # fmt: skip
-            return False
-        return True
 
     def _entry(self, chunk: Chunk, m: int, k: int, before: int, after: int, must: int,
                may: int, va: int, oracle: str, exp: Expected) -> None:  # fmt: skip
@@ -167,9 +171,10 @@ class Checker:
              va: int, detail: str, exp: Expected) -> None:  # fmt: skip
         q = self.arena.q
         names = _LEVEL_NAMES
+        row, written = chunk.members[m][:2]
         entries = [(names[k], at, before, q[at >> 3])
-                   for k, (at, before) in enumerate(chunk.entries[m])]  # fmt: skip
-        d = Disagreement(chunk.rows[m], field, expected, actual, oracle, va, detail, exp.reason,
+                   for k, (at, before) in enumerate(written)]  # fmt: skip
+        d = Disagreement(row, field, expected, actual, oracle, va, detail, exp.reason,
                          entries)  # fmt: skip
         self.totals.add(d, self.limit)
 

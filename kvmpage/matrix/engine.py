@@ -34,7 +34,14 @@ from kvmpage.matrix import dims
 from kvmpage.matrix.arena import Arena, write_offset
 from kvmpage.matrix.check import WRITE_MARK, Checker
 from kvmpage.matrix.dims import Row
-from kvmpage.matrix.expect import FETCH_OFFSET, EntryConfig, Expectations, Model, entry_config
+from kvmpage.matrix.expect import (
+    FETCH_OFFSET,
+    EntryConfig,
+    Expectations,
+    Expected,
+    Model,
+    entry_config,
+)
 from kvmpage.matrix.hostfacts import HostFacts
 from kvmpage.matrix.report import DEFAULT_LIMIT, Totals
 
@@ -47,27 +54,28 @@ def capacity(slots: int) -> int:
     return CHUNKS_PER_BATCH * (2 * slots + 1 + 5) + 1
 
 
+#: One member of a chunk: its row; (entry address, value written) of each entry, PML4E first;
+#: the model's answer for the priming read (None without ``twice``) and for the access; the
+#: index of the access's record among its CPL's records in the chunk; the data page it reaches.
+Member = tuple[Row, tuple[tuple[int, int], ...], "Expected | None", Expected, int, int]
+
+
 @dataclass
 class Chunk:
     """One address space's members and what to check of each."""
 
-    rows: list[Row]
     cpu: Row
-    #: per member: (entry address, value written) of each entry, PML4E first
-    entries: list[tuple[tuple[int, int], ...]] = field(default_factory=list)
-    #: per member: record index of the priming read (-1: none) and of the access
-    records: list[tuple[int, int]] = field(default_factory=list)
-    #: per member: the expected results (priming read or None, access)
-    expected: list[tuple[object, object]] = field(default_factory=list)
-    cfgs: list[EntryConfig] = field(default_factory=list)
-    vas: list[int] = field(default_factory=list)  #: the member's base address
-    pages: list[int] = field(default_factory=list)  #: the 4 KiB data page its leaf reaches
-    woff: int = 0
-    write_base: int = 0  #: write values are WRITE_MARK | (write_base + m)
+    woff: int  #: where its writes go in their page (`write_offset`)
+    write_base: int  #: member m writes WRITE_MARK | (write_base + m)
+    members: list[Member] = field(default_factory=list)
+    base3: int = 0  #: record index of its first CPL3 probe
+    base0: int = 0  #: record index of its first CPL0 probe
 
 
 @dataclass
 class Prepared:
+    """A batch ready to run, with its chunks; ``pool_spent``: the table pool ran out."""
+
     batch: Batch
     chunks: list[Chunk]
     services: list[int]  #: record indices of the services (they must all succeed)
@@ -96,13 +104,13 @@ class Runner:
         self.arena = Arena(machine, host.gbpages_work)
         self.expect = Expectations(host, model)
         self.totals = Totals()
-        self.checker = Checker(self.arena, host, self.totals, limit)
         self.progress = progress
         slots = [s for s in range(512) if s != machine.agent_slot and s not in host.blocked_slots]
         self.slots = slots
         #: per member m: its address, its PML4 entry's offset, and per leaf level the address
         #: its leaf entry holds and the data page it reaches
         self.vas = [canonical(s << 39) | m << 30 | m << 21 | m << 12 for m, s in enumerate(slots)]
+        self.checker = Checker(self.arena, host, self.totals, limit, self.vas)
         self.p4_offsets = [8 * s for s in slots]
         self.leaf_addresses = {
             lv: [self.arena.leaf_address(lv, m) for m in range(len(slots))] for lv in (1, 2, 3)
@@ -228,7 +236,7 @@ class Runner:
             batch.set_nxe(nxe),
         ]
         self._cpu = cpu
-        self.expect.clear()
+        self.expect.switch(cpu)
         self.checker.clear()
 
     def _build(self, rows: list[Row], frames: list[int], index: int, batch: Batch) -> Chunk:
@@ -236,17 +244,16 @@ class Runner:
         q = self.arena.q
         q[(p4 >> 3) + self.agent_slot] = self.slot_entry
         cpu = rows[0][: dims.CPU_END]
-        chunk = Chunk(rows, cpu, woff=write_offset(index, self._half), write_base=self._writes)
+        chunk = Chunk(cpu, woff=write_offset(index, self._half), write_base=self._writes)
         self._writes += len(rows)
         batch.load_cr3(p4)
+        members = chunk.members
         ops3: list[int] = []
         addrs3: list[int] = []
         vals3: list[int] = []
         ops0: list[int] = []
         addrs0: list[int] = []
         vals0: list[int] = []
-        members3: list[tuple[int, bool]] = []
-        members0: list[tuple[int, bool]] = []
         get_cfg = self._cfgs.get
         get_exp = self.expect.get
         woff = chunk.woff
@@ -257,7 +264,7 @@ class Runner:
             key = row[start:]
             cfg = get_cfg(key)
             if cfg is None:
-                cfg = self._cfgs[key] = entry_config(row, self.host)
+                cfg = self._cfgs[key] = entry_config(row, self.host, len(self._cfgs))
             flags = cfg.flags
             n = len(flags)
             m8 = m << 3
@@ -268,20 +275,15 @@ class Runner:
             written = tuple((at[k], flags[k] | targets[k]) for k in range(n))
             for a, v in written:
                 q[a >> 3] = v
-            chunk.entries.append(written)
             cpl = 3 if row[dims.C_CPL] else 0
             access = row[dims.C_ACCESS]
-            main = get_exp(cpu, cpl, access, cfg)
-            first = get_exp(cpu, cpl, 0, cfg) if row[dims.C_TWICE] else None
-            chunk.expected.append((first, main))
-            chunk.cfgs.append(cfg)
+            main = get_exp(cpl, access, cfg)
+            first = get_exp(cpl, 0, cfg) if row[dims.C_TWICE] else None
             va = vas[m]
-            chunk.vas.append(va)
-            chunk.pages.append(leaf_pages[cfg.leaf][m])
-            ops, addrs, vals, members = (
-                (ops3, addrs3, vals3, members3) if cpl == 3 else (ops0, addrs0, vals0, members0)
-            )
-            code = OP_CPL3 if cpl == 3 else 0
+            if cpl == 3:
+                ops, addrs, vals, code = ops3, addrs3, vals3, OP_CPL3
+            else:
+                ops, addrs, vals, code = ops0, addrs0, vals0, 0
             if first is not None:
                 ops.append(int(Op.READ) | code)
                 addrs.append(va)
@@ -289,22 +291,10 @@ class Runner:
             ops.append(_OPS[access] | code)
             addrs.append(va + (0, woff, FETCH_OFFSET)[access])
             vals.append(WRITE_MARK | (chunk.write_base + m))
-            members.append((m, first is not None))
-        chunk.records = [(-1, -1)] * len(rows)
-        for ops, addrs, vals, members in (
-            (ops3, addrs3, vals3, members3),
-            (ops0, addrs0, vals0, members0),
-        ):
-            if not ops:
-                continue
-            i = batch.probes(ops, addrs, vals).start
-            for m, twice in members:
-                if twice:
-                    chunk.records[m] = (i, i + 1)
-                    i += 2
-                else:
-                    chunk.records[m] = (-1, i)
-                    i += 1
+            members.append((row, written, first, main, len(ops) - 1, leaf_pages[cfg.leaf][m]))
+        chunk.base3 = len(batch)
+        chunk.base0 = chunk.base3 + len(ops3)
+        batch.probes(ops3 + ops0, addrs3 + addrs0, vals3 + vals0)
         return chunk
 
     # -- checking ------------------------------------------------------------------------

@@ -40,10 +40,11 @@ class EntryConfig:
 
     flags: tuple[int, ...]
     leaf: int
+    key: int = -1  #: unique per configuration of a run (a cheap cache key)
 
 
-def entry_config(row: Row, host: HostFacts) -> EntryConfig:
-    """The entries ``row`` (normalized) writes."""
+def entry_config(row: Row, host: HostFacts, key: int = -1) -> EntryConfig:
+    """The entries ``row`` (normalized) writes; ``key`` names the configuration in caches."""
     flags: list[int] = []
     table_attr = dims.table_attr_bits(row)
     for level in dims.LEVELS:
@@ -68,7 +69,7 @@ def entry_config(row: Row, host: HostFacts) -> EntryConfig:
             bits |= table_attr
         flags.append(bits)
         if leaf or not bits & dims.P:
-            return EntryConfig(tuple(flags), dims.LEVEL_OF[level] if leaf else 0)
+            return EntryConfig(tuple(flags), dims.LEVEL_OF[level] if leaf else 0, key)
     raise AssertionError("unreachable: the PTE is a leaf")
 
 
@@ -99,32 +100,36 @@ def _levels(levels: Sequence[int] | frozenset[int]) -> int:
 
 
 class Expectations:
-    """The model's answers for one host, cached per (CPU state, CPL, access, entries)."""
+    """The model's answers for one host and one CPU state at a time (`switch`), cached per
+    (CPL, access, entry configuration): configurations must carry distinct keys."""
 
     def __init__(self, host: HostFacts, model: Model | None = None) -> None:
         self.host = host
         self.model: Model = model if model is not None else evaluate
         self.features: Features = host.features
-        self._cache: dict[tuple[object, ...], Expected] = {}
-        self._cpus: dict[tuple[int, ...], CpuState] = {}
+        self._cache: dict[tuple[int, ...] | int, Expected] = {}
+        self._state = CpuState()
         self.calls = 0
 
-    def clear(self) -> None:
-        """Forget cached answers (the run calls it when the CPU state changes)."""
+    def switch(self, cpu: tuple[int, ...]) -> None:
+        """Answer for CPU state ``cpu`` (a row's CPU columns) from now on; forgets the cache."""
+        wp, nxe, smep, smap, ac = (bool(v) for v in cpu)
+        self._state = CpuState(wp=wp, smep=smep, smap=smap, nxe=nxe, ac=ac)
         self._cache.clear()
 
-    def get(self, cpu: tuple[int, ...], cpl: int, access: int, cfg: EntryConfig) -> Expected:
+    def get(self, cpl: int, access: int, cfg: EntryConfig) -> Expected:
         """The expected result of ``access`` (an index of `ACCESS_KINDS`) at ``cpl`` through
-        ``cfg`` with CPU state ``cpu`` (the row's CPU columns)."""
-        key = (cpu, cpl, access, cfg.flags)
+        ``cfg`` in the current CPU state."""
+        key: tuple[int, ...] | int
+        if cfg.key >= 0:
+            key = cfg.key << 3 | (4 if cpl == 3 else 0) | access
+        else:
+            key = (cpl, access, *cfg.flags)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         self.calls += 1
-        state = self._cpus.get(cpu)
-        if state is None:
-            wp, nxe, smep, smap, ac = (bool(v) for v in cpu)
-            state = self._cpus[cpu] = CpuState(wp=wp, smep=smep, smap=smap, nxe=nxe, ac=ac)
+        state = self._state
         kind = ACCESS_KINDS[access]
         va = FETCH_OFFSET if kind is AccessKind.FETCH else READ_OFFSET
         out = self.model(
