@@ -2,13 +2,16 @@
 """Benchmark the agent's slow paths: faulting probes, and probes at CPL0, in probes per second.
 
     .venv/bin/python scripts/bench_faults.py [--n 20000] [--repeat 5]
+    git show main:kvmpage/machine/agent.bin > /tmp/old-agent.bin
+    .venv/bin/python scripts/bench_faults.py --compare /tmp/old-agent.bin   # before / after
 
 On a PVM host every instruction between a fault and the next probe runs in KVM's instruction
 emulator (about 0.6 us each), so the fault path's length sets the speed of `kvmpage matrix`.
 Each line is one kind of probe, repeated ``--n`` times in one batch on one address (so no shadow
 page is built during the measurement), run ``--repeat`` times; it prints the median and the
-spread of the guest time (the KVM_RUN loop only, `Machine.last_run_ns`) per probe. Run it
-before and after changing guest/agent.s.
+spread of the guest time (the KVM_RUN loop only, `Machine.last_run_ns`) per probe.
+``--compare OLD.bin`` runs every case with another agent image too, alternating the two batch
+by batch so that a busy machine slows both alike, and prints both.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 
-from kvmpage.machine import pte
+from kvmpage.machine import agent, pte
 from kvmpage.machine.machine import Machine
 from kvmpage.machine.protocol import Batch, fetch_stub
 
@@ -64,33 +68,58 @@ CASES: list[tuple[str, str, Callable[[Batch, int], object]]] = [
 ]
 
 
+def _use_agent(image: agent.AgentImage) -> None:
+    """Make new machines load ``image`` (the loader asks `agent.agent_image`)."""
+    agent.agent_image = lambda: image  # type: ignore[assignment]
+    agent._build_small_area.cache_clear()
+    agent.small_area_pages.cache_clear()
+
+
+def _per_probe(m: Machine, batch: Batch) -> float:
+    m.run(batch)
+    return m.last_run_ns / len(batch)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000, help="probes per batch (default 20000)")
     ap.add_argument("--repeat", type=int, default=5, help="batches per case (default 5)")
     ap.add_argument("--only", default="", help="run the cases whose name contains this")
+    ap.add_argument("--compare", metavar="OLD.bin", help="another agent image to compare with")
     args = ap.parse_args()
-    m, vas = _machine(args.n)
-    with m:
+    new_image = agent.agent_image()
+    images = {"now": new_image}
+    if args.compare:
+        images = {"before": agent.AgentImage.parse(Path(args.compare).read_bytes()), **images}
+    machines = {}
+    for label, image in images.items():
+        _use_agent(image)
+        machines[label] = _machine(args.n)
+    _use_agent(new_image)
+    try:
         print(f"median of {args.repeat} batches of {args.n} probes on one address (guest time)")
         for name, page, add in CASES:
             if args.only not in name:
                 continue
-            b = Batch()
-            for _ in range(args.n):
-                add(b, vas[page])
-            per_probe = []
+            times: dict[str, list[float]] = {label: [] for label in machines}
+            wrong = 0
             for _ in range(args.repeat):
-                res = m.run(b)
-                per_probe.append(m.last_run_ns / len(b))
-            expect_fault = "#PF" in name
-            wrong = sum(1 for r in res if (r.fault is not None) != expect_fault)
-            med = statistics.median(per_probe)
-            print(
-                f"  {name:<34} {med / 1e3:7.2f} us/probe  {1e9 / med:9.0f} probes/s  "
-                f"(min {min(per_probe) / 1e3:.2f}, max {max(per_probe) / 1e3:.2f})"
-                + (f"  UNEXPECTED OUTCOMES: {wrong}" if wrong else "")
+                for label, (m, vas) in machines.items():
+                    b = Batch()
+                    for _ in range(args.n):
+                        add(b, vas[page])
+                    times[label].append(_per_probe(m, b))
+                    res = m.run(b)
+                    wrong += sum(1 for r in res if (r.fault is not None) != ("#PF" in name))
+            cells = "  ".join(
+                f"{label} {statistics.median(t) / 1e3:6.2f} us {1e9 / statistics.median(t):8.0f}/s"
+                f" [{min(t) / 1e3:.1f}-{max(t) / 1e3:.1f}]"
+                for label, t in times.items()
             )
+            print(f"  {name:<34} {cells}" + (f"  UNEXPECTED OUTCOMES: {wrong}" if wrong else ""))
+    finally:
+        for m, _ in machines.values():
+            m.close()
 
 
 if __name__ == "__main__":
