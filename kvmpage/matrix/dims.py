@@ -170,12 +170,20 @@ def reserved_conditions(row: Row, level: str) -> list[str]:
     return out
 
 
+#: Per level: the columns of P, the reserved-bit value, NX, and PS (-1: none, it is the PTE or
+#: the PML4E, whose PS is a reserved-bit value)
+_STOP_COLUMNS = tuple(
+    (lv, COL[lv, "p"], COL[lv, "rsvd"], COL[lv, "nx"], COL.get((lv, "ps"), -1)) for lv in LEVELS
+)
+
+
 def stop_level(row: Row) -> str:
     """The entry where the walk of ``row`` ends: not present, a reserved bit, or a leaf."""
-    for level in LEVELS:
-        if row[COL[level, "p"]] == 0 or reserved_conditions(row, level) or is_leaf(row, level):
+    nx_reserved = row[C_NXE] == 0
+    for level, p, rsvd, nx, ps in _STOP_COLUMNS:
+        if row[p] == 0 or row[rsvd] or (nx_reserved and row[nx]) or (ps >= 0 and row[ps]):
             return level
-    raise AssertionError("the PTE always ends the walk")
+    return "pte"
 
 
 def leaf_reached(row: Row) -> bool:
