@@ -155,6 +155,8 @@ def test_jobs_check_the_same_combinations() -> None:
     one = run_matrix(Selection("sample", 3000, 6), jobs=1)
     two = run_matrix(Selection("sample", 3000, 6), jobs=2)
     assert two.totals.checked == one.totals.checked and two.jobs == 2
+    twice = sum(1 for r in Selection("sample", 3000, 6).rows() if r[dims.C_TWICE])
+    assert two.totals.probes == one.totals.probes <= one.totals.checked + twice
     assert two.totals.skipped == one.totals.skipped
     assert two.totals.disagreement_count == one.totals.disagreement_count == 0
     assert two.totals.covered() == one.totals.covered()

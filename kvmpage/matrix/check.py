@@ -69,7 +69,7 @@ class Checker:
         woff = chunk.woff
         vas = self.vas
         oracle3, oracle0 = self.host.oracle(3), self.host.oracle(0)
-        cpl3 = 0
+        cpl3 = primed = 0
         for m, (row, written, first, main, rel, page) in enumerate(chunk.members):
             access = row[dims.C_ACCESS]
             va = vas[m]
@@ -84,6 +84,7 @@ class Checker:
             if got != want:
                 self._probe(chunk, m, "", main, want, got, probe, oracle)
             if first is not None:
+                primed += 1
                 i0 = i1 - 1
                 want0 = _want(first, 0, va, page)
                 got0 = (st[i0], vec[i0], err[i0], cr2[i0], val[i0])
@@ -111,6 +112,7 @@ class Checker:
         totals.oracles[oracle3] += cpl3
         totals.oracles[oracle0] += n - cpl3
         totals.checked += n
+        totals.probes += n + primed
         start = dims.ENTRY_START
         for member in chunk.members:
             row = member[0]

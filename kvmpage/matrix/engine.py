@@ -309,7 +309,6 @@ class Runner:
                 out.column(R_VALUE))  # fmt: skip
         for chunk in prep.chunks:
             self.checker.chunk(chunk, cols)
-        self.totals.probes += len(out)
         self.totals.runs += 1
         self.totals.host_seconds += time.thread_time() - t0
         if self.progress is not None:

@@ -66,7 +66,7 @@ class Totals:
     """What one run (or one job, or one shard) found."""
 
     checked: int = 0
-    probes: int = 0
+    probes: int = 0  #: accesses checked (a ``twice`` combination makes two)
     runs: int = 0
     recycles: int = 0
     seconds: float = 0.0
