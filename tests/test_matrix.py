@@ -357,3 +357,14 @@ def test_disagreement_text_shows_the_walk() -> None:
     assert "outcome: expected #PF(0x7), got ok [mmu] at 0x1008" in text
     assert "cpl3 write" in text and "0x0000000000005005 -> 0x0000000000005065" in text
     assert dataclasses.asdict(d)["field"] == "outcome"
+
+
+def test_long_runs_use_a_job_per_cpu_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmpage.cli import matrix_cmd
+
+    assert matrix_cmd.default_jobs(Selection("sample", 20000)) == 1
+    monkeypatch.setattr(matrix_cmd.os, "cpu_count", lambda: 2)
+    assert matrix_cmd.default_jobs(Selection("full")) == 2
+    assert matrix_cmd.default_jobs(Selection("full", shard=(1, 100))) == 1
+    monkeypatch.setattr(matrix_cmd.os, "cpu_count", lambda: 64)
+    assert matrix_cmd.default_jobs(Selection("sample", 500_000)) == 4

@@ -91,7 +91,7 @@ _MATRIX_EXAMPLES = """\
 examples:
   kvmpage matrix                          a sample of 20,000 combinations (seed 0)
   kvmpage matrix --sample 50000 --seed 7  another sample; the same seed gives the same one
-  kvmpage matrix --full --jobs 2          everything (about 2 million combinations), two VMs
+  kvmpage matrix --full                   everything (about 2 million combinations)
   kvmpage matrix --full --shard 2/4 --json > part2.json     one of four parts, for a CI runner
   kvmpage matrix --merge part1.json part2.json part3.json part4.json
 
@@ -357,8 +357,9 @@ def _parser() -> argparse.ArgumentParser:
     mx.add_argument("--seed", type=int, default=0, help="seed of the selection (default 0)")
     mx.add_argument("--shard", metavar="K/N",
                     help="run the K-th of N disjoint parts (the same on every machine)")
-    mx.add_argument("--jobs", type=int, default=1, metavar="N",
-                    help="processes, each with its own VM (default 1)")
+    mx.add_argument("--jobs", type=int, default=None, metavar="N",
+                    help="processes, each with its own VM (default: 1 for fewer than 100,000 "
+                    "combinations, else one per CPU, at most 4)")  # fmt: skip
     mx.add_argument("--limit", type=int, default=1000,
                     help="disagreements kept in full in the report (default 1000)")
     mx.add_argument("--show", type=int, default=10,

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmpage.cli.common import EXIT_ERROR, CliError
 from kvmpage.cli.output import emit_json
 from kvmpage.cli.progress import Progress
 
+if TYPE_CHECKING:
+    from kvmpage.matrix import Selection
+
+#: Runs of at least this many combinations use several jobs unless ``--jobs`` says otherwise.
+AUTO_JOBS_FROM = 100_000
 #: The permission model the command checks against (None: `kvmpage.paging.access.evaluate`).
 #: Tests set a deliberately wrong one to check that a disagreement reaches the output.
 MODEL: Any = None
@@ -30,6 +36,14 @@ def parse_shard(text: str) -> tuple[int, int]:
     return k, n
 
 
+def default_jobs(selection: Selection) -> int:
+    """Without ``--jobs``: one process for a short run (starting more costs about a second),
+    else one per CPU, at most 4 (each job is a VM with its own vCPU and a host thread)."""
+    if selection.count() < AUTO_JOBS_FROM:
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def cmd_matrix(args: argparse.Namespace) -> int:
     """``kvmpage matrix``."""
     if args.merge:
@@ -37,7 +51,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from kvmpage.matrix import Selection, run_matrix
     from kvmpage.matrix.document import format_text, to_json
 
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise CliError("--jobs must be at least 1")
     if args.sample is not None and args.sample < 1:
         raise CliError("--sample must be at least 1")
@@ -59,7 +73,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             progress.stage(f"matrix: {done:,} of {total:,} combinations, {rate:,.0f}/s{eta}{bad}")
 
         result = run_matrix(
-            selection, device=args.device, jobs=args.jobs, model=MODEL, limit=args.limit,
+            selection, device=args.device, jobs=args.jobs or default_jobs(selection),
+            model=MODEL, limit=args.limit,
             progress=show,
         )  # fmt: skip
     code = result.exit_code
