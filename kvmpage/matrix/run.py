@@ -9,6 +9,7 @@ threads is inherited).
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -77,7 +78,11 @@ def run_matrix(
                                      lambda t: progress(t.checked + sum(t.skipped.values()),
                                                         total, t.disagreement_count))  # fmt: skip
     else:
-        totals, filtered = _run_jobs(selection, jobs, host, device, model, limit, total, progress)
+        try:
+            totals, filtered = _run_jobs(selection, jobs, host, device, model, limit, total,
+                                         progress)  # fmt: skip
+        except pickle.PicklingError as e:
+            raise RuntimeError(f"--jobs {jobs}: the model cannot go to a job: {e}") from None
     if selection.shard[0] != 1:
         filtered = Counter()
     return MatrixResult(selection, host, totals, time.perf_counter() - t0, jobs, filtered)
