@@ -18,16 +18,21 @@
 #       and comes back with `int3` at user_exit when it meets anything else (a #BP trap through
 #       a DPL3 gate: the cheapest ring-3 to ring-0 transition measured on PVM);
 #     - a CPL0 probe or a service: done here under a guard; a fault is recorded, not fatal.
+#   A #PF in ring 3 (the common case of a permission matrix) takes a fast path: its stub sends
+#   the error code, RIP and CR2 straight back to ring 3 in registers and the ring-3 loop records
+#   them natively, so a faulting CPL3 probe costs five emulated instructions besides the two
+#   ring switches. Other exceptions take the common handler (slower, but rare).
 #   Any exception the agent did not expect: the registers are dumped to the kernel state page,
 #   DOORBELL_UNEXPECTED is written and the vCPU halts.
 
         .text
         .code64
 
+# the base of the agent's slot: the code starts at CODE_OFF in it, so one rip-relative lea finds
+# it (every instruction counts: in ring 0 each one is emulated on a PVM host)
+.set slot_base, header - CODE_OFF
 .macro BASE reg
-        lea     0(%rip), \reg
-        shr     $39, \reg
-        shl     $39, \reg
+        lea     slot_base(%rip), \reg
 .endm
 
 header:
@@ -36,7 +41,7 @@ header:
         .long   kernel_entry - header
         .long   user_code - header
         .long   isr_stubs - header
-        .long   16                              # bytes per exception stub
+        .long   32                              # bytes per exception stub
         .long   user_exit - header
         .long   agent_end - header
         .long   0
@@ -58,26 +63,22 @@ k_next:
         add     $RECORD_SIZE, %rsi
 dispatch:
         mov     C_OP(%rsi), %eax
-        cmp     $OP_READ, %eax                  # the ring-0 read: ten instructions a probe
-        jne     1f
         mov     %rsi, KSTATE_OFF+KS_GUARD(%rbx)
         mov     C_ADDR(%rsi), %rdx
+        cmp     $OP_READ, %eax                  # the ring-0 read: ten instructions a probe
+        jne     1f
         mov     (%rdx), %rax
         mov     %rax, R_VALUE(%rsi)
         movl    $ST_OK, R_STATUS(%rsi)
         add     $RECORD_SIZE, %rsi
         jmp     dispatch
-1:      cmp     $OP_CPL3, %eax
-        jae     enter_user
-        test    %eax, %eax
-        jz      batch_done
-        mov     %rsi, KSTATE_OFF+KS_GUARD(%rbx)
-        mov     C_ADDR(%rsi), %rdx
-        mov     C_ARG(%rsi), %rcx
-        cmp     $OP_WRITE, %eax
+1:      cmp     $OP_WRITE, %eax                 # the write: eleven
         jne     1f
+        mov     C_ARG(%rsi), %rcx
         mov     %rcx, (%rdx)
-        jmp     k_ok
+        movl    $ST_OK, R_STATUS(%rsi)
+        add     $RECORD_SIZE, %rsi
+        jmp     dispatch
 1:      cmp     $OP_FETCH, %eax
         jne     1f
         call    *%rdx
@@ -86,7 +87,12 @@ dispatch:
         lea     KSTACK_TOP_OFF(%rbx), %rsp
         mov     %rax, R_VALUE(%rsi)
         jmp     k_ok
-1:      cmp     $OP_INVLPG, %eax
+1:      cmp     $OP_CPL3, %eax
+        jae     enter_user
+        test    %eax, %eax
+        jz      batch_done
+        mov     C_ARG(%rsi), %rcx
+        cmp     $OP_INVLPG, %eax
         jne     1f
         invlpg  (%rdx)
         jmp     k_ok
@@ -181,25 +187,63 @@ enter_user:
         lea     (CMD_USER_OFF - CMD_SUPER_OFF)(%rsi), %rax
         mov     %rax, USTATE_S_OFF+US_CURSOR(%rbx)
         lea     KSTATE_OFF+KS_IRET_FRAME(%rbx), %rsp   # the loader prebuilt this frame
+        mov     $-1, %rax                       # "no fault": a #PF error code is below 2^32
         iretq
 
 batch_done:
         movq    $DOORBELL_DONE, DOORBELL_OFF(%rbx)
         jmp     kernel_entry
 
+# a #PF in ring 0 (from the #PF stub): charge it to the record ring 0 guards. Fourteen emulated
+# instructions from the stub to the next dispatch; the result is four stores. RFLAGS is put
+# back: the delivery of an exception in ring 0 clears AC on a PVM host, and ring 0 keeps AC
+# for SMAP between records.
+k_pf:
+        BASE    %rbx
+        mov     KSTATE_OFF+KS_GUARD(%rbx), %rsi
+        test    %rsi, %rsi
+        jz      1f
+        pop     R_ERROR(%rsi)
+        pop     R_RIP(%rsi)
+        mov     %cr2, %rax
+        mov     %rax, R_CR2(%rsi)
+        movabs  $(14 << 32 | ST_FAULT), %rax    # status and vector, one store
+        mov     %rax, R_STATUS(%rsi)
+        lea     KSTACK_TOP_OFF(%rbx), %rsp
+        pushq   KSTATE_OFF+KS_RFLAGS(%rbx)
+        popfq
+        jmp     k_next
+1:      pushq   $14                             # no guard: nobody planned this one
+        jmp     isr_common
+
 # ---------------------------------------------------------------------------------------------
-# exceptions: 32 stubs of 16 bytes, then the common handler
+# exceptions: 32 stubs of 32 bytes, then the common handler
 # ---------------------------------------------------------------------------------------------
-        .balign 16
+        .balign 32
 isr_stubs:
         .irp    vec, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-        .balign 16
+        .balign 32
+        .if     \vec == 14
+        # The #PF fast path. A fault in ring 3 goes straight back to ring 3, where the ring-3
+        # loop records it natively: five emulated instructions, no store at all (the registers
+        # carry the error code, the faulting RIP and CR2; the frame iretq loads is the loader's
+        # prebuilt entry frame of the ring-3 loop). On a PVM host this path is what a faulting
+        # probe costs, so every instruction here matters.
+        testb   $3, 16(%rsp)                    # the CS the fault interrupted (after the error)
+        jz      k_pf
+        pop     %rax                            # the error code
+        mov     %cr2, %rdx
+        mov     (%rsp), %rcx                    # the faulting RIP
+        lea     slot_base+KSTATE_OFF+KS_IRET_FRAME(%rip), %rsp
+        iretq
+        .else
         # the CPU pushes an error code for these vectors; the others get a 0 in its place
-        .if     !((\vec == 8) || (\vec >= 10 && \vec <= 14) || (\vec == 17) || (\vec == 21) || (\vec == 29) || (\vec == 30))
+        .if     !((\vec == 8) || (\vec >= 10 && \vec <= 13) || (\vec == 17) || (\vec == 21) || (\vec == 29) || (\vec == 30))
         pushq   $0
         .endif
         pushq   $\vec
         jmp     isr_common
+        .endif
         .endr
 
 # stack after isr_common's two pushes
@@ -238,6 +282,8 @@ isr_common:
         jz      unexpected
         RECORD_FAULT
         lea     KSTACK_TOP_OFF(%rbx), %rsp
+        pushq   KSTATE_OFF+KS_RFLAGS(%rbx)
+        popfq
         jmp     k_next
 
 from_user:
@@ -263,7 +309,7 @@ from_user:
 user_fault:
         RECORD_FAULT
         addq    $RECORD_SIZE, USTATE_S_OFF+US_CURSOR(%rbx)
-        lea     user_entry(%rip), %rax
+        lea     user_resume(%rip), %rax
         mov     %rax, F_RIP(%rsp)
         pop     %rbx
         pop     %rax
@@ -323,11 +369,15 @@ unexpected:
 # ---------------------------------------------------------------------------------------------
         .balign 4096
 user_code:
+# Entered by iretq: from enter_user with rax = -1, or from the #PF fast path with rax = the error
+# code, rcx = the faulting RIP and rdx = CR2. Everything here runs natively.
 user_entry:
         BASE    %rbx
         lea     USTACK_TOP_OFF(%rbx), %rsp
         add     $USTATE_U_OFF, %rbx
         mov     US_CURSOR(%rbx), %rsi
+        cmp     $-1, %rax
+        jne     user_pf
 user_loop:
         mov     %rsi, US_CURSOR(%rbx)
         mov     C_OP(%rsi), %eax
@@ -376,5 +426,36 @@ user_call_insn:
         jmp     user_loop
 user_exit:
         int3
+
+# a #PF in ring 3, passed up by the fast path: it must come from the current record's access
+user_pf:
+        lea     user_read_insn(%rip), %rdi
+        cmp     %rdi, %rcx
+        je      1f
+        lea     user_write_insn(%rip), %rdi
+        cmp     %rdi, %rcx
+        je      1f
+        lea     user_call_insn(%rip), %rdi
+        cmp     %rdi, %rcx
+        je      1f
+        cmpl    $(OP_CPL3 + OP_FETCH), C_OP(%rsi)
+        jne     user_unexpected
+        cmp     C_ADDR(%rsi), %rcx
+        jne     user_unexpected
+1:      mov     %rax, R_ERROR(%rsi)
+        mov     %rcx, R_RIP(%rsi)
+        mov     %rdx, R_CR2(%rsi)
+        movabs  $(14 << 32 | ST_FAULT), %rax
+        mov     %rax, R_STATUS(%rsi)
+        add     $RECORD_SIZE, %rsi
+        jmp     user_loop
+# anything else: trap to ring 0, whose slow path finds no probe here and dumps the registers
+# (rax = the error code, rcx = the faulting RIP, rdx = CR2)
+user_unexpected:
+        ud2
+# back from ring 0's slow path (a fault other than #PF, already recorded)
+user_resume:
+        mov     $-1, %rax
+        jmp     user_entry
         .balign 16
 agent_end:

@@ -240,6 +240,23 @@ def test_batch_encoding() -> None:
         b.read(0, cpl=1)
 
 
+def test_batch_probes_in_columns_encode_like_single_probes() -> None:
+    one, bulk = Batch(), Batch()
+    one.read(0x1000)
+    one.write(0xFFFF_8000_0000_2000, 5, cpl=0)
+    one.fetch(0x3040)
+    ops = [OP_CPL3 | Op.READ, Op.WRITE, OP_CPL3 | Op.FETCH]
+    assert bulk.probes(ops, [0x1000, 0xFFFF_8000_0000_2000, 0x3040], [0, 5, 0]) == range(3)
+    assert bulk.data == one.data and bulk.slots == one.slots == {0, 256}
+    with pytest.raises(ValueError, match="read, write or fetch"):
+        bulk.probes([Op.LOAD_CR3], [0], [0])
+    with pytest.raises(ValueError, match="same length"):
+        bulk.probes([Op.READ], [0, 1], [0])
+    with pytest.raises(ValueError, match="64 bits"):
+        bulk.probes([Op.READ], [1 << 64], [0])
+    assert len(bulk) == 3
+
+
 def test_results_decoding() -> None:
     data = bytearray(2 * RECORD_SIZE)
     struct.pack_into("<QQI", data, 0, 0x1000, 0, OP_CPL3 | Op.READ)

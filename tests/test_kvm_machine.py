@@ -467,6 +467,80 @@ def test_unexpected_exception_gives_a_register_dump(lab: Lab) -> None:
     _still_works(lab)
 
 
+def test_ring3_page_faults_and_other_faults_interleave(lab: Lab) -> None:
+    """The #PF fast path (back to ring 3 with the fault in registers) and the slow path of the
+    other vectors resume the ring-3 loop at the right record, whatever order they come in."""
+    ok_va, frame, _ = lab.page(P | U | A)
+    ro_va, _, _ = lab.page(P | U | A)
+    hole = lab.next_va + 0x10_0000
+    b = lab.batch()
+    plan = [
+        (b.read(hole), 0x4, hole),
+        (b.read(NON_CANONICAL), "gp", None),
+        (b.write(ro_va + 8, 0), 0x7, ro_va + 8),
+        (b.read(ok_va), None, None),
+        (b.fetch(NON_CANONICAL), "gp", None),
+        (b.fetch(hole + STUB), 0x14, hole + STUB),
+        (b.read(hole, cpl=0), 0x0, hole),
+        (b.read(hole), 0x4, hole),
+        (b.read(ok_va), None, None),
+    ]
+    res = lab.machine.run(b)
+    for i, expected, va in plan:
+        if expected is None:
+            assert_ok(res[i], TAG | frame)
+        elif expected == "gp":
+            assert res[i].fault is not None and res[i].fault.vector == 13, str(res[i])
+        else:
+            assert isinstance(expected, int) and va is not None
+            assert_pf(res[i], expected, va)
+
+
+def test_rflags_ac_survives_faults_in_ring_0(lab: Lab, profile: HostProfile) -> None:
+    """With SMAP on and RFLAGS.AC set, a CPL0 read of a user page succeeds, also right after a
+    CPL0 fault (whose delivery clears AC on a PVM host: the agent puts RFLAGS back) and after
+    ring 3 ran."""
+    if not profile.supports("smap"):
+        pytest.skip(f"this host has no SMAP: {profile.features['smap'].evidence}")
+    va, frame, _ = lab.page(P | W | U | A)
+    hole = lab.next_va + 0x10_0000
+    b = lab.batch()
+    b.set_smap(True)
+    b.set_ac(True)
+    reads = [b.read(va, cpl=0)]
+    b.read(hole, cpl=0)  # #PF in ring 0
+    reads.append(b.read(va, cpl=0))
+    b.fetch(hole + STUB, cpl=0)  # #PF in ring 0, instruction fetch
+    reads.append(b.read(va, cpl=0))
+    b.read(hole)  # ring 3, #PF
+    reads.append(b.read(va, cpl=0))
+    b.set_ac(False)
+    i_off = b.read(va, cpl=0)
+    b.set_smap(False)
+    res = lab.machine.run(b)
+    for i in reads:
+        assert_ok(res[i], TAG | frame)
+    assert_pf(res[i_off], 0x1, va)
+
+
+def test_unplanned_ring3_page_fault_gives_a_register_dump(lab: Lab) -> None:
+    """A #PF in ring 3 that is not a probe's own access (here: a fetch stub that reads an
+    unmapped address) is not recorded as the probe's result: the guest stops with a dump that
+    carries the fault's error code, RIP and CR2."""
+    va, frame, _ = lab.page(P | U | A)
+    hole = lab.next_va + 0x20_0000
+    # movabs $hole, %rax; mov (%rax), %rax; ret
+    stub = b"\x48\xb8" + hole.to_bytes(8, "little") + b"\x48\x8b\x00\xc3"
+    lab.machine.memory.write(frame + STUB, stub)
+    b = lab.batch()
+    b.fetch(va + STUB)
+    with pytest.raises(GuestCrashError, match="did not expect") as info:
+        lab.machine.run(b)
+    dump = info.value.dump
+    assert (dump["rax"], dump["rcx"], dump["rdx"]) == (0x4, va + STUB + 10, hole)
+    _still_works(lab)
+
+
 def test_unexpected_exit_gives_a_register_dump(lab: Lab) -> None:
     va, frame, _ = lab.page(P | W | A)
     lab.machine.memory.write(frame + STUB, b"\xf4")  # hlt in ring 0

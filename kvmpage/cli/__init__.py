@@ -6,6 +6,7 @@
     kvmpage host                  what this host's KVM can verify, and how that was established
     kvmpage fuzz                  random layouts and operations, every step verified on KVM
     kvmpage image info|strip      what a memory image holds; its page tables alone
+    kvmpage matrix                the permission matrix: entry bits x CPU state x access, on KVM
 
 LAYOUT is a TOML layout file (docs/layout.md); without it, the built-in layout. Exit status
 (the table: docs/json-schema.md): 0 when the check passed, 1 when it ran and found a problem (a
@@ -55,6 +56,7 @@ examples:
   kvmpage dump --image guest.elf          its kernel's mappings, as the CPU walks them
   kvmpage verify --image guest.elf        its kernel's own tables, checked on the CPU
   kvmpage fuzz --seed 1 --seconds 60      differential campaign; reproducers in ./fuzz-reproducers
+  kvmpage matrix --sample 20000 --seed 1  the permission matrix, a sample covering every value
 
 exit status: 0 passed, 1 found a problem, 2 could not run (reason on stderr),
 141 stdout closed early, 130/143 interrupted by Ctrl-C/SIGTERM (docs/json-schema.md)
@@ -103,6 +105,17 @@ examples:
   kvmpage image strip guest.elf tables.elf     page-table pages only (shareable)
   kvmpage dump --image guest.elf               the listing and the audit
   kvmpage verify --image guest.elf             the kernel's own tables on the CPU
+"""
+_MATRIX_EXAMPLES = """\
+examples:
+  kvmpage matrix                          a sample of 20,000 combinations (seed 0)
+  kvmpage matrix --sample 50000 --seed 7  another sample; the same seed gives the same one
+  kvmpage matrix --full                   everything (about 2 million combinations)
+  kvmpage matrix --full --shard 2/4 --json > part2.json     one of four parts, for a CI runner
+  kvmpage matrix --merge part1.json part2.json part3.json part4.json
+
+exit status: 0 the CPU agrees with the permission model on every combination, 1 any
+disagreement, 2 could not run (or --merge: a shard is missing)
 """
 _HOST_EXAMPLES = """\
 examples:
@@ -379,6 +392,39 @@ def _parser() -> argparse.ArgumentParser:
         help="where reproducers go (checked before the campaign starts)",
     )
     f.set_defaults(func="fuzz")
+
+    mx = sub.add_parser(
+        "matrix",
+        parents=[_common()],
+        help="the permission matrix (entry bits x CPU state x access) checked on KVM",
+        description="Enumerate combinations of entry bits at every level of the walk (P, W, "
+        "U, NX, A, D, PS, one reserved bit at a time, attribute bits the walk must ignore), "
+        "CPU state (CR0.WP, EFER.NXE, CR4.SMEP, CR4.SMAP, RFLAGS.AC) and access (CPL0/CPL3 "
+        "x read/write/fetch, once or after a priming read); build each as fresh page tables in "
+        "a KVM guest, probe it, and compare fault, error code, CR2, the frame reached and the "
+        "A/D bits of every entry with kvmpage's permission model. docs/matrix.md explains it.",
+        epilog=_MATRIX_EXAMPLES,
+        formatter_class=fmt,
+    )
+    how = mx.add_mutually_exclusive_group()
+    how.add_argument("--sample", type=int, metavar="N", default=None,
+                     help="N combinations: a pairwise covering array (every value of every "
+                     "dimension, every pair), then seeded random ones (default 20000)")  # fmt: skip
+    how.add_argument("--full", action="store_true",
+                     help="the full matrix (docs/matrix.md: about 2 million combinations)")
+    how.add_argument("--merge", nargs="+", metavar="REPORT",
+                     help="combine the --json reports of shards into one report")
+    mx.add_argument("--seed", type=int, default=0, help="seed of the selection (default 0)")
+    mx.add_argument("--shard", metavar="K/N",
+                    help="run the K-th of N disjoint parts (the same on every machine)")
+    mx.add_argument("--jobs", type=int, default=None, metavar="N",
+                    help="processes, each with its own VM (default: 1 for fewer than 100,000 "
+                    "combinations, else one per CPU, at most 4)")  # fmt: skip
+    mx.add_argument("--limit", type=int, default=1000,
+                    help="disagreements kept in full in the report (default 1000)")
+    mx.add_argument("--show", type=int, default=10,
+                    help="disagreements printed in full (default 10)")
+    mx.set_defaults(func="matrix")
     return parser
 
 
@@ -421,6 +467,10 @@ def _run(args: argparse.Namespace) -> int:
         from kvmpage.cli.fuzz_cmd import cmd_fuzz
 
         return cmd_fuzz(args)
+    if args.func == "matrix":
+        from kvmpage.cli.matrix_cmd import cmd_matrix
+
+        return cmd_matrix(args)
     from kvmpage.cli.host_cmd import cmd_host
 
     return cmd_host(args)

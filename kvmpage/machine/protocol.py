@@ -79,6 +79,7 @@ class Op(IntEnum):
 
 
 PROBE_OPS = (Op.READ, Op.WRITE, Op.FETCH)
+_PROBE_CODES = frozenset(int(op) | cpl for op in PROBE_OPS for cpl in (0, OP_CPL3))
 
 
 def asm_constants() -> dict[str, int]:
@@ -234,6 +235,31 @@ class Batch:
         stride = RECORD_SIZE // 8
         records[0::stride] = column
         records[2::stride] = array("Q", [op]) * n
+        self._buf += records.tobytes()
+        self._count += n
+        return range(start, self._count)
+
+    def probes(self, ops: Sequence[int], addresses: Sequence[int], values: Sequence[int]) -> range:
+        """Append probes given as three columns (fast path for generated batches): the opcode
+        (`Op.READ` / `Op.WRITE` / `Op.FETCH`, ``| OP_CPL3`` for ring 3), the address and the
+        value to write (ignored by reads and fetches). Returns the range of their indices."""
+        n = len(ops)
+        if len(addresses) != n or len(values) != n:
+            raise ValueError("probes: the three columns must have the same length")
+        if not set(ops) <= _PROBE_CODES:
+            raise ValueError("probes: every opcode must be a read, write or fetch probe")
+        try:
+            addr_col = array("Q", addresses)
+            value_col = array("Q", values)
+        except (OverflowError, TypeError) as e:
+            raise ValueError("every address and value must fit in 64 bits") from e
+        self.slots.update({a >> 39 & 511 for a in addr_col})
+        start = self._count
+        records = array("Q", bytes(n * RECORD_SIZE))
+        stride = RECORD_SIZE // 8
+        records[0::stride] = addr_col
+        records[1::stride] = value_col
+        records[2::stride] = array("Q", ops)
         self._buf += records.tobytes()
         self._count += n
         return range(start, self._count)
