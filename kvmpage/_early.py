@@ -19,7 +19,8 @@ from types import FrameType
 #: The JSON schema version of the error document (kvmpage.cli.output.SCHEMA_VERSION; a test
 #: keeps them equal without importing the command here).
 SCHEMA_VERSION = 2
-_COMMANDS = ("verify", "walk", "dump", "host", "image", "fuzz")
+#: The command words (kvmpage.cli takes its list from here).
+COMMANDS = ("verify", "walk", "dump", "host", "image", "fuzz", "matrix")
 _WORDS: dict[int, str] = {
     signal.SIGINT: "interrupted",
     signal.SIGTERM: "terminated",
@@ -34,7 +35,7 @@ def is_console_script() -> bool:
 
 def _stop(signum: int, frame: FrameType | None) -> None:
     args = sys.argv[1:]
-    command = next((a for a in args if a in _COMMANDS), None)
+    command = next((a for a in args if a in COMMANDS), None)
     reason = f"{_WORDS.get(signum, 'stopped')} ({signal.Signals(signum).name})"
     try:
         os.write(2, f"kvmpage{f' {command}' if command else ''}: {reason}\n".encode())

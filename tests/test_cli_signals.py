@@ -250,6 +250,18 @@ def test_a_signal_before_main_is_one_line_too() -> None:
     assert _early.SCHEMA_VERSION == SCHEMA_VERSION
 
 
+def test_the_early_handler_knows_every_command() -> None:
+    """The one list of command words names exactly the parser's subcommands (a new command
+    missing from it would print its errors and signals without its name)."""
+    import argparse
+
+    from kvmpage import _early
+    from kvmpage.cli import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(_early.COMMANDS) == set(sub.choices)
+
+
 def test_importing_kvmpage_as_a_library_leaves_signals_alone() -> None:
     done = _early_child(["verify"], name="my-program")
     assert done.returncode != 130 and "KeyboardInterrupt" in done.stderr

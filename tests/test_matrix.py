@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 
 from kvmpage.cli import main
+from kvmpage.cli.output import SCHEMA_VERSION
 from kvmpage.kvm.host import CpuidSummary, FeatureResult, HostProfile, HypervisorKind, Support
 from kvmpage.matrix import dims
 from kvmpage.matrix.cover import covering_array, pairs_of, required_pairs, universal
@@ -176,9 +177,7 @@ def test_shards_and_jobs_partition_the_selection(mode: str) -> None:
         assert sum(s.count() for s in shards) == whole.count()
         return
     everything = list(whole.rows())
-    parts = [
-        list(Selection(mode, 4000, 4, (k, 3)).rows((j, 2))) for k in (1, 2, 3) for j in (0, 1)
-    ]
+    parts = [list(Selection(mode, 4000, 4, (k, 3)).rows((j, 2))) for k in (1, 2, 3) for j in (0, 1)]
     assert sorted(r for p in parts for r in p) == sorted(everything)
     assert [len(p) for p in parts] == [
         Selection(mode, 4000, 4, (k, 3)).count((j, 2)) for k in (1, 2, 3) for j in (0, 1)
@@ -278,7 +277,7 @@ def _result(shard: tuple[int, int], rows: list[dims.Row], wrong: int = 0) -> Mat
 
 def test_report_json_matches_the_schema_and_names_what_is_missing() -> None:
     rows = covering_array(0)[:40]
-    doc = {"schema_version": 1, **to_json(_result((1, 1), list(rows), wrong=3), 1)}
+    doc = {"schema_version": SCHEMA_VERSION, **to_json(_result((1, 1), list(rows), wrong=3), 1)}
     VALIDATOR.validate(doc)
     assert doc["disagreement_count"] == 3 and doc["summary"][0]["count"] == 3
     assert doc["disagreements"][0]["combination"]["cpl"] in ("0", "3")
@@ -289,13 +288,13 @@ def test_report_json_matches_the_schema_and_names_what_is_missing() -> None:
 
 def test_merge_adds_shards_up_and_refuses_mixed_selections() -> None:
     rows = list(covering_array(0)[:60])
-    a = {"schema_version": 1, **to_json(_result((1, 2), rows[:30], wrong=1), 1)}
-    b = {"schema_version": 1, **to_json(_result((2, 2), rows[30:]), 0)}
+    a = {"schema_version": SCHEMA_VERSION, **to_json(_result((1, 2), rows[:30], wrong=1), 1)}
+    b = {"schema_version": SCHEMA_VERSION, **to_json(_result((2, 2), rows[30:]), 0)}
     doc = merge([("a.json", a), ("b.json", b)], 1000)
     assert doc["combinations"] == 60 and doc["disagreement_count"] == 1
     assert doc["skipped"] == {"unavailable: smep": 4} and doc["shards"]["missing"] == []
     assert merged_exit_code(doc, [a, b]) == 1
-    VALIDATOR.validate({"schema_version": 1, "exit_code": 1, **doc})
+    VALIDATOR.validate({"schema_version": SCHEMA_VERSION, "exit_code": 1, **doc})
     alone = merge([("a.json", a)], 1000)
     assert alone["shards"]["missing"] == [2] and merged_exit_code(alone, [a]) == 2
     with pytest.raises(MergeError, match="both shard 1"):
@@ -313,7 +312,9 @@ def test_cli_merge_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
     paths = []
     for k, part in ((1, rows[:10]), (2, rows[10:])):
         p = tmp_path / f"part{k}.json"
-        p.write_text(json.dumps({"schema_version": 1, **to_json(_result((k, 2), part), 0)}))
+        p.write_text(
+            json.dumps({"schema_version": SCHEMA_VERSION, **to_json(_result((k, 2), part), 0)})
+        )
         paths.append(str(p))
     assert main(["matrix", "--merge", *paths]) == 0
     out = capsys.readouterr().out

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from kvmpage._early import COMMANDS
 from kvmpage.cli import args as arg
 from kvmpage.cli.args import Parser, UsageError
 from kvmpage.cli.guard import (
@@ -41,7 +42,6 @@ from kvmpage.cli.guard import (
 from kvmpage.cli.image_args import add_image_args, hex_value
 
 EXIT_ERROR = 2
-COMMANDS = ("verify", "walk", "dump", "host", "image", "fuzz")
 
 EXAMPLES = """\
 examples:
@@ -410,20 +410,35 @@ def _parser() -> argparse.ArgumentParser:
     how.add_argument("--sample", type=int, metavar="N", default=None,
                      help="N combinations: a pairwise covering array (every value of every "
                      "dimension, every pair), then seeded random ones (default 20000)")  # fmt: skip
-    how.add_argument("--full", action="store_true",
-                     help="the full matrix (docs/matrix.md: about 2 million combinations)")
-    how.add_argument("--merge", nargs="+", metavar="REPORT",
-                     help="combine the --json reports of shards into one report")
+    how.add_argument(
+        "--full",
+        action="store_true",
+        help="the full matrix (docs/matrix.md: about 2 million combinations)",
+    )
+    how.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="REPORT",
+        help="combine the --json reports of shards into one report",
+    )
     mx.add_argument("--seed", type=int, default=0, help="seed of the selection (default 0)")
-    mx.add_argument("--shard", metavar="K/N",
-                    help="run the K-th of N disjoint parts (the same on every machine)")
+    mx.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="run the K-th of N disjoint parts (the same on every machine)",
+    )
     mx.add_argument("--jobs", type=int, default=None, metavar="N",
                     help="processes, each with its own VM (default: 1 for fewer than 100,000 "
                     "combinations, else one per CPU, at most 4)")  # fmt: skip
-    mx.add_argument("--limit", type=int, default=1000,
-                    help="disagreements kept in full in the report (default 1000)")
-    mx.add_argument("--show", type=int, default=10,
-                    help="disagreements printed in full (default 10)")
+    mx.add_argument(
+        "--limit",
+        type=int,
+        default=1000,
+        help="disagreements kept in full in the report (default 1000)",
+    )
+    mx.add_argument(
+        "--show", type=int, default=10, help="disagreements printed in full (default 10)"
+    )
     mx.set_defaults(func="matrix")
     return parser
 
