@@ -1,7 +1,7 @@
 # kvmpage: every target sets up its own virtual environment (.venv) first.
 #   make run    set up, then kvmpage verify: check the built-in layout against the CPU
 #   make test   set up, then run the whole test suite
-#   make lint   ruff + mypy
+#   make lint   ruff check, ruff format --check, mypy
 #   make guest  reassemble the guest agent (GNU as) and check it matches the shipped bytes
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -26,7 +26,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check kvmpage tests scripts
+	$(BIN)/ruff check kvmpage tests scripts examples
+	$(BIN)/ruff format --check kvmpage tests scripts examples
 	$(BIN)/mypy
 
 guest: $(STAMP)

@@ -442,7 +442,9 @@ def ensure_tools(no_apt: bool) -> None:
 
 def newest_kernel_package() -> str:
     names = subprocess.run(
-        ["apt-cache", "pkgnames", "linux-image-6.1.0-"], check=True, text=True,
+        ["apt-cache", "pkgnames", "linux-image-6.1.0-"],
+        check=True,
+        text=True,
         capture_output=True,
     ).stdout.split()
     found = []
@@ -484,7 +486,9 @@ def fetch_kernel(build: Path, package: str | None, no_apt: bool) -> dict[str, An
         die(f"{deb} has no boot/vmlinuz-*")
     fwcfg = sorted(kroot.glob("lib/modules/*/kernel/drivers/firmware/qemu_fw_cfg.ko*"))
     info = subprocess.run(
-        ["dpkg-deb", "-f", str(deb), "Package", "Version"], check=True, text=True,
+        ["dpkg-deb", "-f", str(deb), "Package", "Version"],
+        check=True,
+        text=True,
         capture_output=True,
     ).stdout
     fields = dict(line.split(": ", 1) for line in info.strip().splitlines())
@@ -502,8 +506,14 @@ def fetch_kernel(build: Path, package: str | None, no_apt: bool) -> dict[str, An
 # ---------------------------------------------------------------- initramfs
 
 
-def cpio_entry(name: str, mode: int, data: bytes = b"", ino: int = 0,
-               rdev: tuple[int, int] = (0, 0), nlink: int = 1) -> bytes:
+def cpio_entry(
+    name: str,
+    mode: int,
+    data: bytes = b"",
+    ino: int = 0,
+    rdev: tuple[int, int] = (0, 0),
+    nlink: int = 1,
+) -> bytes:
     namez = name.encode() + b"\0"
     fields = [ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1], len(namez), 0]
     hdr = b"070701" + b"".join(b"%08X" % f for f in fields)
@@ -674,8 +684,9 @@ def parse_regions(serial: str) -> tuple[list[dict[str, Any]], list[str]]:
     return regions, skipped
 
 
-def run_scenario(name: str, out_root: Path, kernel: dict[str, Any], initrd: Path,
-                 ready_timeout: float) -> dict[str, Any]:
+def run_scenario(
+    name: str, out_root: Path, kernel: dict[str, Any], initrd: Path, ready_timeout: float
+) -> dict[str, Any]:
     spec = SCENARIOS[name]
     t_start = time.monotonic()
     out = out_root / name
@@ -687,13 +698,35 @@ def run_scenario(name: str, out_root: Path, kernel: dict[str, Any], initrd: Path
     sock = out / "qmp.sock"
     qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
     cmd = [
-        qemu, "-accel", "tcg", "-machine", "pc", "-cpu", spec["cpu"], "-m", "256M",
-        "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
-        "-serial", f"file:{serial}", "-monitor", "none",
-        "-qmp", f"unix:{sock},server=on,wait=off",
-        "-device", "vmcoreinfo",
-        "-kernel", str(kernel["vmlinuz"]), "-initrd", str(initrd),
-        "-append", spec["append"],
+        qemu,
+        "-accel",
+        "tcg",
+        "-machine",
+        "pc",
+        "-cpu",
+        spec["cpu"],
+        "-m",
+        "256M",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        f"file:{serial}",
+        "-monitor",
+        "none",
+        "-qmp",
+        f"unix:{sock},server=on,wait=off",
+        "-device",
+        "vmcoreinfo",
+        "-kernel",
+        str(kernel["vmlinuz"]),
+        "-initrd",
+        str(initrd),
+        "-append",
+        spec["append"],
     ]
     log(f"scenario {name}: {spec['about']}")
     log("$ " + " ".join(cmd))
@@ -717,16 +750,20 @@ def run_scenario(name: str, out_root: Path, kernel: dict[str, Any], initrd: Path
             r = parse_registers(regs_text)
             if r["cpl"] == 3 and r["cs_selector"] and int(r["cs_selector"], 16) & 3 == 3:
                 break
-            log(f"scenario {name}: stop #{tries} caught CPL "
-                f"{parse_registers(regs_text)['cpl']}, continuing")
+            log(
+                f"scenario {name}: stop #{tries} caught CPL "
+                f"{parse_registers(regs_text)['cpl']}, continuing"
+            )
             qmp.execute("cont")
             time.sleep(0.3)
         else:
             die(f"the CPU was never at CPL 3 in {MAX_STOP_TRIES} stops")
         regs = parse_registers(regs_text)
         status = qmp.execute("query-status")
-        log(f"scenario {name}: stopped at CPL 3 after {tries} stop(s); status {status}; "
-            f"CR3={regs.get('cr3')} CR4={regs.get('cr4')}")
+        log(
+            f"scenario {name}: stopped at CPL 3 after {tries} stop(s); status {status}; "
+            f"CR3={regs.get('cr3')} CR4={regs.get('cr4')}"
+        )
         (out / "info-registers-at-stop.txt").write_text(regs_text)
 
         hmp_lines = {}
@@ -739,8 +776,10 @@ def run_scenario(name: str, out_root: Path, kernel: dict[str, Any], initrd: Path
             text = qmp.hmp(hmp_cmd)
             (out / fname).write_text(text)
             hmp_lines[fname] = len(text.splitlines())
-            log(f"scenario {name}: {hmp_cmd} -> {fname} ({hmp_lines[fname]} lines, "
-                f"{time.monotonic() - t0:.1f} s)")
+            log(
+                f"scenario {name}: {hmp_cmd} -> {fname} ({hmp_lines[fname]} lines, "
+                f"{time.monotonic() - t0:.1f} s)"
+            )
         notes = []
         if regs.get("cr4_la57") and hmp_lines["info-mem.txt"] == 0:
             notes.append(
@@ -762,8 +801,13 @@ def run_scenario(name: str, out_root: Path, kernel: dict[str, Any], initrd: Path
         log(f"scenario {name}: dump-guest-memory -> {elf}")
 
         kdump = out / "dump.kdump-zlib"
-        qmp.execute("dump-guest-memory", paging=False, protocol=f"file:{kdump}",
-                    format="kdump-zlib", detach=True)
+        qmp.execute(
+            "dump-guest-memory",
+            paging=False,
+            protocol=f"file:{kdump}",
+            format="kdump-zlib",
+            detach=True,
+        )
         wait_dump(qmp, "dump-guest-memory kdump-zlib")
         log(f"scenario {name}: dump-guest-memory kdump-zlib -> {kdump}")
 
@@ -810,8 +854,7 @@ def run_scenario(name: str, out_root: Path, kernel: dict[str, Any], initrd: Path
             "uname": uname.group(1).strip() if uname else None,
             "vmlinuz_sha256": kernel["vmlinuz_sha256"],
             "command_line": spec["append"],
-            "command_line_seen_by_guest": guest_cmdline.group(1).strip()
-            if guest_cmdline else None,
+            "command_line_seen_by_guest": guest_cmdline.group(1).strip() if guest_cmdline else None,
         },
         "qemu": {
             "version": version,
@@ -848,53 +891,91 @@ def elf_summary(path: Path) -> dict[str, Any]:
 
     with path.open("rb") as f:
         ehdr = f.read(64)
-        (e_type, e_machine, _v, _entry, phoff, shoff, _flags, ehsize, phentsize, phnum,
-         shentsize, shnum, shstrndx) = struct.unpack_from("<HHIQQQIHHHHHH", ehdr, 16)
+        (
+            e_type,
+            e_machine,
+            _v,
+            _entry,
+            phoff,
+            shoff,
+            _flags,
+            ehsize,
+            phentsize,
+            phnum,
+            shentsize,
+            shnum,
+            shstrndx,
+        ) = struct.unpack_from("<HHIQQQIHHHHHH", ehdr, 16)
         f.seek(phoff)
         phdrs = []
         notes = []
         raw_ph = f.read(phentsize * phnum)
         for i in range(phnum):
             p_type, _p_flags, off, vaddr, paddr, filesz, memsz, align = struct.unpack_from(
-                "<IIQQQQQQ", raw_ph, i * phentsize)
+                "<IIQQQQQQ", raw_ph, i * phentsize
+            )
             kind = {1: "LOAD", 4: "NOTE"}.get(p_type, hex(p_type))
-            phdrs.append({
-                "type": kind, "offset": off, "vaddr": vaddr, "paddr": paddr,
-                "filesz": filesz, "memsz": memsz, "align": align,
-                "offset_congruent_paddr_mod_4096": off % 4096 == paddr % 4096,
-            })
+            phdrs.append(
+                {
+                    "type": kind,
+                    "offset": off,
+                    "vaddr": vaddr,
+                    "paddr": paddr,
+                    "filesz": filesz,
+                    "memsz": memsz,
+                    "align": align,
+                    "offset_congruent_paddr_mod_4096": off % 4096 == paddr % 4096,
+                }
+            )
             if p_type == 4:
                 f.seek(off)
                 data = f.read(filesz)
                 pos = 0
                 while pos + 12 <= len(data):
                     namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
-                    nm = data[pos + 12:pos + 12 + namesz].rstrip(b"\0").decode("latin-1")
+                    nm = data[pos + 12 : pos + 12 + namesz].rstrip(b"\0").decode("latin-1")
                     notes.append({"name": nm, "type": ntype, "descsz": descsz})
                     pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
     return {
-        "e_type": e_type, "e_machine": e_machine, "e_phoff": phoff, "e_shoff": shoff,
-        "e_ehsize": ehsize, "e_phnum": phnum, "e_shnum": shnum, "e_shstrndx": shstrndx,
-        "e_shentsize": shentsize, "program_headers": phdrs, "notes": notes,
+        "e_type": e_type,
+        "e_machine": e_machine,
+        "e_phoff": phoff,
+        "e_shoff": shoff,
+        "e_ehsize": ehsize,
+        "e_phnum": phnum,
+        "e_shnum": shnum,
+        "e_shstrndx": shstrndx,
+        "e_shentsize": shentsize,
+        "program_headers": phdrs,
+        "notes": notes,
     }
 
 
 def qemu_package_version() -> str | None:
-    r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "qemu-system-x86"],
-                       text=True, capture_output=True)
+    r = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "qemu-system-x86"], text=True, capture_output=True
+    )
     return r.stdout.strip() or None
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="output root; one subdir per scenario")
-    ap.add_argument("--scenario", action="append", choices=[*SCENARIOS, "all"],
-                    help="scenario to generate (repeatable; default: all)")
+    ap.add_argument(
+        "--scenario",
+        action="append",
+        choices=[*SCENARIOS, "all"],
+        help="scenario to generate (repeatable; default: all)",
+    )
     ap.add_argument("--build", type=Path, help="build/cache directory (default OUT/_build)")
     ap.add_argument("--kernel-package", help="e.g. linux-image-6.1.0-57-amd64 (default: newest)")
     ap.add_argument("--no-apt", action="store_true", help="never call apt-get")
-    ap.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT,
-                    help=f"seconds to wait for READY (default {READY_TIMEOUT:.0f})")
+    ap.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=READY_TIMEOUT,
+        help=f"seconds to wait for READY (default {READY_TIMEOUT:.0f})",
+    )
     args = ap.parse_args(argv)
     names = args.scenario or ["all"]
     if "all" in names:
@@ -915,8 +996,10 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = meta
     for name, meta in results.items():
         r = meta["registers_at_stop"]
-        log(f"{name}: CPL {meta['cpl_at_stop']} CR3 {r.get('cr3')} CR4 {r.get('cr4')} "
-            f"LA57 {r.get('cr4_la57')} in {meta['timing_seconds']['total']} s")
+        log(
+            f"{name}: CPL {meta['cpl_at_stop']} CR3 {r.get('cr3')} CR4 {r.get('cr4')} "
+            f"LA57 {r.get('cr4_la57')} in {meta['timing_seconds']['total']} s"
+        )
     return 0
 
 

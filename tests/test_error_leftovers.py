@@ -12,7 +12,7 @@ without its frame being given back."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pytest
@@ -60,14 +60,16 @@ def world(kind: str) -> Env:
 
 
 def expected(
-    before: bytes, writes: dict[int, int] = {}, zeroed: Iterable[int] = ()  # noqa: B006
+    before: bytes,
+    writes: Mapping[int, int] | None = None,
+    zeroed: Iterable[int] = (),
 ) -> bytes:
     """``before`` with the u64 ``writes`` (physical address -> value) and the 4 KiB tables at
     ``zeroed`` set to zero."""
     out = bytearray(before)
     for table in zeroed:
         out[table : table + 4096] = bytes(4096)
-    for addr, value in writes.items():
+    for addr, value in (writes or {}).items():
         struct.pack_into("<Q", out, addr, value)
     return bytes(out)
 

@@ -331,9 +331,7 @@ class BatchResults(Sequence[Result]):
 
     __slots__ = ("_cpl0_oracle", "_cpl3_oracle", "_data", "_n")
 
-    def __init__(
-        self, data: bytes, count: int, cpl0_oracle: str, cpl3_oracle: str = "mmu"
-    ) -> None:
+    def __init__(self, data: bytes, count: int, cpl0_oracle: str, cpl3_oracle: str = "mmu") -> None:
         self._data = data
         self._n = count
         self._cpl0_oracle = cpl0_oracle

@@ -102,10 +102,17 @@ class Checker:
                 value = q[at]
                 expect = (chunk.write_base + m) | WRITE_MARK if main.vector == 0 else 0
                 if value != expect and got[0] == want[0]:
-                    self._add(chunk, m, "memory",
-                              "the value, at the leaf's frame" if expect else "unchanged",
-                              "not written there" if expect else "written", oracle, probe,
-                              f"{value:#x} at {page + woff:#x}, expected {expect:#x}", main)
+                    self._add(
+                        chunk,
+                        m,
+                        "memory",
+                        "the value, at the leaf's frame" if expect else "unchanged",
+                        "not written there" if expect else "written",
+                        oracle,
+                        probe,
+                        f"{value:#x} at {page + woff:#x}, expected {expect:#x}",
+                        main,
+                    )
                 q[at] = 0
         totals = self.totals
         n = len(chunk.members)

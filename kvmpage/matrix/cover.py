@@ -31,9 +31,7 @@ def universal(row: Row) -> bool:
     """Whether ``row`` means the same test, and can run, on every host."""
     if row[dims.COL["pdpte", "ps"]] == 1:
         return False
-    return all(
-        dims.rsvd_name(row, level) not in ("b51", "maxphy") for level in dims.LEVELS
-    )
+    return all(dims.rsvd_name(row, level) not in ("b51", "maxphy") for level in dims.LEVELS)
 
 
 def construct(fixed: dict[int, int], *, only_universal: bool = False) -> Row | None:

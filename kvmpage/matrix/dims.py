@@ -250,9 +250,7 @@ def describe(row: Row) -> str:
 
     ``cpl3 write twice | pde: PS A rsvd=b13 | pte: (not walked) | cr0.wp=1 efer.nxe=1 ...``
     """
-    acc = f"cpl{value(row, 'cpl')} {value(row, 'access')}" + (
-        " twice" if row[C_TWICE] else ""
-    )
+    acc = f"cpl{value(row, 'cpl')} {value(row, 'access')}" + (" twice" if row[C_TWICE] else "")
     stop = stop_level(row)
     parts = [acc]
     for level in LEVELS:

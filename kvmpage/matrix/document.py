@@ -84,9 +84,7 @@ def format_text(result: MatrixResult, shown: int = 10) -> list[str]:
     if not t.disagreement_count:
         lines.append(f"hardware agrees: 0 disagreements in {t.checked:,} combinations")
         return lines
-    lines.append(
-        f"DISAGREEMENTS: {t.disagreement_count:,}, by (field, expected, actual):"
-    )
+    lines.append(f"DISAGREEMENTS: {t.disagreement_count:,}, by (field, expected, actual):")
     for (f, e, a), n in sorted(t.groups.items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"  {n:>10,}  {f:<18} expected {e:<26} actual {a}")
     lines.append(f"the first {min(shown, len(t.disagreements))} in full:")

@@ -313,4 +313,3 @@ class Runner:
         self.totals.host_seconds += time.thread_time() - t0
         if self.progress is not None:
             self.progress(self.totals)
-

@@ -92,6 +92,7 @@ class Expected:
     #: model says must / may, D where it must; every other bit must stay as it was
     ad: tuple[tuple[int, int], ...] = ()
 
+
 def _levels(levels: Sequence[int] | frozenset[int]) -> int:
     out = 0
     for lv in levels:

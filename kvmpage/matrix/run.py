@@ -147,8 +147,7 @@ def _run_jobs(
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_job,
                              initargs=(shared,)) as pool:  # fmt: skip
         futures = [
-            pool.submit(_job, selection, (j, jobs), host, device, model, limit)
-            for j in range(jobs)
+            pool.submit(_job, selection, (j, jobs), host, device, model, limit) for j in range(jobs)
         ]
         pending = set(futures)
         while pending:

@@ -300,7 +300,13 @@ class _Scan:
             yield LeafGroup(table, level, prefix, words, huge, rights, nx, path, addrs)
 
     def _note_holes(
-        self, words: list[int], first: int, last: int, prefix: int, span: int, level: int,
+        self,
+        words: list[int],
+        first: int,
+        last: int,
+        prefix: int,
+        span: int,
+        level: int,
         top: bool,
     ) -> None:
         """Record the runs of non-present entries in ``first..last`` as `Hole` ranges."""
