@@ -12,9 +12,8 @@ from kvmpage.machine.errors import (
     MachineError,
     WatchdogTimeout,
 )
-from kvmpage.machine.features import host_profile
 from kvmpage.machine.interface import ProbeMachine
-from kvmpage.machine.machine import Machine
+from kvmpage.machine.machine import Machine, host_profile
 from kvmpage.machine.protocol import Batch, BatchResults, Fault, Op, Result, fetch_stub
 
 __all__ = [

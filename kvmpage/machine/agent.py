@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 from importlib import resources
 
+from kvmpage.kvm import abi
 from kvmpage.machine import layout as L
 from kvmpage.machine import pte
 from kvmpage.machine.protocol import RECORD_SIZE
@@ -266,3 +267,30 @@ def _tss_low(base: int, limit: int) -> int:
         | ((limit >> 16) & 0xF) << 48
         | ((base >> 24) & 0xFF) << 56
     )
+
+
+@functools.lru_cache(maxsize=16)
+def boot_sregs(pl: Placement) -> abi.kvm_sregs:
+    """Long-mode segment and control registers for the boot state (read-only; reused)."""
+    s = abi.kvm_sregs()
+
+    def seg(sel: int, typ: int, code: bool) -> abi.kvm_segment:
+        return abi.kvm_segment(
+            base=0, limit=0xFFFFFFFF, selector=sel, type=typ, present=1, dpl=sel & 3,
+            db=0 if code else 1, s=1, l=1 if code else 0, g=1,
+        )  # fmt: skip
+
+    s.cs = seg(L.KERNEL_CS, 0xB, True)
+    for name in ("ds", "es", "fs", "gs", "ss"):
+        setattr(s, name, seg(L.KERNEL_DS, 0x3, False))
+    s.tr = abi.kvm_segment(
+        base=pl.va(L.TSS_OFF), limit=0x67, selector=L.TSS_SEL, type=0xB, present=1, s=0
+    )
+    s.ldt = abi.kvm_segment(type=0x2, present=1, unusable=1)
+    s.gdt = abi.kvm_dtable(base=pl.va(L.GDT_OFF), limit=8 * L.GDT_ENTRIES - 1)
+    s.idt = abi.kvm_dtable(base=pl.va(L.IDT_OFF), limit=16 * 32 - 1)
+    s.cr0 = BOOT_CR0
+    s.cr3 = pl.p4_phys
+    s.cr4 = BOOT_CR4
+    s.efer = EFER_LME | EFER_LMA | (EFER_NXE if pl.nx else 0)
+    return s

@@ -17,14 +17,14 @@ Typical use::
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
+import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Final, Self
+from typing import Final, Self
 
 from kvmpage.kvm import abi
 from kvmpage.kvm.errors import KvmError
@@ -35,6 +35,7 @@ from kvmpage.kvm.memory import GuestMemory
 from kvmpage.kvm.signals import signals_deferred
 from kvmpage.machine import agent, pte
 from kvmpage.machine import layout as L
+from kvmpage.machine.cpuid import CpuidCache
 from kvmpage.machine.errors import (
     AgentSlotConflict,
     BatchError,
@@ -42,6 +43,7 @@ from kvmpage.machine.errors import (
     MachineClosedError,
     WatchdogTimeout,
 )
+from kvmpage.machine.profile import probe_kvm
 from kvmpage.machine.protocol import (
     DOORBELL_DONE,
     DOORBELL_UNEXPECTED,
@@ -61,37 +63,6 @@ _END_RECORD = bytes(RECORD_SIZE)
 @functools.cache
 def _kind() -> HypervisorKind:
     return hypervisor_kind()
-
-
-class _CpuidCache:
-    """The CPUID table every machine gets (the host's supported table), built once per device."""
-
-    buffers: ClassVar[dict[str, ctypes.Structure]] = {}
-    granted: ClassVar[dict[str, CpuidSummary]] = {}
-    nx: ClassVar[dict[str, bool]] = {}
-
-    @classmethod
-    def supports_nx(cls, kvm: Kvm) -> bool:
-        """Whether the CPUID given to guests has NX (then EFER.NXE is on and NX bits are legal)."""
-        nx = cls.nx.get(kvm.path)
-        if nx is None:
-            buf: Any = cls.buffer(kvm)
-            entries = buf.entries[: buf.nent]
-            nx = any(e.function == 0x8000_0001 and e.edx >> 20 & 1 for e in entries)
-            cls.nx[kvm.path] = nx
-        return nx
-
-    @classmethod
-    def buffer(cls, kvm: Kvm) -> ctypes.Structure:
-        cached = cls.buffers.get(kvm.path)
-        if cached is None:
-            entries = kvm.supported_cpuid()
-            buf: Any = abi.cpuid2_type(len(entries))()
-            buf.nent = len(entries)
-            for i, e in enumerate(entries):
-                buf.entries[i] = e
-            cls.buffers[kvm.path] = cached = buf
-        return cached
 
 
 class Machine:
@@ -138,7 +109,7 @@ class Machine:
         try:
             self._kvm = kvm if kvm is not None else Kvm(device)
             self._kvm.require_machine_capabilities()
-            nx = _CpuidCache.supports_nx(self._kvm)
+            nx = CpuidCache.supports_nx(self._kvm)
             self.placement = agent.Placement(memory_size, capacity, agent_slot, nx=nx)
             self.placement.validate()
             self._vm = self._kvm.create_vm()
@@ -154,7 +125,7 @@ class Machine:
                 memory_size, huge_pages=huge_pages, present=present
             )
             self.vcpu: Vcpu = self._vm.create_vcpu(0)
-            self.vcpu.set_cpuid_raw(_CpuidCache.buffer(self._kvm))
+            self.vcpu.set_cpuid_raw(CpuidCache.buffer(self._kvm))
             self._load_agent()
             self.reset_cpu()
         except BaseException:
@@ -279,7 +250,7 @@ class Machine:
             self.memory.write(phys, page)
 
     def _boot_sregs(self) -> abi.kvm_sregs:
-        return _boot_sregs(self.placement)
+        return agent.boot_sregs(self.placement)
 
     def reset_cpu(self) -> None:
         """Put the vCPU back in the boot state: agent CR3, CR0.WP on, SMEP/SMAP and AC off."""
@@ -442,18 +413,16 @@ class Machine:
 
     def host_profile(self) -> HostProfile:
         """This host's profile (features tried in a separate small guest; cached per process)."""
-        from kvmpage.machine.features import host_profile
-
         return host_profile(self.device)
 
     def granted_cpuid(self) -> CpuidSummary:
         """The CPUID the guest actually sees (KVM_GET_CPUID2 after setting it), cached."""
         self._check_open()
         path = self._kvm.path if self._kvm else DEFAULT_DEVICE
-        summary = _CpuidCache.granted.get(path)
+        summary = CpuidCache.granted.get(path)
         if summary is None:
             summary = CpuidSummary.from_entries(self.vcpu.get_cpuid())
-            _CpuidCache.granted[path] = summary
+            CpuidCache.granted[path] = summary
         return summary
 
 
@@ -467,28 +436,16 @@ def _open_bus_value(gpa: int) -> int:
 APIC_PAGE = 0xFEE0_0000
 
 
-@functools.lru_cache(maxsize=16)
-def _boot_sregs(pl: agent.Placement) -> abi.kvm_sregs:
-    """Long-mode segment and control registers for the boot state (read-only; reused)."""
-    s = abi.kvm_sregs()
+_PROFILES: dict[str, HostProfile] = {}
+_PROFILES_LOCK = threading.Lock()
 
-    def seg(sel: int, typ: int, code: bool) -> abi.kvm_segment:
-        return abi.kvm_segment(
-            base=0, limit=0xFFFFFFFF, selector=sel, type=typ, present=1, dpl=sel & 3,
-            db=0 if code else 1, s=1, l=1 if code else 0, g=1,
-        )  # fmt: skip
 
-    s.cs = seg(L.KERNEL_CS, 0xB, True)
-    for name in ("ds", "es", "fs", "gs", "ss"):
-        setattr(s, name, seg(L.KERNEL_DS, 0x3, False))
-    s.tr = abi.kvm_segment(
-        base=pl.va(L.TSS_OFF), limit=0x67, selector=L.TSS_SEL, type=0xB, present=1, s=0
-    )
-    s.ldt = abi.kvm_segment(type=0x2, present=1, unusable=1)
-    s.gdt = abi.kvm_dtable(base=pl.va(L.GDT_OFF), limit=8 * L.GDT_ENTRIES - 1)
-    s.idt = abi.kvm_dtable(base=pl.va(L.IDT_OFF), limit=16 * 32 - 1)
-    s.cr0 = agent.BOOT_CR0
-    s.cr3 = pl.p4_phys
-    s.cr4 = agent.BOOT_CR4
-    s.efer = agent.EFER_LME | agent.EFER_LMA | (agent.EFER_NXE if pl.nx else 0)
-    return s
+def host_profile(device: str = DEFAULT_DEVICE, *, refresh: bool = False) -> HostProfile:
+    """The profile of the KVM behind ``device`` (`kvmpage.machine.profile.probe_kvm`), tried
+    in small guests once per device and process; ``refresh`` tries again."""
+    with _PROFILES_LOCK:
+        if refresh or device not in _PROFILES:
+            _PROFILES[device] = probe_kvm(
+                lambda size, capacity: Machine(size, capacity=capacity, device=device, timeout=5.0)
+            )
+        return _PROFILES[device]
