@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kvmpage.addr import VirtAddr
+from kvmpage.addr import VirtAddr, is_canonical
 from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, CliError, load_spec, on_machine
 from kvmpage.cli.guard import printable
 from kvmpage.cli.output import MappingNames, cpu_line, emit_json, header, hexa, layout_json
@@ -45,8 +45,7 @@ class HardwareProbe:
 
 
 def in_agent_slot(va: int, slot: int) -> bool:
-    canonical = va < 1 << 47 or va >> 47 == 0x1FFFF
-    return canonical and (va >> 39) & 511 == slot
+    return is_canonical(va) and (va >> 39) & 511 == slot
 
 
 def parse_va(text: str) -> int:

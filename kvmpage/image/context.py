@@ -13,11 +13,21 @@ from dataclasses import dataclass, field
 
 from kvmpage.image.notes import CpuRegisters
 from kvmpage.paging.arch import ADDRESS_MASK, CpuState
+from kvmpage.x86 import (
+    CR0_PG,
+    CR0_WP,
+    CR4_LA57,
+    CR4_PAE,
+    CR4_PCIDE,
+    CR4_PKE,
+    CR4_SMAP,
+    CR4_SMEP,
+    EFER_LMA,
+    EFER_LME,
+    EFER_NXE,
+    EFER_SCE,
+)
 
-CR0_PE, CR0_WP, CR0_PG = 1, 1 << 16, 1 << 31
-CR4_PAE, CR4_PGE, CR4_LA57, CR4_PCIDE = 1 << 5, 1 << 7, 1 << 12, 1 << 17
-CR4_SMEP, CR4_SMAP, CR4_PKE = 1 << 20, 1 << 21, 1 << 22
-EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1, 1 << 8, 1 << 10, 1 << 11
 #: What a 64-bit kernel runs with: protected mode, paging, WP, NE/ET/MP, AM.
 ASSUMED_CR0 = 0x8005_0033
 #: PAE, PGE, OSFXSR, OSXMMEXCPT: long mode without SMEP, SMAP, PCID or LA57.

@@ -17,6 +17,20 @@ from kvmpage.kvm import abi
 from kvmpage.machine import layout as L
 from kvmpage.machine import pte
 from kvmpage.machine.protocol import RECORD_SIZE
+from kvmpage.x86 import (
+    CR0_ET,
+    CR0_MP,
+    CR0_NE,
+    CR0_PE,
+    CR0_PG,
+    CR0_WP,
+    CR4_OSFXSR,
+    CR4_OSXMMEXCPT,
+    CR4_PAE,
+    EFER_LMA,
+    EFER_LME,
+    EFER_NXE,
+)
 
 AGENT_MAGIC = b"KVMPAGNT"
 AGENT_ABI = 1
@@ -33,9 +47,6 @@ _VA_AREA = 0x2_0000  # slot offset X lives at physical small + _VA_AREA + X
 SMALL_AREA = L.LARGE_PAGE
 MAX_PHYSMAP_PDS = (_VA_AREA - _PD_PHYSMAP) // L.PAGE
 
-CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
-CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
-EFER_LME, EFER_LMA, EFER_NXE = 1 << 8, 1 << 10, 1 << 11
 BOOT_CR0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
 BOOT_CR4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
 

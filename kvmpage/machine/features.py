@@ -19,9 +19,6 @@ from kvmpage.machine.interface import ProbeMachine
 from kvmpage.machine.protocol import Batch, BatchResults, Result, fetch_stub
 
 __all__ = [
-    "CR4_LA57",
-    "CR4_PCIDE",
-    "CR4_PKE",
     "STUB_OFF",
     "TAG",
     "USER_VA",
@@ -37,10 +34,6 @@ _NX_VA = USER_VA + 0x2000
 _REWRITE_VA = USER_VA + 0x3000
 _HUGE_VA = 0x0000_0080_0000_0000  # a 1 GiB-aligned address in slot 1
 STUB_OFF = 0x800
-
-CR4_PCIDE = 1 << 17
-CR4_LA57 = 1 << 12
-CR4_PKE = 1 << 22
 
 
 def verdict(ok: bool, evidence: str) -> FeatureResult:

@@ -291,7 +291,7 @@ class Machine:
                 f"the batch addresses PML4 slot {self.agent_slot}, which the agent reserves"
             )
         for cr3 in batch.cr3_loads:
-            p4 = cr3 & pte.ADDR_MASK
+            p4 = cr3 & pte.ADDRESS_MASK
             if p4 != self.agent_p4:
                 self._check_user_frame(p4, "the CR3 target")
                 if self.memory.read_u64(p4 + 8 * self.agent_slot) != self.agent_slot_entry:

@@ -20,14 +20,12 @@ from kvmpage.kvm.handles import Vcpu
 from kvmpage.kvm.host import CpuidSummary, FeatureResult, HostProfile, HypervisorKind, Support
 from kvmpage.kvm.host import hypervisor_kind as _hypervisor_kind
 from kvmpage.machine.features import (
-    CR4_LA57,
-    CR4_PCIDE,
-    CR4_PKE,
     blocked_slots,
     try_core_features,
     verdict,
 )
 from kvmpage.machine.interface import ProbeMachine
+from kvmpage.x86 import CR4_LA57, CR4_PCIDE, CR4_PKE
 
 __all__ = ["PVM_RESERVED_SLOT", "KvmGuest", "OpenGuest", "probe_kvm"]
 

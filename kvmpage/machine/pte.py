@@ -9,19 +9,16 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from kvmpage.addr import canonicalize
 from kvmpage.memory import PhysMemory
+from kvmpage.x86 import ADDRESS_MASK, NX, PCD, PS, PWT, A, D, G, P, U, W
 
-P = 1 << 0
-W = 1 << 1
-U = 1 << 2
-PWT = 1 << 3
-PCD = 1 << 4
-A = 1 << 5
-D = 1 << 6
-PS = 1 << 7
-G = 1 << 8
-NX = 1 << 63
-ADDR_MASK = 0x000F_FFFF_FFFF_F000
+#: The entry bits are the architecture's (`kvmpage.x86`), named here for the machine's code.
+__all__ = [
+    "ADDRESS_MASK", "NX", "PCD", "PS", "PWT", "SIZE_1G", "SIZE_2M", "SIZE_4K", "A", "D", "G",
+    "P", "U", "W", "FrameBump", "SimpleSpace", "canonical", "entry", "get_entry", "indices",
+    "set_entry",
+]  # fmt: skip
 
 SIZE_4K = 1 << 12
 SIZE_2M = 1 << 21
@@ -30,7 +27,7 @@ SIZE_1G = 1 << 30
 
 def entry(phys: int, flags: int) -> int:
     """An entry pointing at ``phys`` (which must be 4 KiB aligned) with ``flags``."""
-    if phys & ~ADDR_MASK:
+    if phys & ~ADDRESS_MASK:
         raise ValueError(f"physical address {phys:#x} is not a 4 KiB aligned 52-bit address")
     return phys | flags
 
@@ -41,9 +38,8 @@ def indices(va: int) -> tuple[int, int, int, int]:
 
 
 def canonical(va: int) -> int:
-    """Sign-extend bit 47 (4-level paging)."""
-    va &= (1 << 48) - 1
-    return va | 0xFFFF_0000_0000_0000 if va & (1 << 47) else va
+    """Sign-extend bit 47 (4-level paging): `kvmpage.addr.canonicalize`."""
+    return canonicalize(va)
 
 
 def set_entry(memory: PhysMemory, table: int, index: int, value: int) -> None:
@@ -104,7 +100,7 @@ class SimpleSpace:
                 self.memory.write_u64(at, current)
             elif current & PS:
                 raise ValueError(f"{va:#x} is inside a huge page at level {lvl}")
-            table = current & ADDR_MASK
+            table = current & ADDRESS_MASK
         return table + 8 * idx[4 - level]
 
     def map(self, va: int, phys: int, flags: int, *, level: int = 1,

@@ -4,6 +4,7 @@ Everything here is pure Python and works on any OS; nothing imports the KVM laye
 """
 
 from kvmpage.index import ENTRY_COUNT, PageOffset, PageTableIndex, PageTableLevel
+from kvmpage.paging.arch import ADDRESS_MASK
 from kvmpage.paging.frame_alloc import (
     BumpFrameAllocator,
     FrameAllocator,
@@ -28,7 +29,6 @@ from kvmpage.paging.page import (
     Size4KiB,
 )
 from kvmpage.paging.table import (
-    ADDRESS_MASK,
     FrameError,
     FrameNotPresent,
     HugeFrame,

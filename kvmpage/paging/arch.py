@@ -12,25 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvmpage.addr import canonicalize, is_canonical
+from kvmpage.x86 import ADDRESS_MASK, NX, PS, U64_MASK, A, D, G, P, U, W
 
 __all__ = [
-    "ADDRESS_MASK", "CpuState", "Features", "LEVEL_NAMES", "NX", "PAGE_SIZE_OF_LEVEL",
+    "ADDRESS_MASK", "CpuState", "Features", "LEVEL_NAMES", "PAGE_SIZE_OF_LEVEL", "U64_MASK",
+    "A", "D", "G", "NX", "P", "PS", "U", "W",
     "canonicalize", "is_canonical", "leaf_frame", "reserved_mask", "size_text",
 ]  # fmt: skip
-
-#: Bits 12..51 of an entry: the physical address of the next table or of the page.
-ADDRESS_MASK = 0x000F_FFFF_FFFF_F000
-U64_MASK = (1 << 64) - 1
-P = 1 << 0  #: present
-W = 1 << 1  #: writable
-U = 1 << 2  #: user-accessible
-PWT = 1 << 3
-PCD = 1 << 4
-A = 1 << 5  #: accessed
-D = 1 << 6  #: dirty (leaf)
-PS = 1 << 7  #: page size: a leaf above level 1 (reserved at levels 4 and 5)
-G = 1 << 8  #: global (leaf)
-NX = 1 << 63  #: no-execute (reserved when EFER.NXE is clear)
 
 #: Conventional names of the tables by level (the table that holds level-``n`` entries).
 LEVEL_NAMES = {5: "PML5", 4: "PML4", 3: "PDPT", 2: "PD", 1: "PT"}

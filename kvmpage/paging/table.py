@@ -18,9 +18,7 @@ from kvmpage.index import ENTRY_COUNT, PageTableIndex
 from kvmpage.memory import PhysicalMemory, PhysMemoryError
 from kvmpage.paging.page import PhysFrame, Size4KiB
 from kvmpage.panic import Panic
-
-ADDRESS_MASK = 0x000F_FFFF_FFFF_F000
-"""Bits 12..51 of an entry: the physical address of the frame or next table (T-05)."""
+from kvmpage.x86 import ADDRESS_MASK as ADDRESS_MASK  # (T-05; the mapper imports it from here)
 
 
 def int_arg(value: Any, name: str) -> int:

@@ -52,13 +52,13 @@ from kvmpage.machine.protocol import (
 from kvmpage.machine.watchdog import WATCHDOG
 from kvmpage.tcg.engine import MSR_EFER, Engine, ExceptionState, unicorn_version
 from kvmpage.tcg.errors import TcgError
+from kvmpage.x86 import CR4_LA57, EFER_LMA, EFER_LME, EFER_NXE
 
 DEFAULT_MEMORY = 64 << 20
 DEFAULT_CAPACITY = 16384
 DEFAULT_TIMEOUT = 10.0
 #: the oracle label of every probe this machine answers
 ORACLE = "tcg"
-CR4_LA57 = 1 << 12
 #: guest-physical addresses up to here are answered (RAM, then MMIO): 2^52, the architecture's
 #: largest MAXPHYADDR (TCG's own is 40: addresses above it are reserved bits in an entry)
 PHYS_LIMIT = 1 << 52
@@ -261,7 +261,7 @@ class TcgMachine:
             (pl.va(L.GDT_OFF), 8 * L.GDT_ENTRIES - 1), (pl.va(L.IDT_OFF), 16 * 32 - 1)
         )
         engine.set_regs(cr4=agent.BOOT_CR4 | (CR4_LA57 if self.la57 else 0), cr3=self.agent_p4)
-        engine.write_msr(MSR_EFER, agent.EFER_LME | agent.EFER_LMA | agent.EFER_NXE)
+        engine.write_msr(MSR_EFER, EFER_LME | EFER_LMA | EFER_NXE)
         engine.set_regs(cr0=agent.BOOT_CR0, cs=L.KERNEL_CS, ss=L.KERNEL_DS)
         engine.on_exception(self._on_exception)
         engine.on_invalid_opcode(self._on_invalid_opcode)
@@ -367,7 +367,7 @@ class TcgMachine:
                 f"the batch addresses top-level slot {self.agent_slot}, which the agent reserves"
             )
         for cr3 in batch.cr3_loads:
-            root = cr3 & pte.ADDR_MASK
+            root = cr3 & pte.ADDRESS_MASK
             if root != self.agent_p4:
                 self._check_frame(root, "the CR3 target")
                 if self.memory.read_u64(root + 8 * self.agent_slot) != self.agent_slot_entry:

@@ -16,9 +16,6 @@ import threading
 from kvmpage.kvm.host import CpuidSummary, FeatureResult, HostProfile, HypervisorKind
 from kvmpage.machine import pte
 from kvmpage.machine.features import (
-    CR4_LA57,
-    CR4_PCIDE,
-    CR4_PKE,
     TAG,
     blocked_slots,
     describe,
@@ -27,6 +24,7 @@ from kvmpage.machine.features import (
 )
 from kvmpage.machine.protocol import Batch
 from kvmpage.tcg.machine import TcgMachine
+from kvmpage.x86 import CR4_PCIDE, CR4_PKE
 
 _LOCK = threading.Lock()
 _CACHE: list[HostProfile] = []
@@ -111,4 +109,4 @@ def _la57(granted: bool) -> FeatureResult:
     return verdict(ok, f"CR4.LA57 on at boot; {where}: {describe(r)}")
 
 
-__all__ = ["CR4_LA57", "tcg_profile"]
+__all__ = ["tcg_profile"]

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kvmpage.paging.arch import ADDRESS_MASK
 from kvmpage.paging.frame_alloc import FrameAllocator
 from kvmpage.paging.mapper.errors import FrameAllocationFailed, PageAlreadyMapped
 from kvmpage.paging.mapper.flush import MapperFlush
 from kvmpage.paging.page import Page, PhysFrame
-from kvmpage.paging.table import ADDRESS_MASK
 
 if TYPE_CHECKING:
     from kvmpage.paging.mapper.base import S, TableMapper
