@@ -55,3 +55,9 @@ class ProbeMachine(Protocol):
     def translate(self, va: int) -> int | None: ...
 
     def host_profile(self) -> HostProfile: ...
+
+
+def open_bus_value(gpa: int) -> int:
+    """All-ones: what a read of an address nothing answers returns on a PC (the default of
+    `ProbeMachine.mmio_read_value`)."""
+    return (1 << 64) - 1

@@ -33,16 +33,17 @@ from kvmpage.kvm.handles import DEFAULT_DEVICE, Kvm, Vcpu, Vm
 from kvmpage.kvm.host import CpuidSummary, HostProfile, HypervisorKind, cpl0_oracle, hypervisor_kind
 from kvmpage.kvm.memory import GuestMemory
 from kvmpage.kvm.signals import signals_deferred
-from kvmpage.machine import agent, pte
+from kvmpage.machine import agent
 from kvmpage.machine import layout as L
+from kvmpage.machine.agent_guest import AgentGuest
 from kvmpage.machine.cpuid import CpuidCache
 from kvmpage.machine.errors import (
-    AgentSlotConflict,
     BatchError,
     GuestCrashError,
     MachineClosedError,
     WatchdogTimeout,
 )
+from kvmpage.machine.interface import open_bus_value
 from kvmpage.machine.profile import probe_kvm
 from kvmpage.machine.protocol import (
     DOORBELL_DONE,
@@ -65,7 +66,7 @@ def _kind() -> HypervisorKind:
     return hypervisor_kind()
 
 
-class Machine:
+class Machine(AgentGuest):
     """One VM, one vCPU, long mode with 4-level paging, and the agent in PML4 slot ``agent_slot``.
 
     ``memory_size`` bytes of RAM start at guest-physical 0 (a multiple of 2 MiB); the agent keeps
@@ -134,7 +135,7 @@ class Machine:
         #: MMIO exits of probes that reached no RAM, most recent last.
         self.mmio_log: deque[MmioExit] = deque(maxlen=4096)
         #: What a read of guest-physical address ``gpa`` with no RAM returns (``gpa`` -> u64).
-        self.mmio_read_value: Callable[[int], int] = _open_bus_value
+        self.mmio_read_value: Callable[[int], int] = open_bus_value
         #: Wall time of the last batch's KVM_RUN loop (excludes encoding and decoding), in ns.
         self.last_run_ns = 0
         #: Oracle label of CPL0 probe results on this host.
@@ -196,53 +197,6 @@ class Machine:
         if self._vm is None:
             raise MachineClosedError("the machine is closed")
 
-    # -- layout facts ---------------------------------------------------------------------
-
-    @property
-    def agent_slot(self) -> int:
-        return self.placement.slot
-
-    @property
-    def capacity(self) -> int:
-        return self.placement.capacity
-
-    @property
-    def reserved(self) -> tuple[int, int]:
-        """Physical range the agent owns; user frames must be below ``reserved[0]``."""
-        return self.placement.reserved
-
-    @property
-    def agent_p4(self) -> int:
-        """Physical address of the agent's own PML4 (the boot CR3)."""
-        return self.placement.p4_phys
-
-    @property
-    def agent_slot_entry(self) -> int:
-        return self.placement.slot_entry
-
-    def install_agent_slot(self, p4_phys: int) -> None:
-        """Make the user PML4 at ``p4_phys`` map the agent (do it before the guest uses it).
-
-        Raises `AgentSlotConflict` if that table already uses the agent's slot for something else.
-        """
-        self._check_user_frame(p4_phys, "PML4")
-        at = p4_phys + 8 * self.agent_slot
-        current = self.memory.read_u64(at)
-        if current not in (0, self.agent_slot_entry):
-            raise AgentSlotConflict(
-                f"the PML4 at {p4_phys:#x} uses slot {self.agent_slot} (entry {current:#x}), which "
-                f"the kvmpage agent reserves; keep user mappings out of "
-                f"{L.slot_base(self.agent_slot):#x}..+512 GiB or choose another agent_slot"
-            )
-        self.memory.write_u64(at, self.agent_slot_entry)
-
-    def _check_user_frame(self, phys: int, what: str) -> None:
-        if phys % L.PAGE or not 0 <= phys < self.reserved[0]:
-            raise BatchError(
-                f"{what} at {phys:#x} must be a 4 KiB aligned frame below the agent's "
-                f"reserved memory at {self.reserved[0]:#x}"
-            )
-
     # -- bring-up -------------------------------------------------------------------------
 
     def _load_agent(self) -> None:
@@ -284,27 +238,6 @@ class Machine:
         self._execute(limit)  # type: ignore[arg-type]
         self.last_run_ns = time.perf_counter_ns() - t0
         return BatchResults(self.memory.read(start, n * RECORD_SIZE), n, self.cpl0_oracle)
-
-    def _validate(self, batch: Batch) -> None:
-        if self.agent_slot in batch.slots:
-            raise AgentSlotConflict(
-                f"the batch addresses PML4 slot {self.agent_slot}, which the agent reserves"
-            )
-        for cr3 in batch.cr3_loads:
-            p4 = cr3 & pte.ADDRESS_MASK
-            if p4 != self.agent_p4:
-                self._check_user_frame(p4, "the CR3 target")
-                if self.memory.read_u64(p4 + 8 * self.agent_slot) != self.agent_slot_entry:
-                    raise BatchError(
-                        f"CR3 {cr3:#x}: that PML4 does not map the agent (the guest would "
-                        f"triple-fault); call machine.install_agent_slot({p4:#x}) first"
-                    )
-        for phys in batch.phys_targets:
-            if phys % 8 or not 0 <= phys < self.reserved[0]:
-                raise BatchError(
-                    f"physical address {phys:#x} must be 8-byte aligned and below the agent's "
-                    f"reserved memory at {self.reserved[0]:#x}"
-                )
 
     def _kick(self) -> None:
         self.vcpu.run_struct.immediate_exit = 1
@@ -424,11 +357,6 @@ class Machine:
             summary = CpuidSummary.from_entries(self.vcpu.get_cpuid())
             CpuidCache.granted[path] = summary
         return summary
-
-
-def _open_bus_value(gpa: int) -> int:
-    """All-ones: what a read of an address nothing answers returns on a PC."""
-    return (1 << 64) - 1
 
 
 #: The local APIC's page: on this kind of host KVM's instruction emulator (CPL0 accesses on a

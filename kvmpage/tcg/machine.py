@@ -19,26 +19,25 @@ verifier leaves out probes whose answer would depend on a stale TLB entry.
 from __future__ import annotations
 
 import contextlib
-import functools
 import struct
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from typing import Final, Self
 
 from kvmpage.kvm.host import CpuidSummary, HostProfile
 from kvmpage.kvm.memory import GuestMemory
 from kvmpage.machine import agent, pte
 from kvmpage.machine import layout as L
+from kvmpage.machine.agent_guest import AgentGuest
 from kvmpage.machine.errors import (
-    AgentSlotConflict,
     BatchError,
     GuestCrashError,
     MachineClosedError,
     WatchdogTimeout,
 )
+from kvmpage.machine.interface import open_bus_value
 from kvmpage.machine.protocol import (
     OP_CPL3,
     PROBE_OPS,
@@ -52,6 +51,7 @@ from kvmpage.machine.protocol import (
 from kvmpage.machine.watchdog import WATCHDOG
 from kvmpage.tcg.engine import MSR_EFER, Engine, ExceptionState, unicorn_version
 from kvmpage.tcg.errors import TcgError
+from kvmpage.tcg.stub import stub_image
 from kvmpage.x86 import CR4_LA57, EFER_LMA, EFER_LME, EFER_NXE
 
 DEFAULT_MEMORY = 64 << 20
@@ -70,38 +70,6 @@ _RING3_PROBES = frozenset(int(op) | OP_CPL3 for op in PROBE_OPS)
 #: in a 5-level guest the agent keeps the root's last slot (its 4-level tables below it)
 _LA57_SLOT = 511
 _P5_OFF = 0x1F000  # the agent's own level-5 root, the last frame before its code area
-_STUB_MAGIC = b"KVMPTCG1"
-_HEADER = struct.Struct("<8s11I")
-
-
-@dataclass(frozen=True, slots=True)
-class StubImage:
-    """The assembled stub (kvmpage/tcg/stub.bin) and the offsets its header publishes."""
-
-    code: bytes
-    probe_loop: int
-    read_insn: int
-    write_insn: int
-    call_insn: int
-    stop: int
-    service_loop: int
-    enter_user: int
-    calib_gp: int
-    cpuid_insn: int
-    cr4_or: int
-
-    @classmethod
-    def parse(cls, code: bytes) -> StubImage:
-        magic, *offsets, end = _HEADER.unpack_from(code)
-        if magic != _STUB_MAGIC or end != len(code) or len(code) > L.PAGE:
-            raise TcgError("kvmpage/tcg/stub.bin is not the TCG stub this kvmpage expects")
-        return cls(code, *offsets)
-
-
-@functools.cache
-def stub_image() -> StubImage:
-    """The shipped stub, read once."""
-    return StubImage.parse(resources.files("kvmpage.tcg").joinpath("stub.bin").read_bytes())
 
 
 #: the error-code offset found by calibration, per process (one Unicorn library)
@@ -119,7 +87,7 @@ class _Loop:
     services: bool = False
 
 
-class TcgMachine:
+class TcgMachine(AgentGuest):
     """One QEMU TCG x86-64 CPU (Unicorn) with the kvmpage agent's memory layout.
 
     Same interface as `kvmpage.machine.Machine` where the verifier needs it: ``memory`` (a
@@ -162,7 +130,7 @@ class TcgMachine:
         #: probes that reached no RAM: (guest-physical address, size, write, value)
         self.mmio_log: deque[tuple[int, int, bool, int]] = deque(maxlen=4096)
         #: what a read of guest-physical address ``gpa`` with no RAM returns
-        self.mmio_read_value: Callable[[int], int] = _open_bus_value
+        self.mmio_read_value: Callable[[int], int] = open_bus_value
         #: wall time of the last batch's emulation, in ns
         self.last_run_ns = 0
         try:
@@ -202,14 +170,6 @@ class TcgMachine:
         return _LA57_SLOT if self.la57 else self.placement.slot
 
     @property
-    def capacity(self) -> int:
-        return self.placement.capacity
-
-    @property
-    def reserved(self) -> tuple[int, int]:
-        return self.placement.reserved
-
-    @property
     def agent_p4(self) -> int:
         """The agent's own root (its PML4, or under LA57 its level-5 table): CR3 at boot."""
         return self.placement.small_phys + _P5_OFF if self.la57 else self.placement.p4_phys
@@ -220,26 +180,6 @@ class TcgMachine:
         if self.la57:
             return pte.entry(self.placement.p4_phys, pte.P | pte.W | pte.U | pte.A)
         return self.placement.slot_entry
-
-    def install_agent_slot(self, p4_phys: int) -> None:
-        """Make the user root at ``p4_phys`` map the agent (as `Machine.install_agent_slot`)."""
-        self._check_frame(p4_phys, "the root table")
-        at = p4_phys + 8 * self.agent_slot
-        current = self.memory.read_u64(at)
-        if current not in (0, self.agent_slot_entry):
-            raise AgentSlotConflict(
-                f"the table at {p4_phys:#x} uses slot {self.agent_slot} (entry {current:#x}), "
-                f"which the kvmpage agent reserves; keep user mappings out of it or choose "
-                "another agent_slot"
-            )
-        self.memory.write_u64(at, self.agent_slot_entry)
-
-    def _check_frame(self, phys: int, what: str) -> None:
-        if phys % L.PAGE or not 0 <= phys < self.reserved[0]:
-            raise BatchError(
-                f"{what} at {phys:#x} must be a 4 KiB aligned frame below the agent's "
-                f"reserved memory at {self.reserved[0]:#x}"
-            )
 
     # -- bring-up -------------------------------------------------------------------------
 
@@ -355,32 +295,11 @@ class TcgMachine:
         self.last_run_ns = time.perf_counter_ns() - t0
         return BatchResults(self.memory.read(start, n * RECORD_SIZE), n, ORACLE, ORACLE)
 
-    def _validate(self, batch: Batch) -> None:
-        if self.la57:
-            tops = {
-                cmd[1] >> 48 & 511 for cmd in batch.commands() if cmd[0] & 0xFF in (1, 2, 3, 0x10)
-            }
-        else:
-            tops = batch.slots
-        if self.agent_slot in tops:
-            raise AgentSlotConflict(
-                f"the batch addresses top-level slot {self.agent_slot}, which the agent reserves"
-            )
-        for cr3 in batch.cr3_loads:
-            root = cr3 & pte.ADDRESS_MASK
-            if root != self.agent_p4:
-                self._check_frame(root, "the CR3 target")
-                if self.memory.read_u64(root + 8 * self.agent_slot) != self.agent_slot_entry:
-                    raise BatchError(
-                        f"CR3 {cr3:#x}: that table does not map the agent; call "
-                        f"machine.install_agent_slot({root:#x}) first"
-                    )
-        for phys in batch.phys_targets:
-            if phys % 8 or not 0 <= phys < self.reserved[0]:
-                raise BatchError(
-                    f"physical address {phys:#x} must be 8-byte aligned and below the agent's "
-                    f"reserved memory at {self.reserved[0]:#x}"
-                )
+    def batch_slots(self, batch: Batch) -> set[int]:
+        """The top-level slots the probes address (under LA57: level-5 slots)."""
+        if not self.la57:
+            return batch.slots
+        return {cmd[1] >> 48 & 511 for cmd in batch.commands() if cmd[0] & 0xFF in (1, 2, 3, 0x10)}
 
     def _ring0(self, i: int, *, services: bool) -> int:
         """Run the ring-0 probes (or services) from record ``i``; the next record to run."""
@@ -528,7 +447,3 @@ class TcgMachine:
     @staticmethod
     def engine_version() -> str:
         return unicorn_version()
-
-
-def _open_bus_value(gpa: int) -> int:
-    return (1 << 64) - 1
