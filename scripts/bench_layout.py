@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from kvmpage.cli import main as kvmpage
-    from kvmpage.cli.common import alloc_end
+    from kvmpage.cli.placement import alloc_end
     from kvmpage.layout.spec import build
     from kvmpage.layout.toml_file import load_layout
 

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvmpage.cli.placement import place
 from kvmpage.kvm import limits
 from kvmpage.kvm.limits import MemoryLimit, guest_memory_limit
 from kvmpage.layout.spec import MAX_PAGES, LayoutError, LayoutSpec, MappingSpec, check
@@ -109,7 +110,7 @@ def test_huge_counts_fail_before_anything_is_built() -> None:
 def test_allocated_mappings_must_fit_below_the_agent() -> None:
     text = 'memory = "64M"\n[[mapping]]\nvirt = 0x4000_0000\npage_size = "2M"\nlength = "1G"\n'
     with pytest.raises(LayoutError) as info:
-        parse_layout(text, "room.toml")
+        place(parse_layout(text, "room.toml"))
     message = str(info.value)
     assert message.startswith("room.toml: key 'memory': ") and "allocate" in message
 
@@ -121,9 +122,9 @@ def test_memory_beyond_the_agent_names_the_file_the_key_and_why(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(limits, "guest_memory_limit", lambda: MemoryLimit(1 << 50, "plenty"))
-    parse_layout('memory = "27G"\n[[mapping]]\nvirt = 0x1000\n', "m.toml")
+    place(parse_layout('memory = "27G"\n[[mapping]]\nvirt = 0x1000\n', "m.toml"))
     with pytest.raises(LayoutError) as info:
-        parse_layout('memory = "28G"\n[[mapping]]\nvirt = 0x1000\n', "m.toml")
+        place(parse_layout('memory = "28G"\n[[mapping]]\nvirt = 0x1000\n', "m.toml"))
     message = str(info.value)
     assert message.startswith("m.toml: key 'memory': 28G is more than this host can give")
     assert "at most 27G" in message and "guest agent" in message
@@ -132,7 +133,7 @@ def test_memory_beyond_the_agent_names_the_file_the_key_and_why(
 def test_memory_beyond_the_host_names_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "guest_memory_limit", lambda: MemoryLimit(6 << 30, "the test's"))
     with pytest.raises(LayoutError) as info:
-        parse_layout('memory = "8G"\n[[mapping]]\nvirt = 0x1000\n', "m.toml")
+        place(parse_layout('memory = "8G"\n[[mapping]]\nvirt = 0x1000\n', "m.toml"))
     assert str(info.value) == (
         "m.toml: key 'memory': 8G is more than this host can give a guest: at most 6G, the "
         "limit of the test's"
@@ -146,7 +147,7 @@ def test_memory_beyond_this_hosts_ram_and_swap_is_refused() -> None:
     if too_much > 27 << 30:
         pytest.skip("this host has more RAM and swap than the agent can address")
     with pytest.raises(LayoutError, match="RAM and swap"):
-        parse_layout(f"memory = {too_much}\n[[mapping]]\nvirt = 0x1000\n", "m.toml")
+        place(parse_layout(f"memory = {too_much}\n[[mapping]]\nvirt = 0x1000\n", "m.toml"))
 
 
 def test_guest_memory_limit_reads_each_limit(monkeypatch: pytest.MonkeyPatch) -> None:

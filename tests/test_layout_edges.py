@@ -14,8 +14,9 @@ import pytest
 
 from kvmpage.addr import VirtAddr
 from kvmpage.cli import main
+from kvmpage.cli.placement import agent_reserved
 from kvmpage.layout.spec import build
-from kvmpage.layout.toml_file import agent_reserved, load_layout
+from kvmpage.layout.toml_file import load_layout
 
 EDGES = {
     "lower-first": 0x0,

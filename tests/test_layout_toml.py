@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from kvmpage.cli.placement import agent_reserved, place
 from kvmpage.layout.spec import LayoutError, build
-from kvmpage.layout.toml_file import agent_reserved, load_layout, parse_layout
+from kvmpage.layout.toml_file import load_layout, parse_layout
 from kvmpage.paging import PageTableFlags as F
 from kvmpage.paging import Size2MiB, Size4KiB
 
@@ -156,8 +157,9 @@ BAD = [
 
 @pytest.mark.parametrize(("text", "fragments"), BAD, ids=[f"bad{i}" for i in range(len(BAD))])
 def test_malformed_layouts_name_file_key_and_expectation(text: str, fragments: list[str]) -> None:
+    """Read, then placed in a guest as the commands do (`place`: the agent's memory)."""
     with pytest.raises(LayoutError) as info:
-        parse_layout(text, "bad.toml")
+        place(parse_layout(text, "bad.toml"))
     message = str(info.value)
     assert message.startswith("bad.toml: "), message
     for fragment in fragments:

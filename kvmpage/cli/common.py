@@ -13,10 +13,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from kvmpage.cli.output import BUILTIN
+from kvmpage.cli.placement import agent_slot_of, check_memory, place
 from kvmpage.cli.progress import Progress
 from kvmpage.layout.builtin import builtin_layout
 from kvmpage.layout.spec import BuiltLayout, LayoutError, LayoutSpec
-from kvmpage.layout.toml_file import AGENT_SLOT, agent_reserved, load_layout
+from kvmpage.layout.toml_file import load_layout
 
 if TYPE_CHECKING:
     from kvmpage.machine import Machine
@@ -39,16 +40,9 @@ def load_spec(arg: str | None, *, gbpages: bool = True) -> LayoutSpec:
     """The layout named on the command line: a TOML file, or the built-in one when omitted."""
     if arg is None or arg == BUILTIN:
         return builtin_layout(gbpages=gbpages)
-    return load_layout(arg)
-
-
-def alloc_end(spec: LayoutSpec) -> int | None:
-    """Where allocation stops in a software build: below the agent's memory for a layout file,
-    so that ``dump`` shows the same physical addresses ``verify`` uses."""
-    if not spec.source:
-        return None
-    slot = min(spec.reserved_p4) if spec.reserved_p4 else AGENT_SLOT
-    return agent_reserved(spec.memory_size, slot)[0]
+    spec = load_layout(arg)
+    place(spec)
+    return spec
 
 
 @contextmanager
@@ -98,7 +92,8 @@ def on_machine(
             who = "this host" if oracle == "kvm" else f"the {oracle} oracle"
             raise LayoutError(f"{where}: {who} cannot verify {feature.upper()}{why}")
     progress.stage("starting the machine")
-    slot = min(spec.reserved_p4) if spec.reserved_p4 else AGENT_SLOT
+    check_memory(spec)
+    slot = agent_slot_of(spec)
     with open_machine(oracle, spec.memory_size, device=device, agent_slot=slot) as machine:
         spec = replace(spec, reserved_p4=spec.reserved_p4 | {machine.agent_slot})
         if spec.source:

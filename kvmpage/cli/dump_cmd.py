@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, alloc_end, load_spec
+from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, load_spec
 from kvmpage.cli.guard import printable
 from kvmpage.cli.output import (
     MappingNames,
@@ -25,6 +25,7 @@ from kvmpage.cli.output import (
     layout_json,
     run_json,
 )
+from kvmpage.cli.placement import alloc_end
 from kvmpage.cli.progress import Progress
 from kvmpage.layout.audit import audit
 from kvmpage.layout.diff import Change, diff, format_diff

@@ -171,7 +171,7 @@ def cmd_walk(args: argparse.Namespace) -> int:
     kvm_line = ""
     note = "(software walk only: no hardware check)"
     if args.software_only:
-        from kvmpage.cli.common import alloc_end
+        from kvmpage.cli.placement import alloc_end
 
         built = build(spec, alloc_end=alloc_end(spec))
         try:

@@ -2,9 +2,11 @@
 
 The format is documented in ``docs/layout.md`` (examples in ``examples/``). Reading is strict
 because a layout is a test input: unknown keys, unknown flags, wrong types, misaligned or
-non-canonical addresses, overlaps, physical ranges outside guest memory or inside the guest
-agent's memory are all errors. Every error is a `LayoutError` whose message starts with the
-file name and names the key and what was expected, so a command can print it as it is.
+non-canonical addresses, overlaps, physical ranges outside guest memory, the guest agent's slot
+are all errors. Every error is a `LayoutError` whose message starts with the file name and
+names the key and what was expected, so a command can print it as it is. Whether the layout
+fits in a guest beside the agent (its memory, this host's limit) is the commands' check when
+they place it: `kvmpage.cli.placement.place`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from kvmpage.layout.spec import (
 from kvmpage.paging import PageSize, PageTableFlags, Size1GiB, Size2MiB, Size4KiB
 from kvmpage.paging.access import CpuState
 
-#: The guest agent's level-4 slot on a `kvmpage.machine.Machine` (its default ``agent_slot``).
+#: The guest agent's level-4 slot when a layout leaves it free (a machine's default, too).
 AGENT_SLOT = 511
 DEFAULT_MEMORY = 64 << 20
 
@@ -67,14 +69,6 @@ _MAPPING_KEYS = {"name", "virt", "phys", "page_size", "count", "length", "flags"
 #: Flag lists already read (a layout of 60,000 mappings has a handful of distinct ones).
 _FLAGS_SEEN: dict[tuple[str, ...], PageTableFlags] = {}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
-
-
-def agent_reserved(memory_size: int, slot: int = AGENT_SLOT) -> tuple[int, int]:
-    """The physical range a `Machine` of ``memory_size`` bytes keeps for its agent."""
-    from kvmpage.machine.agent import Placement
-    from kvmpage.machine.machine import DEFAULT_CAPACITY
-
-    return Placement(memory_size, DEFAULT_CAPACITY, slot, nx=True).reserved
 
 
 class _Reader:
@@ -207,7 +201,6 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
     memory = top.size("memory", DEFAULT_MEMORY)
     if memory % (2 << 20) or memory < 4 << 20:
         raise top.error("memory", f"expected a multiple of 2M, at least 4M, got {memory:#x}")
-    _check_memory(top, memory)
     cap_size = top.page_size("max_page_size", "1G") or Size1GiB
     named_slot = top.has("agent_slot")
     agent_slot = top.integer("agent_slot", AGENT_SLOT)
@@ -273,9 +266,7 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
         agent_slot_chosen=not named_slot,
     )
     check(spec)
-    reserved = agent_reserved(memory, agent_slot)
-    check_physical(spec, reserved)
-    _check_room(top, mappings, reserved[0])
+    check_physical(spec)
     return spec
 
 
@@ -305,51 +296,6 @@ def choose_agent_slot(
     if top is not None:
         raise top.error("mapping", message)
     raise LayoutError(message)
-
-
-def _check_room(top: _Reader, mappings: list[MappingSpec], below: int) -> None:
-    """The ``phys = "allocate"`` mappings fit below the agent's memory, counting only their
-    own bytes and the level-4 table (a lower bound: alignment and tables need more), so that a
-    layout far too big for its memory fails here, before anything is built."""
-    need = sum(m.length for m in mappings if m.phys is None)
-    room = below - 0x2000  # the first frame is never allocated, the next is the level-4 table
-    if need > room:
-        raise top.error(
-            "memory",
-            f'the mappings with phys = "allocate" need at least {need:#x} bytes, more than the '
-            f"{room:#x} bytes below the guest agent's memory at {below:#x}: raise 'memory'",
-        )
-
-
-def _check_memory(top: _Reader, memory: int) -> None:
-    """``memory`` within what kvmpage's agent can address and this host can give, whichever is
-    less (checked here, before anything is built, rather than failing later with a bare
-    ENOMEM); the message says which limit it is and where it comes from."""
-    from kvmpage.kvm.limits import MemoryLimit, guest_memory_limit
-    from kvmpage.machine.agent import MAX_PHYSMAP_PDS
-
-    agent = MemoryLimit(
-        MAX_PHYSMAP_PDS << 30,
-        f"kvmpage's guest agent, which maps guest memory with one table per GiB and has room "
-        f"for {MAX_PHYSMAP_PDS}",
-    )
-    limit = min(agent, guest_memory_limit(), key=lambda limit: limit.size)
-    if memory > limit.size:
-        raise top.error(
-            "memory",
-            f"{_size_text(memory)} is more than this host can give a guest: at most "
-            f"{_size_text(limit.size)}, the limit of {limit.why}",
-        )
-
-
-def _size_text(n: int) -> str:
-    """``28G``, ``23.4G (25125634048 bytes)``: exact when round, else with the byte count."""
-    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
-        if n >= 1 << shift:
-            if n % (1 << shift) == 0:
-                return f"{n >> shift}{unit}"
-            return f"{n / (1 << shift):.1f}{unit} ({n} bytes)"
-    return f"{n} bytes"
 
 
 def _table(top: _Reader, key: str) -> Mapping[str, Any]:

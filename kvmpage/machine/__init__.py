@@ -13,10 +13,12 @@ from kvmpage.machine.errors import (
     WatchdogTimeout,
 )
 from kvmpage.machine.interface import ProbeMachine
-from kvmpage.machine.machine import Machine, host_profile
+from kvmpage.machine.layout import DEFAULT_AGENT_SLOT
+from kvmpage.machine.machine import Machine, agent_reserved, host_profile, memory_limit
 from kvmpage.machine.protocol import Batch, BatchResults, Fault, Op, Result, fetch_stub
 
 __all__ = [
+    "DEFAULT_AGENT_SLOT",
     "AgentSlotConflict",
     "Batch",
     "BatchError",
@@ -30,6 +32,8 @@ __all__ = [
     "ProbeMachine",
     "Result",
     "WatchdogTimeout",
+    "agent_reserved",
     "fetch_stub",
     "host_profile",
+    "memory_limit",
 ]

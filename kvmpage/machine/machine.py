@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Final, Self
 
-from kvmpage.kvm import abi
+from kvmpage.kvm import abi, limits
 from kvmpage.kvm.errors import KvmError
 from kvmpage.kvm.exits import InterruptedExit, MmioExit, exit_name
 from kvmpage.kvm.handles import DEFAULT_DEVICE, Kvm, Vcpu, Vm
@@ -377,3 +377,21 @@ def host_profile(device: str = DEFAULT_DEVICE, *, refresh: bool = False) -> Host
                 lambda size, capacity: Machine(size, capacity=capacity, device=device, timeout=5.0)
             )
         return _PROFILES[device]
+
+
+def agent_reserved(memory_size: int, slot: int = L.DEFAULT_AGENT_SLOT) -> tuple[int, int]:
+    """The physical range a `Machine` of ``memory_size`` bytes keeps for its agent (user frames
+    go below it)."""
+    return agent.Placement(memory_size, DEFAULT_CAPACITY, slot, nx=True).reserved
+
+
+def memory_limit() -> limits.MemoryLimit:
+    """The most guest memory one machine can have, and why: what the agent can address (one
+    physmap table per GiB) or what this host can give (`kvmpage.kvm.limits`), whichever is
+    less; read afresh each time (a few /proc reads)."""
+    own = limits.MemoryLimit(
+        agent.MAX_PHYSMAP_PDS << 30,
+        f"kvmpage's guest agent, which maps guest memory with one table per GiB and has room "
+        f"for {agent.MAX_PHYSMAP_PDS}",
+    )
+    return min(own, limits.guest_memory_limit(), key=lambda limit: limit.size)
