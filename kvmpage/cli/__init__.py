@@ -514,7 +514,7 @@ def _layout_only(args: argparse.Namespace, *names: str) -> None:
 def _reason(e: BaseException, command: str) -> str:
     """The message a user sees for an error that stops a command: one line, control characters
     escaped (a layout file's names appear in it); a guest crash keeps its register dump."""
-    from kvmpage.kvm.errors import KvmError
+    from kvmpage.machine import KvmError
     from kvmpage.machine.errors import GuestCrashError, format_dump
 
     if isinstance(e, KvmError):

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 from kvmpage.cli.common import CliError
 
 if TYPE_CHECKING:
-    from kvmpage.kvm.host import HostProfile
-    from kvmpage.machine import Machine
+    from kvmpage.machine import HostProfile, Machine
     from kvmpage.tcg import TcgMachine
 
 from kvmpage.verify.oracles import CROSS
@@ -49,8 +48,7 @@ def profile_of(oracle: str, device: str) -> HostProfile:
         from kvmpage.tcg.profile import tcg_profile
 
         return tcg_profile()
-    from kvmpage.kvm.errors import KvmError
-    from kvmpage.machine import host_profile
+    from kvmpage.machine import KvmError, host_profile
 
     try:
         return host_profile(device)

@@ -31,10 +31,10 @@ from kvmpage.cli.output import (
     run_json,
 )
 from kvmpage.cli.progress import Progress
-from kvmpage.kvm.host import HostProfile
 from kvmpage.layout.audit import Finding, audit
 from kvmpage.layout.dump import Run, runs_of
 from kvmpage.layout.spec import LayoutSpec
+from kvmpage.machine import HostProfile
 from kvmpage.paging.leaves import Leaves, table_frames
 from kvmpage.verify import PlanOptions, Report, RunVerdict, run_verdicts
 

@@ -1,9 +1,14 @@
 """A ready 64-bit KVM guest with the kvmpage agent, and the batched probe/service protocol.
 
 Entry points: `Machine` (bring-up, `install_agent_slot`, `run`), `Batch` (probes and services),
-`fetch_stub` (what a fetch target must hold), `host_profile` (features tried in a guest).
+`fetch_stub` (what a fetch target must hold), `host_profile` (features tried in a guest, a
+`HostProfile`), `agent_reserved` and `memory_limit` (what a layout must leave to the agent and
+may use). The layers above reach KVM only through this package: `KvmError` (an ioctl or
+/dev/kvm failed, with its errno) is re-exported from the binding layer `kvmpage.kvm`.
 """
 
+from kvmpage.kvm.errors import KvmError
+from kvmpage.kvm.host import HostProfile
 from kvmpage.machine.errors import (
     AgentSlotConflict,
     BatchError,
@@ -25,6 +30,8 @@ __all__ = [
     "BatchResults",
     "Fault",
     "GuestCrashError",
+    "HostProfile",
+    "KvmError",
     "Machine",
     "MachineClosedError",
     "MachineError",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kvmpage.kvm.host import HostProfile
+from kvmpage.machine import HostProfile
 from kvmpage.matrix import dims
 from kvmpage.matrix.dims import Row
 from kvmpage.paging.access import Features

@@ -23,8 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from kvmpage.image import Image, PagingContext
-from kvmpage.kvm.host import HostProfile
-from kvmpage.machine import Machine, host_profile
+from kvmpage.machine import HostProfile, Machine, host_profile
 from kvmpage.machine.agent import Placement
 from kvmpage.machine.machine import DEFAULT_CAPACITY
 from kvmpage.paging.arch import CpuState
