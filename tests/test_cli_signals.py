@@ -256,7 +256,7 @@ def test_the_early_handler_knows_every_command() -> None:
     import argparse
 
     from kvmpage import _early
-    from kvmpage.cli import _parser
+    from kvmpage.cli.parser import build_parser as _parser
 
     sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert set(_early.COMMANDS) == set(sub.choices)
