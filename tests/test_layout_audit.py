@@ -5,9 +5,10 @@ from __future__ import annotations
 from kvmpage.layout.audit import audit
 from kvmpage.layout.diff import diff, format_diff
 from kvmpage.layout.dump import Run, coalesce, human_size
-from kvmpage.layout.scan import Rights, scan
 from kvmpage.layout.spec import build
 from kvmpage.layout.toml_file import parse_layout
+from kvmpage.paging.leaves import scan
+from kvmpage.paging.walk import Rights
 
 RX = Rights(writable=False, user=False, executable=True)
 RW = Rights(writable=True, user=False, executable=False)

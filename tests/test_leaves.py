@@ -12,8 +12,6 @@ from hypothesis import strategies as st
 
 from kvmpage.layout.builtin import builtin_layout
 from kvmpage.layout.dump import coalesce, runs_of
-from kvmpage.layout.leaves import Leaves
-from kvmpage.layout.scan import scan, scan_groups
 from kvmpage.layout.spec import LayoutSpec, MappingSpec, build
 from kvmpage.machine.protocol import (
     R_CR2,
@@ -27,6 +25,7 @@ from kvmpage.machine.protocol import (
 )
 from kvmpage.memory import PhysMemory
 from kvmpage.paging import PageTableFlags, Size1GiB, Size2MiB, Size4KiB
+from kvmpage.paging.leaves import Leaves, scan, scan_groups
 from kvmpage.verify import bulk
 from kvmpage.verify.probes import TAG_PREFIX, PlanOptions, make_plan
 from kvmpage.verify.session import RunResults

@@ -1,7 +1,7 @@
 """The software side: what the architecture says each probe must do, from the tables in memory.
 
-`Predictor.expect` walks the tables (or reuses the walk `kvmpage.layout.scan` already did for a
-mapped page) and applies the permission model (`kvmpage.paging.access.evaluate`). The outcome
+`Predictor.expect` walks the tables (or reuses the walk `kvmpage.paging.leaves.scan` already did
+for a mapped page) and applies the permission model (`kvmpage.paging.access.evaluate`). The outcome
 depends only on the flags and reserved bits of the walk's entries, not on the table addresses,
 so it is computed once per distinct walk shape and reused: large layouts are predicted per
 table, not per address, and exactly. The physical address (and CR2) of each probe is then

@@ -165,7 +165,7 @@ def make_plan(
     excluded_p4: Iterable[int] = (),
     bulk: bool = False,
 ) -> Plan:
-    """The probes for ``leaves`` (ascending virtual order, as `kvmpage.layout.scan` yields).
+    """The probes for ``leaves`` (ascending virtual order, as `kvmpage.paging.leaves.scan` yields).
 
     With ``bulk`` and ``leaves`` a `Leaves`, the pages of a large layout that only get a CPL3
     read go to `Plan.bulk` instead of becoming probes.
