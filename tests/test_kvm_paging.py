@@ -1,5 +1,6 @@
 """The software mapper (`kvmpage.paging`) writing straight into guest RAM, checked by the CPU:
-translations agree with tagged reads, and later edits reach the guest through the agent."""
+translations agree with tagged reads, and later edits reach the guest through the agent (the
+verifier's own path: a `Session` replays walked-table edits and runs the mapper's flushes)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from typing import Any
 import pytest
 
 from kvmpage.addr import PhysAddr, VirtAddr
-from kvmpage.machine import Batch, Machine, Op
-from kvmpage.machine.bridge import BatchTlb, agent_writes
+from kvmpage.machine import Batch, Machine
 from kvmpage.paging import (
     BumpFrameAllocator,
     OffsetPageTable,
@@ -19,7 +19,9 @@ from kvmpage.paging import (
     PhysFrame,
     Size2MiB,
 )
+from kvmpage.paging.access import CpuState
 from kvmpage.paging.table import PageTable
+from kvmpage.verify.session import Session
 
 pytestmark = pytest.mark.kvm
 
@@ -28,9 +30,10 @@ BASE = 0x0000_1000_0000_0000
 F = PageTableFlags
 ADDR = 0x000F_FFFF_FFFF_F000
 USER_RW = int(F.PRESENT | F.WRITABLE | F.USER_ACCESSIBLE)
+CPU = CpuState()
 
 
-Setup = tuple[Machine, OffsetPageTable, BumpFrameAllocator[Any], BatchTlb, int]
+Setup = tuple[Machine, OffsetPageTable, BumpFrameAllocator[Any], Session, int]
 
 
 @pytest.fixture
@@ -40,11 +43,17 @@ def setup() -> Iterator[Setup]:
     p4 = tables.allocate_frame()
     assert p4 is not None
     p4_phys = int(p4.start_address())
-    tlb = BatchTlb(cr3=p4_phys)
-    mapper = OffsetPageTable(PageTable(m.memory, p4_phys), VirtAddr(0), tlb=tlb)
-    m.install_agent_slot(p4_phys)
-    yield m, mapper, tables, tlb, p4_phys
+    session = Session(m, p4_phys)  # (maps the agent into the new PML4)
+    mapper = OffsetPageTable(PageTable(m.memory, p4_phys), VirtAddr(0), tlb=session.tlb)
+    yield m, mapper, tables, session, p4_phys
     m.close()
+
+
+def _read(session: Session, va: int) -> int:
+    """A CPL3 read of ``va`` after the session's pending edits and flushes; the value read."""
+    result = session.run([], CPU, [va]).result(0)
+    assert result.ok, str(result)
+    return result.value
 
 
 def _tagged_frame(m: Machine, phys: int) -> PhysFrame[Any]:
@@ -77,45 +86,35 @@ def test_mapper_layout_agrees_with_the_cpu(setup: Setup) -> None:
 
 
 def test_later_edits_reach_the_guest_through_the_agent(setup: Setup) -> None:
-    m, mapper, tables, tlb, p4 = setup
+    m, mapper, tables, session, _ = setup
     old = _tagged_frame(m, 0x80_0000)
     new = _tagged_frame(m, 0x80_1000)
     page = Page.containing_address(VirtAddr(BASE))
     mapper.map_to(page, old, USER_RW, tables).ignore()
-    b = Batch()
-    b.load_cr3(p4)
-    first = b.read(BASE)
-    assert m.run(b)[first].value == TAG | 0x80_0000
-    # remap: unmap + map_to, as the mapper does it, replayed by the agent with its flushes
-    walked = [int(f.start_address()) for f in tables.allocated]
-    tlb.batch = b = Batch()
-    with agent_writes(m.memory, b, walked):
-        _, flush = mapper.unmap(page)
-        flush.flush()
-        mapper.map_to(page, new, USER_RW | int(F.NO_EXECUTE), tables).flush()
-    # one changed leaf (old -> new frame), written by the agent, then the mapper's two invlpg
-    assert [op for op, _, _ in b.commands()] == [Op.WRITE_PHYS, Op.INVLPG, Op.INVLPG]
-    leaf = next(addr for op, addr, _ in b.commands() if op == Op.WRITE_PHYS)
-    assert m.memory.read_u64(leaf) & ADDR == 0x80_0000  # old entry until the agent writes it
-    again = b.read(BASE)
-    assert m.run(b)[again].value == TAG | 0x80_1000
+    assert _read(session, BASE) == TAG | 0x80_0000
+    # remap: unmap + map_to, as the mapper does it; the session replays the change through
+    # the agent, then the mapper's two invlpg
+    _, flush = mapper.unmap(page)
+    flush.flush()
+    mapper.map_to(page, new, USER_RW | int(F.NO_EXECUTE), tables).flush()
+    assert session.tlb.pending == [("invlpg", BASE), ("invlpg", BASE)]
+    assert _read(session, BASE) == TAG | 0x80_1000
+    [(leaf, value)] = session.last_replayed  # one changed leaf (old -> new frame)
+    assert value & ADDR == 0x80_1000 and m.memory.read_u64(leaf) & ~0x60 == value  # (+ A/D)
+    assert session.last_flushes == [("invlpg", BASE), ("invlpg", BASE)]
 
 
 def test_new_tables_after_the_first_run_are_linked_by_the_agent(setup: Setup) -> None:
-    m, mapper, tables, tlb, p4 = setup
+    m, mapper, tables, session, _ = setup
     first = _tagged_frame(m, 0x80_0000)
     mapper.map_to(Page.containing_address(VirtAddr(BASE)), first, USER_RW, tables).ignore()
-    b = Batch()
-    b.load_cr3(p4)
-    b.read(BASE)
-    m.run(b)
-    walked = [int(f.start_address()) for f in tables.allocated]
+    assert _read(session, BASE) == TAG | 0x80_0000
     far = BASE + 0x20_0000 * 7  # same PD, a new page table
     frame = _tagged_frame(m, 0x80_2000)
-    tlb.batch = b = Batch()
-    with agent_writes(m.memory, b, walked):
-        mapper.map_to(Page.containing_address(VirtAddr(far)), frame, USER_RW, tables).flush()
-    tlb.flush_all()
-    assert [op for op, _, _ in b.commands()] == [Op.WRITE_PHYS, Op.INVLPG, Op.LOAD_CR3]
-    i = b.read(far)
-    assert m.run(b)[i].value == TAG | 0x80_2000
+    mapper.map_to(Page.containing_address(VirtAddr(far)), frame, USER_RW, tables).flush()
+    mapper.tlb.flush_all()
+    assert _read(session, far) == TAG | 0x80_2000
+    # the PD entry that links the new table went through the agent; the table itself did not
+    [(entry, value)] = session.last_replayed
+    assert value & 1 and m.memory.read_u64(entry) & ~0x20 == value  # (+ A)
+    assert session.last_flushes == [("invlpg", far), ("flush_all", 0)]
