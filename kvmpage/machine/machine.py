@@ -293,7 +293,8 @@ class Machine(AgentGuest):
 
         After this, host-side edits of tables the guest already walked are seen on a shadow-
         paging host too (about 0.1-6 ms here, growing with the number of shadowed pages). On a
-        TDP host it is harmless. `kvmpage.machine.bridge.replay_through_agent` is the cheaper remedy.
+        TDP host it is harmless. `kvmpage.machine.bridge.replay_through_agent` is the cheaper
+        remedy.
         """
         self._check_open()
         assert self._vm is not None
