@@ -397,30 +397,3 @@ def reproducer_toml(failure: Failure, mappings: list[tuple[int, int, int, int]])
             f"flags = [{flag_list}]",
         ]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m kvmpage.verify.fuzz``: run a campaign; exit 1 when a case disagrees."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m kvmpage.verify.fuzz",
-        description="Random layouts and operation sequences on KVM, every step verified.",
-    )
-    parser.add_argument("--seed", type=int, default=None, help="campaign seed (default: random)")
-    parser.add_argument("--seconds", type=float, default=60.0, help="time budget (default 60)")
-    parser.add_argument("--cases", type=int, default=1_000_000, help="at most this many cases")
-    parser.add_argument("--length", type=int, default=12, help="operations per case")
-    parser.add_argument(
-        "--save", type=Path, default=Path("fuzz-reproducers"), help="where reproducers go"
-    )
-    args = parser.parse_args(argv)
-    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
-    result = campaign(
-        seed, cases=args.cases, seconds=args.seconds, length=args.length, save_dir=args.save
-    )
-    return 1 if result.failures else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
