@@ -27,7 +27,7 @@ from kvmpage.machine.errors import AgentSlotConflict
 from kvmpage.paging import Page, PageTableFlags, Size4KiB
 from kvmpage.tcg import INSTALL_HINT, TcgMachine, TcgUnavailable, available
 from kvmpage.tcg import engine as tcg_engine
-from kvmpage.tcg.profile import tcg_profile
+from kvmpage.tcg.machine import tcg_profile
 from kvmpage.verify import PlanOptions, Predictor, Verifier, verify
 from kvmpage.verify.probes import Probe
 from kvmpage.verify.tlb import NOT_CHECKABLE, Unflushed

@@ -28,6 +28,7 @@ from typing import Any
 
 from kvmpage._early import COMMANDS
 from kvmpage.cli.args import UsageError
+from kvmpage.cli.errors import EXIT_ERROR
 from kvmpage.cli.guard import (
     EXIT_BROKEN_PIPE,
     Interrupted,
@@ -40,8 +41,6 @@ from kvmpage.cli.guard import (
 )
 from kvmpage.cli.parser import build_parser
 
-EXIT_ERROR = 2
-
 
 def _run(args: argparse.Namespace) -> int:
     if args.func == "verify":
@@ -51,6 +50,10 @@ def _run(args: argparse.Namespace) -> int:
             args.all_leaves = args.all_leaves or args.all  # --all: every leaf, as --all-leaves
             return cmd_verify_image(args)
         _layout_only(args, "all_leaves")
+        if args.oracle == "both":
+            from kvmpage.cli.verify_both import cmd_verify_both
+
+            return cmd_verify_both(args)
         from kvmpage.cli.verify_cmd import cmd_verify
 
         return cmd_verify(args)

@@ -1,8 +1,6 @@
-"""What every ``kvmpage`` command shares: exit codes, errors, layouts, the machine.
-
-Exit codes are the contract CI relies on: `EXIT_OK` when the check passed, `EXIT_FAIL` when it
-ran and found something (a disagreement, a W+X finding with ``--strict``, a difference), and
-`EXIT_ERROR` when it could not run (a bad layout file, no /dev/kvm...), with the reason.
+"""What every ``kvmpage`` command that runs a layout shares: reading it, and a machine of the
+chosen oracle with the layout built in it. The exit codes and `CliError` (`kvmpage.cli.errors`)
+are re-exported here for the commands.
 """
 
 from __future__ import annotations
@@ -12,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from kvmpage.cli.errors import EXIT_ERROR, EXIT_FAIL, EXIT_OK, CliError
 from kvmpage.cli.output import BUILTIN
 from kvmpage.cli.placement import agent_slot_of, check_memory, place
 from kvmpage.cli.progress import Progress
@@ -24,16 +23,11 @@ if TYPE_CHECKING:
     from kvmpage.tcg import TcgMachine
     from kvmpage.verify import Verifier
 
-EXIT_OK = 0
-EXIT_FAIL = 1
-EXIT_ERROR = 2
 #: The software predictor the commands use (None: kvmpage's own). Tests set a deliberately wrong
 #: one to check that a disagreement reaches the output and the exit status.
 PREDICTOR: Any = None
 
-
-class CliError(Exception):
-    """A reason the command could not run (exit status 2); the message is shown as it is."""
+__all__ = ["EXIT_ERROR", "EXIT_FAIL", "EXIT_OK", "PREDICTOR", "CliError", "load_spec", "on_machine"]
 
 
 def load_spec(arg: str | None, *, gbpages: bool = True) -> LayoutSpec:

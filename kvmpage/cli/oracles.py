@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
-from kvmpage.cli.common import CliError
+from kvmpage.cli.errors import CliError
 
 if TYPE_CHECKING:
     from kvmpage.machine import HostProfile, Machine
@@ -45,7 +45,7 @@ def profile_of(oracle: str, device: str) -> HostProfile:
         problem = tcg_problem()
         if problem is not None:
             raise CliError(f"--oracle tcg: {problem}")
-        from kvmpage.tcg.profile import tcg_profile
+        from kvmpage.tcg.machine import tcg_profile
 
         return tcg_profile()
     from kvmpage.machine import KvmError, host_profile

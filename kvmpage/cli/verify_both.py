@@ -14,7 +14,7 @@ import argparse
 import time
 from contextlib import ExitStack
 
-from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, load_spec, on_machine
+from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, CliError, load_spec, on_machine
 from kvmpage.cli.oracles import profile_of
 from kvmpage.cli.output import (
     BUILTIN,
@@ -37,6 +37,9 @@ NAMES = ("kvm", "tcg")
 
 
 def cmd_verify_both(args: argparse.Namespace) -> int:
+    """``kvmpage verify --oracle both``: the same probes on KVM and on TCG, side by side."""
+    if args.strict or args.all:  # refused rather than ignored
+        raise CliError("--strict and --all check one oracle: give --oracle kvm or tcg")
     t0 = time.perf_counter()
     spec = load_spec(args.layout)
     profiles = {name: profile_of(name, args.device) for name in NAMES}

@@ -154,13 +154,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """``kvmpage verify [LAYOUT]``."""
     t0 = time.perf_counter()
     oracle = getattr(args, "oracle", "kvm")
-    if oracle == "both":
-        from kvmpage.cli.common import CliError
-        from kvmpage.cli.verify_both import cmd_verify_both
-
-        if args.strict or args.all:  # refused rather than ignored
-            raise CliError("--strict and --all check one oracle: give --oracle kvm or tcg")
-        return cmd_verify_both(args)
     spec = load_spec(args.layout)
     profile_of(oracle, args.device)  # no KVM (or no Unicorn): say so, and what works instead
     options = PlanOptions(seed=args.seed, cpl0=not args.cpl3_only)

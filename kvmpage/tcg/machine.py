@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -51,6 +52,7 @@ from kvmpage.machine.protocol import (
 from kvmpage.machine.watchdog import WATCHDOG
 from kvmpage.tcg.engine import MSR_EFER, Engine, ExceptionState, unicorn_version
 from kvmpage.tcg.errors import TcgError
+from kvmpage.tcg.profile import probe_tcg
 from kvmpage.tcg.stub import stub_image
 from kvmpage.x86 import CR4_LA57, EFER_LMA, EFER_LME, EFER_NXE
 
@@ -437,8 +439,6 @@ class TcgMachine(AgentGuest):
 
     def host_profile(self) -> HostProfile:
         """What the tcg oracle can check (tried in a TCG guest once per process)."""
-        from kvmpage.tcg.profile import tcg_profile
-
         return tcg_profile()
 
     def granted_cpuid(self) -> CpuidSummary:
@@ -447,3 +447,21 @@ class TcgMachine(AgentGuest):
     @staticmethod
     def engine_version() -> str:
         return unicorn_version()
+
+
+_PROFILE: list[HostProfile] = []
+_PROFILE_LOCK = threading.Lock()
+
+
+def tcg_profile(*, refresh: bool = False) -> HostProfile:
+    """The tcg oracle's profile (`kvmpage.tcg.profile.probe_tcg`), tried in TCG guests once per
+    process; ``refresh`` tries again."""
+    with _PROFILE_LOCK:
+        if refresh or not _PROFILE:
+            _PROFILE[:] = [probe_tcg(_open)]
+        return _PROFILE[0]
+
+
+def _open(size: int, capacity: int, la57: bool) -> TcgMachine:
+    """A fresh machine for the profile's probes."""
+    return TcgMachine(size, capacity=capacity, la57=la57)

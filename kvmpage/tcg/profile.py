@@ -6,12 +6,14 @@ each paging feature tried with the same probes and the same verdict rules as on 
 (`kvmpage.machine.features`): NX, SMEP, SMAP (with and without AC), a 1 GiB page, a host rewrite
 of a walked entry, every top-level slot at CPL3; PCID and PKU by CPUID and a CR4 bit that
 sticks; LA57 by a read through a 5-level table at an address only LA57 makes canonical.
-Cached per process (about 30 ms).
+`kvmpage.tcg.machine.tcg_profile` opens the guests and caches the verdicts per process (about
+30 ms); this module never builds a `TcgMachine` itself, so the two do not import each other.
 """
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from kvmpage.kvm.host import CpuidSummary, FeatureResult, HostProfile, HypervisorKind
 from kvmpage.machine import pte
@@ -23,21 +25,15 @@ from kvmpage.machine.features import (
     verdict,
 )
 from kvmpage.machine.protocol import Batch
-from kvmpage.tcg.machine import TcgMachine
+
+if TYPE_CHECKING:
+    from kvmpage.tcg.machine import TcgMachine
 from kvmpage.x86 import CR4_PCIDE, CR4_PKE
 
-_LOCK = threading.Lock()
-_CACHE: list[HostProfile] = []
+#: Opens a fresh TCG guest: (memory bytes, batch capacity, 5-level paging).
+OpenGuest = Callable[[int, int, bool], "TcgMachine"]
 
 _LA57_VA = 0x0001_0000_0000_0000  # canonical only with 57-bit addresses: level-5 slot 1
-
-
-def tcg_profile(*, refresh: bool = False) -> HostProfile:
-    """The tcg oracle's profile (tried in a TCG guest once per process)."""
-    with _LOCK:
-        if refresh or not _CACHE:
-            _CACHE[:] = [_probe()]
-        return _CACHE[0]
 
 
 def _cpuid(m: TcgMachine) -> CpuidSummary:
@@ -59,14 +55,15 @@ def _cpuid(m: TcgMachine) -> CpuidSummary:
     )
 
 
-def _probe() -> HostProfile:
-    with TcgMachine(8 << 20, capacity=64) as m:
+def probe_tcg(open_guest: OpenGuest) -> HostProfile:
+    """The tcg oracle's profile: every feature tried in fresh guests from ``open_guest``."""
+    with open_guest(8 << 20, 64, False) as m:
         cpuid = _cpuid(m)
         features = try_core_features(m, cpuid.nx)
         for name, bit, granted in (("pcid", CR4_PCIDE, cpuid.pcid), ("pku", CR4_PKE, cpuid.pku)):
             features[name] = _cr4_bit(m, name, bit, granted)
-    features["la57"] = _la57(cpuid.la57)
-    with TcgMachine(24 << 20, capacity=1024) as m:
+    features["la57"] = _la57(open_guest, cpuid.la57)
+    with open_guest(24 << 20, 1024, False) as m:
         failing = blocked_slots(m, range(512))
     features["cpl3-every-pml4-slot"] = verdict(
         not failing,
@@ -87,11 +84,11 @@ def _cr4_bit(m: TcgMachine, name: str, bit: int, granted: bool) -> FeatureResult
     return verdict(bool(cr4 & bit), f"granted by CPUID; CR4 after setting bit {bit:#x}: {cr4:#x}")
 
 
-def _la57(granted: bool) -> FeatureResult:
+def _la57(open_guest: OpenGuest, granted: bool) -> FeatureResult:
     """A read through a 5-level table at an address that only 57-bit paging makes canonical."""
     if not granted:
         return verdict(False, "CPUID does not grant LA57")
-    with TcgMachine(8 << 20, capacity=64, la57=True) as m:
+    with open_guest(8 << 20, 64, True) as m:
         mem = m.memory
         frames = pte.FrameBump(mem, pte.SIZE_4K, m.reserved[0])
         space = pte.SimpleSpace(mem, frames)  # its PML4 goes under the level-5 root
@@ -109,4 +106,4 @@ def _la57(granted: bool) -> FeatureResult:
     return verdict(ok, f"CR4.LA57 on at boot; {where}: {describe(r)}")
 
 
-__all__ = ["tcg_profile"]
+__all__ = ["OpenGuest", "probe_tcg"]
