@@ -10,7 +10,7 @@
 
 LAYOUT is a TOML layout file (docs/layout.md); without it, the built-in layout. Exit status
 (the table: docs/json-schema.md): 0 when the check passed, 1 when it ran and found a problem (a
-disagreement; with ``--strict`` anything left unverified or a W+X finding; a difference with
+disagreement; with ``--strict`` anything left unverified or an audit finding; a difference with
 ``dump --diff``), 2 when it could not run or could not write its output (the reason is one
 line on stderr, and the JSON error document with ``--json``), 141 when the reader of stdout
 went away, 128 + N after signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).

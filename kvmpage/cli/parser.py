@@ -43,7 +43,7 @@ examples:
   kvmpage verify --oracle both            KVM and TCG side by side; a difference is a finding
 
 exit status: 0 every probe that ran agreed (the output says what did not run), 1 any
-disagreement, or with --strict anything not verified or a W+X finding, 2 could not run
+disagreement, or with --strict anything not verified or an audit finding, 2 could not run
 """
 _WALK_EXAMPLES = """\
 examples:
@@ -57,10 +57,11 @@ exit status: 0 the CPU did what the software walk predicts, 1 it did not, 2 coul
 _DUMP_EXAMPLES = """\
 examples:
   kvmpage dump
-  kvmpage dump examples/wx-alias.toml --strict   exit 1 on any W+X finding
+  kvmpage dump examples/wx-alias.toml --strict   exit 1 on any audit finding
   kvmpage dump examples/kernel.toml --diff examples/kernel-hardened.toml
 
-exit status: 0 ok, 1 W+X finding with --strict or a difference with --diff, 2 could not run
+exit status: 0 ok, 1 an audit finding with --strict or a difference with --diff, 2 could not
+run
 """
 _FUZZ_EXAMPLES = """\
 examples:
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict",
         action="store_true",
         help="exit 1 unless everything was verified: no probe left out, no sampled page, no "
-        "feature the layout uses that this host cannot check, no W+X finding",
+        "feature the layout uses that this host cannot check, no audit finding (kvmpage dump)",
     )
     v.add_argument(
         "--limit",
