@@ -139,6 +139,22 @@ def test_no_import_circle_between_modules() -> None:
     assert _circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # it can fail
 
 
+def test_every_package_offers_what_it_lists() -> None:
+    """Each package's ``__all__`` (its public surface) names things it really gives, also
+    where the package imports them on first use (`kvmpage.layout`)."""
+    import importlib
+
+    for name, path in sorted(MODULES.items()):
+        if path.name != "__init__.py":
+            continue
+        package = importlib.import_module(name)
+        missing = [n for n in getattr(package, "__all__", ()) if not hasattr(package, n)]
+        assert not missing, f"{name}.__all__ names what it does not have: {missing}"
+    assert {n for n, p in MODULES.items() if p.name == "__init__.py"} >= {
+        f"kvmpage.{part}" for part in ALLOWED if part and (PACKAGE / part).is_dir()
+    }
+
+
 def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     """The rule can fail: an import of the CLI from paging is found, with its line."""
     module = tmp_path / "bad.py"

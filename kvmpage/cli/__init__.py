@@ -41,6 +41,8 @@ from kvmpage.cli.guard import (
 )
 from kvmpage.cli.parser import build_parser
 
+__all__ = ["main"]
+
 
 def _run(args: argparse.Namespace) -> int:
     if args.func == "verify":
@@ -96,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _no_layout(args: argparse.Namespace) -> None:
     """--image replaces LAYOUT: both is a mistake."""
-    from kvmpage.cli.common import CliError
+    from kvmpage.cli.errors import CliError
 
     if getattr(args, "layout", None) is not None:
         raise CliError(f"give either LAYOUT ({args.layout}) or --image, not both")
@@ -104,7 +106,7 @@ def _no_layout(args: argparse.Namespace) -> None:
 
 def _layout_only(args: argparse.Namespace, *names: str) -> None:
     """Options that only mean something for an image, or the CPU options, without --image."""
-    from kvmpage.cli.common import CliError
+    from kvmpage.cli.errors import CliError
 
     for name in (*names, "cpu", "cr3", "cr0", "cr4", "efer"):
         value = getattr(args, name, None)
@@ -218,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _failed(e: Exception, command: str, as_json: bool) -> int:
     """Exit status 2 and the reason, for an error that stopped the command."""
-    from kvmpage.cli.common import CliError
+    from kvmpage.cli.errors import CliError
     from kvmpage.layout.spec import LayoutError
     from kvmpage.machine.errors import MachineError
     from kvmpage.panic import Panic

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kvmpage.cli.common import EXIT_ERROR, EXIT_FAIL, EXIT_OK, CliError
+from kvmpage.cli.errors import EXIT_ERROR, EXIT_FAIL, EXIT_OK, CliError
 from kvmpage.cli.guard import printable
 from kvmpage.cli.output import emit_json
 from kvmpage.verify.fuzz import CampaignResult, Failure

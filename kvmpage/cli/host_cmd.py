@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kvmpage.cli.common import EXIT_OK
+from kvmpage.cli.errors import EXIT_OK
 from kvmpage.cli.output import emit_json
 
 #: The paging features a layout may use; the other entries of a profile describe the host.
@@ -47,7 +47,7 @@ _CHECK_TEXT = {
 
 def capabilities(device: str) -> dict[str, dict[str, Any]]:
     """Per oracle: whether it can run here (else why not) and what it can check."""
-    from kvmpage.cli.common import CliError
+    from kvmpage.cli.errors import CliError
     from kvmpage.cli.oracles import profile_of, tcg_problem
 
     out: dict[str, dict[str, Any]] = {}

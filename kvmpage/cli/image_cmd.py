@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from kvmpage.cli.common import EXIT_OK, CliError
+from kvmpage.cli.errors import EXIT_OK, CliError
 from kvmpage.cli.image_dump import kpti_partner, scan_view
 from kvmpage.cli.image_source import (
     context_json,

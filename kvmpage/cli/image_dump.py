@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, CliError
+from kvmpage.cli.errors import EXIT_FAIL, EXIT_OK, CliError
 from kvmpage.cli.image_source import (
     context_json,
     context_lines,

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from kvmpage.cli.common import CliError
+from kvmpage.cli.errors import CliError
 from kvmpage.cli.output import approx_size, hexa
 from kvmpage.image import Image, PagingContext, open_image
 from kvmpage.layout.dump import Run

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from kvmpage.cli import common
-from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, CliError
 from kvmpage.cli.coverage import not_verified
+from kvmpage.cli.errors import EXIT_FAIL, EXIT_OK, CliError
 from kvmpage.cli.image_dump import scan_view
 from kvmpage.cli.image_source import (
     context_json,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, CliError
+from kvmpage.cli.errors import EXIT_FAIL, EXIT_OK, CliError
 from kvmpage.cli.image_dump import scan_view
 from kvmpage.cli.image_source import (
     context_json,

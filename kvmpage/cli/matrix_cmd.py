@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kvmpage.cli.common import EXIT_ERROR, CliError
+from kvmpage.cli.errors import EXIT_ERROR, CliError
 from kvmpage.cli.output import emit_json
 from kvmpage.cli.progress import Progress
 
