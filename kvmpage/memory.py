@@ -153,6 +153,18 @@ class PhysicalMemory:
         q, base = self.frame_words(addr)
         return q[base : base + _TABLE_WORDS].tolist()
 
+    def flat_words(self) -> memoryview | None:
+        """The whole memory as one ``u64`` view, word ``i`` at physical ``8 * i``, when it is
+        one buffer from address 0 with every frame of ``[0, size)`` present and ``size`` a whole
+        number of frames; else None.
+
+        For the walk's fast paths: with this view a table at a 4 KiB aligned address ``t`` is in
+        memory exactly when ``view[(t >> 3) + 511]`` does not raise `IndexError`, so the walk
+        needs no other check. Unchecked and live, like `PhysMemory.words`: a closed memory
+        gives None or a released view (which raises `ValueError` when used).
+        """
+        return None
+
     # -- access (shared through `_span`) -------------------------------------------------------
 
     def _span(self, addr: int, length: int) -> memoryview:
@@ -322,6 +334,10 @@ class PhysMemory(PhysicalMemory):
     def table_words(self, addr: int) -> list[int]:
         q, base = self.frame_words(addr)
         return q[base : base + _TABLE_WORDS].tolist()
+
+    def flat_words(self) -> memoryview | None:
+        # a released view (closed memory) raises ValueError on use, as `words` does
+        return None if self._holes else self._q
 
     def read_u64(self, addr: int) -> int:
         addr = int(addr)

@@ -108,6 +108,13 @@ class SegmentedMemory(PhysicalMemory):
             self._copies[addr] = copy
         return copy, 0
 
+    def flat_words(self) -> memoryview | None:
+        # one segment from 0 to a frame boundary (a raw image, most small guests' cores)
+        if self._closed or len(self._segments) != 1:
+            return None
+        seg = self._segments[0]
+        return seg._q if seg.start == 0 and seg.end % FRAME == 0 else None
+
     def _word_view(self, addr: int) -> tuple[memoryview, int]:
         if self._closed:
             raise PhysMemoryError("physical memory is closed")
