@@ -70,6 +70,9 @@ class SegmentedMemory(PhysicalMemory):
         if absent_word:
             self.absent_word = absent_word
         self._copies: dict[int, memoryview] = {}
+        # one segment from 0 to a frame boundary (a raw image, a small guest's core): flat
+        if len(ordered) == 1 and ordered[0].start == 0 and ordered[0].end % FRAME == 0:
+            self.flat_words = ordered[0]._q
 
     @property
     def segments(self) -> list[Segment]:
@@ -107,13 +110,6 @@ class SegmentedMemory(PhysicalMemory):
             copy = memoryview(self._gather(addr, FRAME)).toreadonly().cast("Q")
             self._copies[addr] = copy
         return copy, 0
-
-    def flat_words(self) -> memoryview | None:
-        # one segment from 0 to a frame boundary (a raw image, most small guests' cores)
-        if self._closed or len(self._segments) != 1:
-            return None
-        seg = self._segments[0]
-        return seg._q if seg.start == 0 and seg.end % FRAME == 0 else None
 
     def _word_view(self, addr: int) -> tuple[memoryview, int]:
         if self._closed:
@@ -156,6 +152,7 @@ class SegmentedMemory(PhysicalMemory):
         if self._closed:
             return
         self._closed = True
+        self.flat_words = None
         for copy in self._copies.values():
             copy.release()
         self._copies.clear()

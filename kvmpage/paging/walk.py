@@ -133,16 +133,19 @@ class _Rules(NamedTuple):
     #: an address is canonical when ``va >> top_shift`` is 0 or ``top_ones``
     top_shift: int
     top_ones: int
-    #: reserved bits of an entry at each level (index 1..5) without PS, and with PS
-    plain: tuple[int, ...]
-    huge: tuple[int, ...]
+    #: per level, top first: the level, the shift of its index in an address, and the
+    #: reserved bits of an entry there without PS and with PS
+    per_level: tuple[tuple[int, int, int, int], ...]
 
 
 def _rules_for(cpu: CpuState, features: Features) -> _Rules:
     levels = cpu.levels
-    plain = tuple(reserved_mask(level, 0, cpu, features) for level in range(6))
-    huge = tuple(reserved_mask(level, PS, cpu, features) for level in range(6))
-    return _Rules(levels, 9 * levels + 11, (1 << (53 - 9 * levels)) - 1, plain, huge)
+    per_level = tuple(
+        (level, 3 + 9 * level, reserved_mask(level, 0, cpu, features),
+         reserved_mask(level, PS, cpu, features))
+        for level in range(levels, 0, -1)
+    )  # fmt: skip
+    return _Rules(levels, 9 * levels + 11, (1 << (53 - 9 * levels)) - 1, per_level)
 
 
 _DEFAULT_RULES = _rules_for(_DEFAULT_CPU, _DEFAULT_FEATURES)
@@ -184,7 +187,7 @@ def walk(
         return Walk(va, (), None, None, NOT_CANONICAL,
                     f"{va:#x} is not canonical (bits 63..{bits - 1} must all be equal): an "
                     "access raises #GP, no walk")  # fmt: skip
-    q = memory.flat_words()
+    q = memory.flat_words
     if q is not None:
         try:
             return _walk_flat(q, root, va, rules)
@@ -202,24 +205,23 @@ def _walk_flat(q: memoryview, root: int, va: int, rules: _Rules) -> Walk:
     steps: list[Step] = []
     append = steps.append
     table = root & ADDRESS_MASK
-    plain, huge = rules.plain, rules.huge
-    for level in range(rules.levels, 0, -1):
-        index = (va >> (3 + 9 * level)) & 511
-        raw: int = q[(table >> 3) + index]
-        append(_new(Step, (level, index, table + 8 * index, raw)))
+    for level, shift, plain, huge in rules.per_level:
+        index = (va >> shift) & 511
+        raw: int = q[(table >> 3) | index]
+        append(_new(Step, (level, index, table | index << 3, raw)))
         if not raw & 1:
             return _new(Walk, (va, tuple(steps), None, None, NOT_PRESENT,
                                f"level-{level} entry not present"))  # fmt: skip
         if raw & PS:
-            bad = raw & huge[level]
+            bad = raw & huge
             if bad:
                 return _reserved(va, steps, level, bad)
             if level <= 3:
                 span = PAGE_SIZE_OF_LEVEL[level]
                 phys = (raw & ADDRESS_MASK & -span) | (va & (span - 1))
                 return _new(Walk, (va, tuple(steps), phys, span, None, ""))
-        elif raw & plain[level]:
-            return _reserved(va, steps, level, raw & plain[level])
+        elif raw & plain:
+            return _reserved(va, steps, level, raw & plain)
         if level == 1:
             return _new(Walk, (va, tuple(steps), (raw & ADDRESS_MASK) | (va & 0xFFF), 4096,
                                None, ""))  # fmt: skip
@@ -236,19 +238,19 @@ def _walk_general(memory: PhysicalMemory, root: int, va: int, rules: _Rules) -> 
     """`walk` of canonical ``va`` through `PhysicalMemory.frame_words`, any memory."""
     steps: list[Step] = []
     table = root & ADDRESS_MASK
-    for level in range(rules.levels, 0, -1):
+    for level, shift, plain, huge in rules.per_level:
         try:
             q, base = memory.frame_words(table)
         except PhysMemoryError as e:
             return Walk(va, tuple(steps), None, None, ABSENT,
                         f"the level-{level} table at {table:#x} is not in memory: {e}")  # fmt: skip
-        index = (va >> (3 + 9 * level)) & 511
+        index = (va >> shift) & 511
         raw = int(q[base + index])
         steps.append(Step(level, index, table + 8 * index, raw))
         if not raw & 1:
             return Walk(va, tuple(steps), None, None, NOT_PRESENT,
                         f"level-{level} entry not present")  # fmt: skip
-        bad = raw & (rules.huge[level] if raw & PS else rules.plain[level])
+        bad = raw & (huge if raw & PS else plain)
         if bad:
             return _reserved(va, steps, level, bad)
         if level == 1 or (raw & PS and level <= 3):
@@ -276,6 +278,7 @@ class SoftPageFault(Panic):
 
 
 _TABLE_WORDS = ADDRESS_MASK >> 3  # an entry's table address as a word index: (raw >> 3) & this
+_NOT_TABLE = ~ADDRESS_MASK  # bits that no table address has
 
 
 def resolve(memory: PhysicalMemory, p4_phys: int, addr: int) -> int:
@@ -286,14 +289,15 @@ def resolve(memory: PhysicalMemory, p4_phys: int, addr: int) -> int:
     and `PhysMemoryError` when a table is outside ``memory``.
 
     The hot path: the four reads unrolled over `PhysicalMemory.flat_words`, a table outside
-    memory caught as the `IndexError` of its read. Anything else (another memory, a root
-    outside memory, such an `IndexError`) is `resolve_below`, which says exactly what.
+    memory (the root too) caught as the `IndexError` of its read. Anything else (another
+    memory, such an `IndexError`, a root that is no table address) is `resolve_below`, which
+    says exactly what.
     """
-    q = memory.flat_words()
-    if q is None or p4_phys & 0xFFF or not 0 <= p4_phys <= memory.size - 4096:
+    q = memory.flat_words
+    if q is None or p4_phys & _NOT_TABLE:  # (negative, unaligned or past 52 bits)
         return resolve_below(memory, p4_phys, addr, 4)
     try:
-        raw: int = q[(p4_phys >> 3) + ((addr >> 39) & 511)]
+        raw: int = q[(p4_phys >> 3) | ((addr >> 39) & 511)]
         if raw & 0x81 != 1:  # not present, or PS (reserved in a PML4E)
             return _stop(raw, addr, 4)
         raw = q[((raw >> 3) & _TABLE_WORDS) | ((addr >> 30) & 511)]
