@@ -19,8 +19,8 @@ contiguous, so nothing coalesces). ``flat``: kvmpage's `PhysMemory` against a Vo
 ``BufferDataLayer`` over the same bytes. ``image``: the memory written to a raw image file,
 opened by `kvmpage.image.open_image` (a `SegmentedMemory` over the file's ``mmap``) and by a
 Volatility ``FileLayer``. Each number is the median of ``--repeats`` runs after one warm-up
-run (Volatility caches the tables it read: the warm-up gives it a full cache). The answers are
-checked to agree before anything is timed.
+run (Volatility caches the tables it read: the warm-up gives it a full cache), the runs of
+all cases taken in turn. The answers are checked to agree before anything is timed.
 
 Volatility 3 is a benchmark-only dependency (never a runtime or test one): install it with
 ``.venv/bin/pip install volatility3`` (or ``pip install -e '.[bench]'``), or run this script
@@ -73,15 +73,21 @@ def build() -> PhysMemory:
     return memory
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs, after one warm-up run (s)."""
-    fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def median_times(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of each case over ``repeats`` rounds, after one warm-up run each (s).
+
+    The rounds interleave the cases (each runs once per round), so a change in the machine's
+    load during the run (other processes on shared cores) weighs on every case alike.
+    """
+    for fn in cases.values():
         fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def load_volatility(install: bool) -> Any:
@@ -134,9 +140,6 @@ def measure(
         assert {r[0]: r[2] for r in runs} == {leaf.virt: leaf.phys for leaf in leaves}
     del leaves
 
-    n = len(vas)
-    out: dict[str, float] = {}
-
     def resolve_all() -> None:
         for va in vas:
             resolve(memory, ROOT, va)
@@ -153,10 +156,9 @@ def measure(
         for _ in scan_groups(memory, ROOT, start=BASE, end=BASE + GIB):
             pass
 
-    out["resolve"] = median_time(resolve_all, repeats) / n * 1e6
-    out["walk"] = median_time(walk_all, repeats) / n * 1e6
-    out["scan"] = median_time(scan_all, repeats)
-    out["scan_groups"] = median_time(groups_all, repeats)
+    cases: dict[str, Callable[[], object]] = {
+        "resolve": resolve_all, "walk": walk_all, "scan": scan_all, "scan_groups": groups_all,
+    }  # fmt: skip
     if vol is not None:
 
         def vol_translate() -> None:
@@ -167,8 +169,11 @@ def measure(
             for _ in vol.mapping(BASE, GIB):
                 pass
 
-        out["vol translate"] = median_time(vol_translate, repeats) / n * 1e6
-        out["vol mapping"] = median_time(vol_mapping, repeats)
+        cases |= {"vol translate": vol_translate, "vol mapping": vol_mapping}
+    out = median_times(cases, repeats)
+    for name in ("resolve", "walk", "vol translate"):
+        if name in out:
+            out[name] *= 1e6 / len(vas)  # µs per address
     report(label, out)
     return out
 
