@@ -199,3 +199,17 @@ def test_irregular_roots_and_tables_take_the_general_path() -> None:
     assert w.stop == ABSENT and w.level == 3 and "level-2 table at 0x4000" in w.reason
     memory.close()
     assert walk(memory, ROOT, 0).stop == ABSENT  # closed: nothing read, no exception
+
+
+def test_a_segmented_memory_remembers_frames_until_closed() -> None:
+    data = bytearray(0x4000)
+    memory = SegmentedMemory([Segment(0, data[:0x2000]), Segment(0x3000, data[0x3000:])])
+    first = memory.frame_words(0x3000)
+    assert memory.frame_words(0x3000) is first and first[1] == 0  # the same view, same index
+    for bad in (0x2000, 0x3008, 0x8000):  # absent, misaligned, outside: never remembered
+        for _ in range(2):
+            with pytest.raises(PhysMemoryError):
+                memory.frame_words(bad)
+    memory.close()
+    with pytest.raises(PhysMemoryError, match="closed"):
+        memory.frame_words(0x3000)

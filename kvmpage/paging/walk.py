@@ -149,22 +149,21 @@ def _rules_for(cpu: CpuState, features: Features) -> _Rules:
 
 
 _DEFAULT_RULES = _rules_for(_DEFAULT_CPU, _DEFAULT_FEATURES)
-#: rules by the identity of the (frozen) CpuState and Features objects, which the cache keeps
-#: alive so that their ids stay theirs; hashing the dataclasses would cost more than the walk
-_RULES: dict[tuple[int, int], tuple[_Rules, CpuState, Features]] = {}
+#: rules by what they depend on (callers often make a new CpuState per call: an image's
+#: context does); a tuple of four values hashes faster than the frozen dataclasses
+_RULES: dict[tuple[int, bool, int, bool], _Rules] = {}
 _new = tuple.__new__  # a named tuple without its Python-level __new__
 
 
 def _rules(cpu: CpuState, features: Features) -> _Rules:
     if cpu is _DEFAULT_CPU and features is _DEFAULT_FEATURES:
         return _DEFAULT_RULES
-    found = _RULES.get((id(cpu), id(features)))
-    if found is not None:
-        return found[0]
-    if len(_RULES) >= 64:
-        _RULES.clear()
-    rules = _rules_for(cpu, features)
-    _RULES[id(cpu), id(features)] = (rules, cpu, features)
+    key = (cpu.levels, cpu.nxe, features.maxphyaddr, features.gbpages)
+    rules = _RULES.get(key)
+    if rules is None:
+        if len(_RULES) >= 256:
+            _RULES.clear()
+        rules = _RULES[key] = _rules_for(cpu, features)
     return rules
 
 
@@ -238,25 +237,26 @@ def _walk_general(memory: PhysicalMemory, root: int, va: int, rules: _Rules) -> 
     """`walk` of canonical ``va`` through `PhysicalMemory.frame_words`, any memory."""
     steps: list[Step] = []
     table = root & ADDRESS_MASK
+    frame_words = memory.frame_words
     for level, shift, plain, huge in rules.per_level:
         try:
-            q, base = memory.frame_words(table)
+            q, base = frame_words(table)
         except PhysMemoryError as e:
             return Walk(va, tuple(steps), None, None, ABSENT,
                         f"the level-{level} table at {table:#x} is not in memory: {e}")  # fmt: skip
         index = (va >> shift) & 511
         raw = int(q[base + index])
-        steps.append(Step(level, index, table + 8 * index, raw))
+        steps.append(_new(Step, (level, index, table + 8 * index, raw)))
         if not raw & 1:
-            return Walk(va, tuple(steps), None, None, NOT_PRESENT,
-                        f"level-{level} entry not present")  # fmt: skip
+            return _new(Walk, (va, tuple(steps), None, None, NOT_PRESENT,
+                               f"level-{level} entry not present"))  # fmt: skip
         bad = raw & (huge if raw & PS else plain)
         if bad:
             return _reserved(va, steps, level, bad)
         if level == 1 or (raw & PS and level <= 3):
             span = PAGE_SIZE_OF_LEVEL[level]
             phys = leaf_frame(raw, level) | (va & (span - 1))
-            return Walk(va, tuple(steps), phys, span, None, "")
+            return _new(Walk, (va, tuple(steps), phys, span, None, ""))
         table = raw & ADDRESS_MASK
     raise AssertionError("unreachable: level 1 always ends the walk")
 
