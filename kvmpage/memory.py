@@ -109,6 +109,14 @@ class PhysicalMemory:
     size: int
     #: Whether writes are refused (`ReadOnlyMemoryError`).
     readonly: bool = False
+    #: The whole memory as one ``u64`` view, word ``i`` at physical ``8 * i``, when it is one
+    #: buffer from address 0 with every frame of ``[0, size)`` present and ``size`` a whole
+    #: number of frames; else None (and None once closed). Read it, never set it.
+    #: For the walk's fast paths (`kvmpage.paging.walk`): with it, a table at a 4 KiB aligned
+    #: address ``t`` is in memory exactly when ``flat_words[(t >> 3) + 511]`` does not raise
+    #: `IndexError`, so a walk needs no other check. Unchecked and live, like
+    #: `PhysMemory.words`. An attribute, not a method: the walk reads it on every call.
+    flat_words: memoryview | None = None
 
     # -- what is present ----------------------------------------------------------------------
 
@@ -246,7 +254,9 @@ class PhysMemory(PhysicalMemory):
     (`AbsentMemoryError`). By default everything is present.
     """
 
-    __slots__ = ("_buf", "_bytes", "_holes", "_present", "_q", "absent_word", "size")
+    __slots__ = (
+        "_buf", "_bytes", "_holes", "_present", "_q", "absent_word", "flat_words", "size",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -288,6 +298,7 @@ class PhysMemory(PhysicalMemory):
         #: Whether some of ``[0, size)`` is not memory.
         self._holes = ranges.total != size
         self.absent_word = absent_word
+        self.flat_words = None if self._holes else self._q
 
     @property
     def words(self) -> memoryview:
@@ -358,6 +369,7 @@ class PhysMemory(PhysicalMemory):
         """Release the views on the buffer (idempotent). Each view is released whatever
         happens to the other; a view that something else exported (``pickle.PickleBuffer``,
         numpy) raises `BufferError` after both were tried, and a later `close` tries again."""
+        self.flat_words = None
         first_error: BufferError | None = None
         for v in (self._q, self._bytes):
             try:

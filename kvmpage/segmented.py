@@ -15,6 +15,9 @@ from typing import Any
 
 from kvmpage.memory import FRAME, PhysicalMemory, PhysMemoryError, Ranges
 
+#: frames `SegmentedMemory.frame_words` remembers at most (page tables: a few thousand)
+_FRAMES_KEPT = 1 << 16
+
 
 class Segment:
     """``len(data)`` bytes of physical memory from physical address ``start``.
@@ -70,6 +73,10 @@ class SegmentedMemory(PhysicalMemory):
         if absent_word:
             self.absent_word = absent_word
         self._copies: dict[int, memoryview] = {}
+        self._frames: dict[int, tuple[memoryview, int]] = {}
+        # one segment from 0 to a frame boundary (a raw image, a small guest's core): flat
+        if len(ordered) == 1 and ordered[0].start == 0 and ordered[0].end % FRAME == 0:
+            self.flat_words = ordered[0]._q
 
     @property
     def segments(self) -> list[Segment]:
@@ -92,14 +99,22 @@ class SegmentedMemory(PhysicalMemory):
         return seg if addr + length <= seg.end else None
 
     def frame_words(self, addr: int) -> tuple[memoryview, int]:
+        # the frames asked for are remembered: a walk asks for the same few tables again and
+        # again (a segment lookup costs four times a dict lookup); emptied when closed
+        found = self._frames.get(addr)
+        if found is not None:
+            return found
         addr = int(addr)
         if addr & (FRAME - 1):
             raise PhysMemoryError(f"a frame address must be 4 KiB aligned, got {addr:#x}")
         if self._closed:
             raise PhysMemoryError("physical memory is closed")
+        if len(self._frames) >= _FRAMES_KEPT:
+            self._frames.clear()
         seg = self._segment(addr, FRAME)
         if seg is not None:
-            return seg._q, (addr - seg.start) >> 3
+            found = self._frames[addr] = (seg._q, (addr - seg.start) >> 3)
+            return found
         self.check(addr, FRAME)
         # present, but split over adjacent segments: a read-only copy of the frame
         copy = self._copies.get(addr)
@@ -149,6 +164,8 @@ class SegmentedMemory(PhysicalMemory):
         if self._closed:
             return
         self._closed = True
+        self.flat_words = None
+        self._frames.clear()
         for copy in self._copies.values():
             copy.release()
         self._copies.clear()

@@ -3,7 +3,8 @@
 `scan_groups` enumerates the hierarchy under a top-level table with exactly the rules of
 `kvmpage.paging.walk.walk` (presence, reserved bits per level and page size, MAXPHYADDR, NX with
 EFER.NXE, PS at each level, 4 or 5 levels), but per table instead of per address: a level-1
-table's leaves come out as one `LeafGroup` and a `Leaf` is only made when one is asked for.
+table's leaves come out as one `LeafGroup` and a `Leaf` is only made when one is asked for
+(the records are in `kvmpage.paging.records`, and importable from here).
 What the CPU would fault on is listed too, as a `Fault` (an entry with reserved bits set, a
 table the memory does not hold): it covers the whole range that entry translates.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple, overload
+from typing import overload
 
 from kvmpage.addr import canonicalize
 from kvmpage.memory import PhysicalMemory, PhysMemoryError
@@ -25,16 +26,14 @@ from kvmpage.paging.arch import (
     ADDRESS_MASK,
     PAGE_SIZE_OF_LEVEL,
     PS,
-    U64_MASK,
     CpuState,
     Features,
     reserved_mask,
 )
-from kvmpage.paging.walk import RIGHTS, Rights
+from kvmpage.paging.records import Fault, Hole, Leaf, LeafGroup
+from kvmpage.paging.walk import Rights
 
 _P, _W, _U = 1, 2, 4
-_AD = 0x60  # accessed, dirty: the CPU sets them as it goes
-_FLAGS = ~ADDRESS_MASK & U64_MASK
 #: Leaves one scan lists at most by default (a pointer loop fans out without end).
 DEFAULT_LIMIT = 1 << 25
 
@@ -47,122 +46,6 @@ __all__ = [
 class TooManyLeaves(ValueError):
     """The tables map more pages than the scan's limit (shared or self-referencing tables can
     fan out without end: a pointer loop)."""
-
-
-class Leaf(NamedTuple):
-    """One mapped page: virtual start, size, the level of its leaf entry, where it goes.
-
-    A named tuple: a large scan makes hundreds of thousands of them.
-    """
-
-    virt: int
-    size: int
-    level: int
-    phys: int
-    raw: int  #: the leaf entry, exactly as stored
-    rights: Rights
-    parents: tuple[int, ...]  #: raw entries above the leaf, top level first (shared per table)
-    parent_addrs: tuple[int, ...]  #: their physical addresses (shared per table)
-    entry_addr: int  #: physical address of the leaf entry
-
-    @property
-    def entries(self) -> tuple[int, ...]:
-        """Raw entries of the whole walk, top level first."""
-        return (*self.parents, self.raw)
-
-    @property
-    def entry_addrs(self) -> tuple[int, ...]:
-        """Physical addresses of those entries."""
-        return (*self.parent_addrs, self.entry_addr)
-
-
-class Fault(NamedTuple):
-    """A present entry the CPU faults on: every address in ``[virt, virt + size)`` walks
-    through it and takes a #PF there (``kind`` ``"reserved"``: reserved bits set; ``"absent"``:
-    it points at a table the memory does not hold)."""
-
-    virt: int
-    size: int
-    level: int
-    raw: int
-    entry_addr: int
-    kind: str
-    reason: str
-
-    @property
-    def virt_end(self) -> int:
-        """First virtual address after the range."""
-        return self.virt + self.size
-
-
-class Hole(NamedTuple):
-    """``size`` bytes from ``virt`` that consecutive non-present entries of one table at
-    ``level`` leave unmapped (for listings that show holes, as Linux's ptdump does)."""
-
-    virt: int
-    size: int
-    level: int
-
-
-class LeafGroup(NamedTuple):
-    """Consecutive leaves of one table with no child table between them: the unit of bulk work.
-
-    A level-1 table's leaves form one group; a level-2 or level-3 table holding huge pages is
-    split into groups by the entries that point to lower tables, so groups come in ascending
-    virtual order like the leaves. A named tuple: cheap to make, shared by its leaves.
-    """
-
-    table: int  #: physical address of the table
-    level: int  #: level of the leaf entries: 1 (4 KiB), 2 (2 MiB) or 3 (1 GiB)
-    base: int  #: virtual address mapped by the table's entry 0 (canonical)
-    words: list[int]  #: the table's 512 raw entries, as read during the scan
-    indices: list[int]  #: the group's entries, ascending
-    rights: int  #: W|U as allowed by every entry above the table
-    nx: bool  #: whether an entry above the table sets NX (with EFER.NXE)
-    parents: tuple[int, ...]  #: raw entries above the table, top level first
-    parent_addrs: tuple[int, ...]  #: their physical addresses
-
-    @property
-    def span(self) -> int:
-        """Bytes mapped by one entry."""
-        return 1 << (12 + 9 * (self.level - 1))
-
-    def virt(self, index: int) -> int:
-        """Virtual address mapped by entry ``index``."""
-        return self.base + index * self.span
-
-    def leaf(self, index: int) -> Leaf:
-        """The `Leaf` of entry ``index`` (which must be one of the group's)."""
-        raw = self.words[index]
-        span = self.span
-        r = self.rights & raw
-        rights_of = RIGHTS[bool(r & _W) | bool(r & _U) << 1 | (not (self.nx or raw >> 63)) << 2]
-        return Leaf(
-            self.base + index * span, span, self.level, raw & ADDRESS_MASK & ~(span - 1), raw,
-            rights_of, self.parents, self.parent_addrs, self.table + 8 * index,
-        )  # fmt: skip
-
-    def leaves(self) -> Iterator[Leaf]:
-        """Every leaf of the group, in order."""
-        return map(self.leaf, self.indices)
-
-    def contiguous(self) -> bool:
-        """Whether the group is one coalesced run: consecutive entries, physically contiguous,
-        with the same flags but for A and D (a table mapped in one go, then used)."""
-        idx = self.indices
-        first, n = idx[0], len(idx)
-        if idx[-1] - first != n - 1:
-            return False
-        span = self.span
-        w0 = self.words[first]
-        wl = w0 + (n - 1) * span
-        if (wl ^ w0) & _FLAGS:
-            return False  # the addresses would carry into the flag bits
-        entries = self.words[first : first + n]
-        if entries == list(range(w0, wl + 1, span)):
-            return True
-        w0 &= ~_AD
-        return [w & ~_AD for w in entries] == list(range(w0, w0 + n * span, span))
 
 
 class _Scan:

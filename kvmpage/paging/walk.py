@@ -28,7 +28,6 @@ from kvmpage.paging.arch import (
     PS,
     CpuState,
     Features,
-    is_canonical,
     leaf_frame,
     reserved_mask,
 )
@@ -77,12 +76,15 @@ def rights_of(entries: Sequence[int], cpu: CpuState = _DEFAULT_CPU) -> Rights:
     return RIGHTS[(writable & 1) | (user & 1) << 1 | executable << 2]
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One level of a walk: which entry was read and what it held."""
+class Step(NamedTuple):
+    """One level of a walk: which entry was read and what it held.
+
+    A named tuple (immutable, like the `Walk` that holds it): a walk makes one per level, and a
+    tuple is made several times faster than a frozen dataclass.
+    """
 
     level: int
-    index: int
+    index: int  # type: ignore[assignment]  # (shadows tuple.index, which a step never needs)
     entry_addr: int
     raw: int
 
@@ -124,6 +126,47 @@ class Walk(NamedTuple):
         return rights_of(self.entries, cpu)
 
 
+class _Rules(NamedTuple):
+    """What `walk` checks under one CPU state and feature set, worked out once."""
+
+    levels: int
+    #: an address is canonical when ``va >> top_shift`` is 0 or ``top_ones``
+    top_shift: int
+    top_ones: int
+    #: per level, top first: the level, the shift of its index in an address, and the
+    #: reserved bits of an entry there without PS and with PS
+    per_level: tuple[tuple[int, int, int, int], ...]
+
+
+def _rules_for(cpu: CpuState, features: Features) -> _Rules:
+    levels = cpu.levels
+    per_level = tuple(
+        (level, 3 + 9 * level, reserved_mask(level, 0, cpu, features),
+         reserved_mask(level, PS, cpu, features))
+        for level in range(levels, 0, -1)
+    )  # fmt: skip
+    return _Rules(levels, 9 * levels + 11, (1 << (53 - 9 * levels)) - 1, per_level)
+
+
+_DEFAULT_RULES = _rules_for(_DEFAULT_CPU, _DEFAULT_FEATURES)
+#: rules by what they depend on (callers often make a new CpuState per call: an image's
+#: context does); a tuple of four values hashes faster than the frozen dataclasses
+_RULES: dict[tuple[int, bool, int, bool], _Rules] = {}
+_new = tuple.__new__  # a named tuple without its Python-level __new__
+
+
+def _rules(cpu: CpuState, features: Features) -> _Rules:
+    if cpu is _DEFAULT_CPU and features is _DEFAULT_FEATURES:
+        return _DEFAULT_RULES
+    key = (cpu.levels, cpu.nxe, features.maxphyaddr, features.gbpages)
+    rules = _RULES.get(key)
+    if rules is None:
+        if len(_RULES) >= 256:
+            _RULES.clear()
+        rules = _RULES[key] = _rules_for(cpu, features)
+    return rules
+
+
 def walk(
     memory: PhysicalMemory,
     root: int,
@@ -136,34 +179,84 @@ def walk(
     Never raises for what the tables hold: a table outside ``memory`` ends the walk with
     `ABSENT`, as a missing entry ends it with `NOT_PRESENT`.
     """
-    levels = cpu.levels
-    if not 0 <= va < 1 << 64 or not is_canonical(va, levels):
-        bits = 48 if levels == 4 else 57
+    rules = _rules(cpu, features)
+    top = va >> rules.top_shift
+    if not (top == 0 or top == rules.top_ones) or va < 0:
+        bits = 48 if rules.levels == 4 else 57
         return Walk(va, (), None, None, NOT_CANONICAL,
                     f"{va:#x} is not canonical (bits 63..{bits - 1} must all be equal): an "
                     "access raises #GP, no walk")  # fmt: skip
+    q = memory.flat_words
+    if q is not None:
+        try:
+            return _walk_flat(q, root, va, rules)
+        except (IndexError, ValueError):
+            pass  # a table outside memory, or memory closed: the general walk says which
+    return _walk_general(memory, root, va, rules)
+
+
+def _walk_flat(q: memoryview, root: int, va: int, rules: _Rules) -> Walk:
+    """`walk` of canonical ``va`` over a flat memory's words (`PhysicalMemory.flat_words`).
+
+    Raises `IndexError` for a table outside memory (``ValueError`` once it is closed), where
+    `_walk_general` finds out which and says so.
+    """
+    steps: list[Step] = []
+    append = steps.append
+    table = root & ADDRESS_MASK
+    for level, shift, plain, huge in rules.per_level:
+        index = (va >> shift) & 511
+        raw: int = q[(table >> 3) | index]
+        append(_new(Step, (level, index, table | index << 3, raw)))
+        if not raw & 1:
+            return _new(Walk, (va, tuple(steps), None, None, NOT_PRESENT,
+                               f"level-{level} entry not present"))  # fmt: skip
+        if raw & PS:
+            bad = raw & huge
+            if bad:
+                return _reserved(va, steps, level, bad)
+            if level <= 3:
+                span = PAGE_SIZE_OF_LEVEL[level]
+                phys = (raw & ADDRESS_MASK & -span) | (va & (span - 1))
+                return _new(Walk, (va, tuple(steps), phys, span, None, ""))
+        elif raw & plain:
+            return _reserved(va, steps, level, raw & plain)
+        if level == 1:
+            return _new(Walk, (va, tuple(steps), (raw & ADDRESS_MASK) | (va & 0xFFF), 4096,
+                               None, ""))  # fmt: skip
+        table = raw & ADDRESS_MASK
+    raise AssertionError("unreachable: level 1 always ends the walk")
+
+
+def _reserved(va: int, steps: list[Step], level: int, bad: int) -> Walk:
+    return Walk(va, tuple(steps), None, None, RESERVED,
+                f"level-{level} entry has reserved bits {bad:#x} set")  # fmt: skip
+
+
+def _walk_general(memory: PhysicalMemory, root: int, va: int, rules: _Rules) -> Walk:
+    """`walk` of canonical ``va`` through `PhysicalMemory.frame_words`, any memory."""
     steps: list[Step] = []
     table = root & ADDRESS_MASK
-    for level in range(levels, 0, -1):
+    frame_words = memory.frame_words
+    for level, shift, plain, huge in rules.per_level:
         try:
-            q, base = memory.frame_words(table)
+            q, base = frame_words(table)
         except PhysMemoryError as e:
             return Walk(va, tuple(steps), None, None, ABSENT,
                         f"the level-{level} table at {table:#x} is not in memory: {e}")  # fmt: skip
-        index = (va >> (3 + 9 * level)) & 511
+        index = (va >> shift) & 511
         raw = int(q[base + index])
-        steps.append(Step(level, index, table + 8 * index, raw))
+        steps.append(_new(Step, (level, index, table + 8 * index, raw)))
         if not raw & 1:
-            return Walk(va, tuple(steps), None, None, NOT_PRESENT,
-                        f"level-{level} entry not present")  # fmt: skip
-        bad = raw & reserved_mask(level, raw, cpu, features)
+            return _new(Walk, (va, tuple(steps), None, None, NOT_PRESENT,
+                               f"level-{level} entry not present"))  # fmt: skip
+        bad = raw & (huge if raw & PS else plain)
         if bad:
-            return Walk(va, tuple(steps), None, None, RESERVED,
-                        f"level-{level} entry has reserved bits {bad:#x} set")  # fmt: skip
+            return _reserved(va, steps, level, bad)
         if level == 1 or (raw & PS and level <= 3):
             span = PAGE_SIZE_OF_LEVEL[level]
             phys = leaf_frame(raw, level) | (va & (span - 1))
-            return Walk(va, tuple(steps), phys, span, None, "")
+            return _new(Walk, (va, tuple(steps), phys, span, None, ""))
         table = raw & ADDRESS_MASK
     raise AssertionError("unreachable: level 1 always ends the walk")
 
@@ -184,14 +277,57 @@ class SoftPageFault(Panic):
         self.reason = reason
 
 
+_TABLE_WORDS = ADDRESS_MASK >> 3  # an entry's table address as a word index: (raw >> 3) & this
+_NOT_TABLE = ~ADDRESS_MASK  # bits that no table address has
+
+
 def resolve(memory: PhysicalMemory, p4_phys: int, addr: int) -> int:
     """The physical address the CPU reaches for canonical ``addr`` under the 4-level tables at
     ``p4_phys`` (default CPU state and features): `walk`'s rules, inlined for a flat memory.
 
     Raises `SoftPageFault` when the walk faults (an entry not present or with reserved bits),
     and `PhysMemoryError` when a table is outside ``memory``.
+
+    The hot path: the four reads unrolled over `PhysicalMemory.flat_words`, a table outside
+    memory (the root too) caught as the `IndexError` of its read. Anything else (another
+    memory, such an `IndexError`, a root that is no table address) is `resolve_below`, which
+    says exactly what.
     """
-    return resolve_below(memory, p4_phys, addr, 4)
+    q = memory.flat_words
+    if q is None or p4_phys & _NOT_TABLE:  # (negative, unaligned or past 52 bits)
+        return resolve_below(memory, p4_phys, addr, 4)
+    try:
+        raw: int = q[(p4_phys >> 3) | ((addr >> 39) & 511)]
+        if raw & 0x81 != 1:  # not present, or PS (reserved in a PML4E)
+            return _stop(raw, addr, 4)
+        raw = q[((raw >> 3) & _TABLE_WORDS) | ((addr >> 30) & 511)]
+        if raw & 0x81 != 1:  # not present, or a 1 GiB page
+            return _stop(raw, addr, 3)
+        raw = q[((raw >> 3) & _TABLE_WORDS) | ((addr >> 21) & 511)]
+        if raw & 0x81 != 1:  # not present, or a 2 MiB page
+            return _stop(raw, addr, 2)
+        raw = q[((raw >> 3) & _TABLE_WORDS) | ((addr >> 12) & 511)]
+    except IndexError:
+        return resolve_below(memory, p4_phys, addr, 4)
+    if raw & 1:
+        return (raw & ADDRESS_MASK) | (addr & 0xFFF)
+    raise SoftPageFault(addr, 1, "is not present")
+
+
+def _stop(raw: int, addr: int, level: int) -> int:
+    """Where a walk ends at an entry above level 1 that is not present or has PS set (default
+    rules): the address in the huge page, or the fault."""
+    if not raw & 1:
+        raise SoftPageFault(addr, level, "is not present")
+    if level == 3:
+        if raw & 0x3FFF_E000:
+            raise SoftPageFault(addr, 3, f"has reserved bits {raw & 0x3FFF_E000:#x} set")
+        return (raw & 0x000F_FFFF_C000_0000) | (addr & 0x3FFF_FFFF)
+    if level == 2:
+        if raw & 0x1F_E000:
+            raise SoftPageFault(addr, 2, f"has reserved bits {raw & 0x1F_E000:#x} set")
+        return (raw & 0x000F_FFFF_FFE0_0000) | (addr & 0x1F_FFFF)
+    raise SoftPageFault(addr, level, "has reserved bits 0x80 set")
 
 
 def resolve_below(memory: PhysicalMemory, table: int, addr: int, level: int) -> int:
@@ -209,36 +345,27 @@ def resolve_below(memory: PhysicalMemory, table: int, addr: int, level: int) -> 
                 f"[0, {memory.size:#x})"
             )
         raw = q[(table >> 3) + ((addr >> (3 + 9 * level)) & 511)]
-        if not raw & 1:
-            raise SoftPageFault(addr, level, "is not present")
         if level == 1:
-            return (raw & ADDRESS_MASK) | (addr & 0xFFF)
-        if raw & PS:
-            if level == 4:
-                raise SoftPageFault(addr, 4, "has reserved bits 0x80 set")
-            if level == 3:
-                if raw & 0x3FFF_E000:
-                    raise SoftPageFault(addr, 3, f"has reserved bits {raw & 0x3FFF_E000:#x} set")
-                return (raw & 0x000F_FFFF_C000_0000) | (addr & 0x3FFF_FFFF)
-            if raw & 0x1F_E000:
-                raise SoftPageFault(addr, 2, f"has reserved bits {raw & 0x1F_E000:#x} set")
-            return (raw & 0x000F_FFFF_FFE0_0000) | (addr & 0x1F_FFFF)
+            if raw & 1:
+                return (raw & ADDRESS_MASK) | (addr & 0xFFF)
+            raise SoftPageFault(addr, 1, "is not present")
+        if raw & 0x81 != 1:
+            return _stop(raw, addr, level)
         table = raw & ADDRESS_MASK
         level -= 1
 
 
 def _resolve_general(memory: PhysicalMemory, table: int, addr: int, level: int) -> int:
-    """`resolve_below` through `walk` (memories other than a flat one without holes)."""
-    for lvl in range(level, 0, -1):
+    """`resolve_below` through `PhysicalMemory.frame_words` (memories other than a flat one
+    without holes)."""
+    for lvl in range(level, 1, -1):
         q, base = memory.frame_words(table)
         raw = int(q[base + ((addr >> (3 + 9 * lvl)) & 511)])
-        if not raw & 1:
-            raise SoftPageFault(addr, lvl, "is not present")
-        bad = raw & reserved_mask(lvl, raw, _DEFAULT_CPU, _DEFAULT_FEATURES)
-        if bad:
-            raise SoftPageFault(addr, lvl, f"has reserved bits {bad:#x} set")
-        if lvl == 1 or raw & PS:
-            span = PAGE_SIZE_OF_LEVEL[lvl]
-            return leaf_frame(raw, lvl) | (addr & (span - 1))
+        if raw & 0x81 != 1:
+            return _stop(raw, addr, lvl)
         table = raw & ADDRESS_MASK
-    raise AssertionError("unreachable")
+    q, base = memory.frame_words(table)
+    raw = int(q[base + ((addr >> 12) & 511)])
+    if raw & 1:
+        return (raw & ADDRESS_MASK) | (addr & 0xFFF)
+    raise SoftPageFault(addr, 1, "is not present")
