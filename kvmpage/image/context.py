@@ -9,6 +9,7 @@ note, and an assumption is always printed with the option that changes it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from kvmpage.image.notes import CpuRegisters
@@ -68,9 +69,10 @@ class PagingContext:
     def levels(self) -> int:
         return 5 if self.cr4 & CR4_LA57 else 4
 
-    @property
+    @functools.cached_property
     def cpu(self) -> CpuState:
-        """The bits of this state the walk and the permission model use."""
+        """The bits of this state the walk and the permission model use (made once: a walk
+        of an image reads it on every call)."""
         return CpuState(
             wp=bool(self.cr0 & CR0_WP),
             smep=bool(self.cr4 & CR4_SMEP),
