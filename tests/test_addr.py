@@ -8,10 +8,12 @@ that reason, so a grep for the id finds both.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import page4k
 
 import kvmpage
 from kvmpage import (
@@ -24,7 +26,7 @@ from kvmpage import (
     align_up,
 )
 from kvmpage.index import PageOffset, PageTableIndex, PageTableLevel
-from kvmpage.paging import PageTableFlags
+from kvmpage.paging import Page, PageTableFlags, PhysFrame
 
 U64_MAX = (1 << 64) - 1
 
@@ -719,3 +721,97 @@ def test_out_of_u64_range_is_rejected(ctor, bad):
     """A-01/A-26: values outside u64 cannot exist in Rust; here they are a ValueError."""
     with pytest.raises(ValueError):
         ctor(bad)
+
+
+# -- cases from the crate's issues (checklist section 7, I-ids; the rest: test_mapper.py) ----------
+
+
+def test_i19_try_new_is_strict() -> None:
+    """I-19 (#299 -> #370) / A-02: try_new rejects a non-canonical address and keeps the full
+    original value (no silent sign extension)."""
+    with pytest.raises(VirtAddrNotValid) as ei:
+        VirtAddr.try_new(0x0000_8123_DEAD_BEEF)
+    assert ei.value.addr == 0x8123_DEAD_BEEF
+    assert repr(ei.value) == "VirtAddrNotValid(0x8123deadbeef)"
+
+
+@pytest.mark.parametrize(
+    ("op", "message"),
+    [
+        (
+            lambda: VirtAddr(0x7FFF_FFFF_FFFF) + 1,
+            "attempt to add resulted in non-canonical virtual address: "
+            "VirtAddrNotValid(0x800000000000)",
+        ),
+        (
+            lambda: VirtAddr(0xFFFF_8000_0000_0000) - 1,
+            "attempt to subtract resulted in non-canonical virtual address: "
+            "VirtAddrNotValid(0xffff7fffffffffff)",
+        ),
+        (lambda: VirtAddr(0xFFFF_FFFF_FFFF_FFFF) + 1, "attempt to add with overflow"),
+        (lambda: VirtAddr(0) - 1, "attempt to subtract with overflow"),
+        (lambda: PhysAddr(0xF_FFFF_FFFF_FFFF) + 0xFFFF_0000_0000_0000, ""),
+        (lambda: PhysAddr(0) - 1, ""),
+        (
+            lambda: page4k(0x7FFF_FFFF_F000) + 1,
+            "attempt to add resulted in non-canonical virtual address",
+        ),
+    ],
+    ids=[
+        "virt-add-hole",
+        "virt-sub-hole",
+        "virt-add-overflow",
+        "virt-sub-underflow",
+        "phys-add-overflow",
+        "phys-sub-underflow",
+        "page-add-hole",
+    ],
+)
+def test_i20_checked_arithmetic_panics(op: Callable[[], object], message: str) -> None:
+    """I-20 (#452, #537 intended; #535 checked arithmetic; #543 texts) / A-17..A-21 / P-10:
+    `+`/`-` never jump the canonical hole and panic on overflow, with the crate's texts.
+    (#290, the checked add in frame_to_pointer, is test_mp02_* in test_mapper_mapped.py.)"""
+    with pytest.raises(Panic) as ei:
+        op()
+    assert str(ei.value).startswith(message)
+
+
+def test_i20_address_difference_includes_the_hole() -> None:
+    """I-20 / A-20: VirtAddr - VirtAddr is the raw difference (hole included)."""
+    assert VirtAddr(0xFFFF_8000_0000_0000) - VirtAddr(0x7FFF_FFFF_FFFF) == 0xFFFF_0000_0000_0001
+    with pytest.raises(Panic, match=r"^attempt to subtract with overflow"):
+        VirtAddr(0) - VirtAddr(1)
+
+
+def test_i21_align_functions() -> None:
+    """I-21 (#375) / A-09..A-12 / A-28: VirtAddr align uses sign truncation (jumps the hole),
+    PhysAddr.align_up validates the result; free functions assert a power of two."""
+    assert VirtAddr(0x7FFF_FFFF_FFFF).align_up(2) == VirtAddr(0xFFFF_8000_0000_0000)
+    assert VirtAddr(0xFFFF_8000_0000_0000).align_down(1 << 48) == VirtAddr(0)
+    with pytest.raises(Panic, match=r"^attempt to add with overflow"):
+        VirtAddr(0xFFFF_FFFF_FFFF_FFFF).align_up(2)
+    with pytest.raises(
+        Panic, match=r"^physical addresses must not have any bits in the range 52 to 64 set"
+    ):
+        PhysAddr(0xF_FFFF_FFFF_FFFF).align_up(2)
+    assert align_up(0, 1 << 63) == 0
+    with pytest.raises(Panic, match=r"^`align` must be a power of two"):
+        align_down(5, 0)
+
+
+def test_i24_step_parts_modelled() -> None:
+    """I-24 (partly): #342 Step for VirtAddr/Page jumps the hole; #513 steps_between returns
+    (lower, upper); #464 Step for PageTableIndex; #212/#567 (Step for PhysFrame/PhysAddr) are
+    not in 0.15.4 and absent here."""
+    assert VirtAddr.forward_checked(VirtAddr(0x7FFF_FFFF_FFFF), 1) == VirtAddr(
+        0xFFFF_8000_0000_0000
+    )
+    assert Page.forward_checked(page4k(0x7FFF_FFFF_F000), 1) == page4k(0xFFFF_8000_0000_0000)
+    assert VirtAddr.steps_between(VirtAddr(0x7FFF_FFFF_FFFF), VirtAddr(0xFFFF_8000_0000_0000)) == (
+        1,
+        1,
+    )
+    assert VirtAddr.steps_between(VirtAddr(1), VirtAddr(0)) == (0, None)
+    assert PageTableIndex.forward_checked(PageTableIndex(511), 1) is None
+    assert not hasattr(PhysFrame, "forward_checked")
+    assert not hasattr(PhysAddr, "forward_checked")

@@ -1229,3 +1229,23 @@ def test_doc_6_5_clean_up_lower_half(env: Env) -> None:
     assert [int(f.start_address()) for f in env.alloc.deallocated] == [0x4000, 0x3000, 0x2000]
     assert env.memory.read_u64(P4_PHYS) == 0
     assert env.memory.read_u64(P4_PHYS + 8 * 256) == 0x5000 | int(P | W)
+
+
+# -- cases from the crate's issues (checklist section 7, I-ids; the rest: test_mapper.py) ----------
+
+
+def test_i06_offset_page_table_map_to_without_present_panics() -> None:
+    """I-06 (#554): OffsetPageTable.map_to with flags lacking PRESENT panics 'entry should be
+    mapped at this point' (also on master, MP-04.3)."""
+    e = make_env("offset")
+    with pytest.raises(Panic, match=r"^entry should be mapped at this point"):
+        e.mapper.map_to(page4k(0x1000), frame4k(0x9000), W | U, e.alloc)
+
+
+def test_i20_offset_page_table_checked_add() -> None:
+    """I-20 (#290): OffsetPageTable's phys -> virt uses the checked VirtAddr add."""
+    memory = PhysMemory(MEM_SIZE)
+    m = OffsetPageTable(PageTable(memory, P4_PHYS), VirtAddr(0x7FFF_FFFF_F000))
+    memory.write_u64(P4_PHYS, 0x2000 | int(P | W))
+    with pytest.raises(Panic, match=r"^attempt to add resulted in non-canonical virtual address"):
+        m.translate(VirtAddr(0))

@@ -5,6 +5,7 @@ of 6.2 and 6.3. Every test cites the rule it pins.
 from __future__ import annotations
 
 import pytest
+from support import frame4k, page1g, page2m, page4k
 
 from kvmpage import Panic, PhysAddr, VirtAddr
 from kvmpage.index import PageTableIndex, PageTableLevel
@@ -709,3 +710,43 @@ def test_p16_inclusive_iteration_with_2mib_pages_at_top():
     last = 0xFFFF_FFFF_FFE0_0000
     r = Page.range_inclusive(page(last - MIB2, Size2MiB), page(last, Size2MiB))
     assert starts(r) == [last - MIB2, last]
+
+
+# -- cases from the crate's issues (checklist section 7, I-ids; the rest: test_mapper.py) ----------
+
+
+def test_i22_from_page_table_indices_sign_extends() -> None:
+    """I-22 (#398) / P-08: (256, 0, 0, 1) is the upper-half page 0xffff_8000_0000_1000."""
+    i = PageTableIndex
+    assert Page.from_page_table_indices(i(256), i(0), i(0), i(1)) == page4k(0xFFFF_8000_0000_1000)
+    assert Page[Size2MiB].from_page_table_indices_2mib(i(511), i(511), i(511)) == page2m(
+        0xFFFF_FFFF_FFE0_0000
+    )
+    assert Page[Size1GiB].from_page_table_indices_1gib(i(256), i(1)) == page1g(
+        0xFFFF_8000_4000_0000
+    )
+
+
+def test_i23_inclusive_range_at_top_terminates_frame_range_does_not() -> None:
+    """I-23 (#346 -> #351) / P-16 / P-24: a PageRangeInclusive ending at the last page of the
+    space terminates; PhysFrameRangeInclusive has no such guard and panics at 2**52."""
+    top = Page[Size1GiB].containing_address(VirtAddr(0xFFFF_FFFF_C000_0000))
+    rng = Page[Size1GiB].range_inclusive(top - 1, top)
+    assert list(rng) == [top - 1, top]
+    last4k = page4k(0xFFFF_FFFF_FFFF_F000)
+    assert list(Page.range_inclusive(last4k, last4k)) == [last4k]
+    last_frame = frame4k(0xF_FFFF_FFFF_F000)
+    it = iter(PhysFrame.range_inclusive(last_frame, last_frame))
+    with pytest.raises(Panic, match=r"^physical addresses must not have any bits"):
+        next(it)
+
+
+def test_i25_range_len_size_and_page_hash() -> None:
+    """I-25 (#491, #490, #489): len/size of empty or reversed ranges are 0; Page is hashable."""
+    a, b = page4k(0x5000), page4k(0x1000)
+    assert Page.range(a, b).len() == 0 and Page.range(a, b).size() == 0
+    assert Page.range_inclusive(a, b).len() == 0
+    assert Page.range(b, a).len() == 4 and Page.range_inclusive(b, a).size() == 5 * 0x1000
+    fr = PhysFrame.range(frame4k(0x1000), frame4k(0x3000))
+    assert fr.len() == 2 and fr.size() == 0x2000
+    assert len({page4k(0x1000), page4k(0x1000), page2m(0)}) == 2
