@@ -2,6 +2,7 @@
 #   make run    set up, then kvmpage verify: check the built-in layout against the CPU
 #   make test   set up, then run the whole test suite
 #   make lint   ruff check, ruff format --check, mypy
+#   make fuzz   the long differential campaign on KVM (pytest -m slow; KVMPAGE_FUZZ_CASES=N)
 #   make guest  reassemble the guest agent (GNU as) and check it matches the shipped bytes
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -9,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint guest bench clean
+.PHONY: setup run test lint fuzz guest bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +25,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+fuzz: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check kvmpage tests scripts examples
