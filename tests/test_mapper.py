@@ -70,12 +70,14 @@ from kvmpage.paging import (
     MappedFrame,
     MapperFlush,
     NotMapped,
+    Page,
     PageAlreadyMapped,
     PageNotMapped,
     PageTableEntry,
     ParentEntryHugePage,
     PhysFrame,
     RecordingTlb,
+    Size1GiB,
     Size2MiB,
     UnmapError,
 )
@@ -169,6 +171,8 @@ def test_i05_update_flags_on_non_present_entry_and_clean_up_keeps_it(env: Env) -
 def test_i07_parent_entry_huge_page_has_two_meanings(env: Env, size: str) -> None:
     """I-07 (#610, open): for a 2MiB/1GiB unmap, UnmapError.ParentEntryHugePage means both "a
     parent maps a huge page" and "the target entry is a table pointer, not a huge page"."""
+    target: Page[Size2MiB] | Page[Size1GiB]
+    inside_huge_parent: Page[Size2MiB] | None
     if size == "2MiB":
         target, inside_huge_parent = page2m(0x20_0000), page2m(0x4020_0000)
         env.map(page4k(0x20_1000), frame4k(0x9000))  # P2[1] -> a P1 table

@@ -401,6 +401,8 @@ def test_r09_unmap_4k(env: Env) -> None:
 @pytest.mark.parametrize("size", ["2MiB", "1GiB"])
 def test_r09_unmap_huge(env: Env, size: str) -> None:
     """R-09 / MP-13 / MP-14 / I-07: huge unmap leaf logic identical to the mapped mapper."""
+    pg: Callable[[int], Page[Any]]
+    fr: Callable[[int], PhysFrame[Any]]
     if size == "2MiB":
         va, level, pg, fr, span = 0x20_0000, 2, page2m, frame2m, 0x20_0000
     else:
@@ -461,11 +463,12 @@ def test_r10_non_present_non_zero_parent_faults(env: Env) -> None:
     parent's recursive address => SoftPageFault (mapped: PageNotMapped)."""
     env.map(page4k(0x1000), frame4k(0x9000))
     env.set_entry(0x1000, 3, env.entry(0x1000, 3) & ~int(P))
-    for op in (
+    ops: tuple[Callable[[], object], ...] = (
         lambda: env.mapper.update_flags(page4k(0x1000), P),
         lambda: env.mapper.translate_page(page4k(0x1000)),
         lambda: env.mapper.set_flags_p2_entry(page4k(0x1000), P),
-    ):
+    )
+    for op in ops:
         with pytest.raises(SoftPageFault):
             op()
     # unmap checks PRESENT (R-09) and so errors cleanly
@@ -808,7 +811,7 @@ def test_r16_differential_recursive_agrees_with_mapped_elsewhere(seed: int) -> N
                 f |= b
         return f
 
-    sizes = {
+    sizes: dict[str, tuple[type[Page[Any]], type[PhysFrame[Any]]]] = {
         "4KiB": (Page, PhysFrame),
         "2MiB": (Page[Size2MiB], PhysFrame[Size2MiB]),
         "1GiB": (Page[Size1GiB], PhysFrame[Size1GiB]),
@@ -836,7 +839,7 @@ def test_r16_differential_recursive_agrees_with_mapped_elsewhere(seed: int) -> N
     assert skipped < 100, skipped
     # clean-up may meet a table pointer to a frame outside the memory (set_flags_p2_entry
     # dropped HUGE_PAGE from a huge entry, MP-21): both must then fail alike
-    ends = [_outcome(lambda e=e: e.mapper.clean_up(e.alloc)) for e in envs]
+    ends = [_outcome(functools.partial(e.mapper.clean_up, e.alloc)) for e in envs]
     assert ends[0] == ends[1]
     assert envs[0].alloc.deallocated == envs[1].alloc.deallocated
 
@@ -850,7 +853,7 @@ def test_r04_software_walk_agrees_with_translate_on_present_mappings(seed: int) 
 
     rng = random.Random(seed)
     e = make_env("recursive")
-    sizes = [
+    sizes: list[tuple[type[Page[Any]], type[PhysFrame[Any]]]] = [
         (Page, PhysFrame),
         (Page[Size2MiB], PhysFrame[Size2MiB]),
         (Page[Size1GiB], PhysFrame[Size1GiB]),
