@@ -7,7 +7,8 @@ except when ``KVMPAGE_REQUIRE_KVM=1`` (set by ``.ci/run``): then a missing or un
 is a test failure, so a CI machine can never pass by silently skipping the hardware tests.
 
 Tests marked ``@pytest.mark.slow`` (the long fuzz campaign) are deselected unless the ``-m``
-expression names ``slow``: ``pytest -m slow`` (``make fuzz``) runs them. No other test may take
+expression names ``slow`` or the command line names the test: ``pytest -m slow`` (``make
+fuzz``) runs them. No other test may take
 more than a few seconds; the suite bounds its work by counts and sizes, never by time.
 """
 
@@ -23,10 +24,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the ``slow`` tests unless ``-m`` names them (then ``-m`` alone decides)."""
+    """Deselect the ``slow`` tests unless ``-m`` names them (then ``-m`` alone decides) or the
+    command line names the test itself (``tests/test_x.py::test_y``)."""
     if "slow" in (config.option.markexpr or ""):
         return
-    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    named = {arg.split("::", 1)[1] for arg in config.args if "::" in arg}
+
+    def left_out(item: pytest.Item) -> bool:
+        test = item.nodeid.split("::", 1)[-1]
+        return item.get_closest_marker("slow") is not None and not (
+            test in named or test.split("[", 1)[0] in named
+        )
+
+    slow = [item for item in items if left_out(item)]
     if slow:
         config.hook.pytest_deselected(items=slow)
-        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
+        items[:] = [item for item in items if not left_out(item)]
