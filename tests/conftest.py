@@ -8,8 +8,8 @@ is a test failure, so a CI machine can never pass by silently skipping the hardw
 
 Tests marked ``@pytest.mark.slow`` (the long fuzz campaign) are deselected unless the ``-m``
 expression names ``slow`` or the command line names the test: ``pytest -m slow`` (``make
-fuzz``) runs them. No other test may take
-more than a few seconds; the suite bounds its work by counts and sizes, never by time.
+fuzz``) runs them. No other test may take more than a few seconds; the suite bounds its work
+by counts and sizes, never by time.
 """
 
 from __future__ import annotations
