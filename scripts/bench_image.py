@@ -75,8 +75,8 @@ def main() -> int:
     if args.verify:
         cases.append(("verify --image", ["verify", "--image", args.image, "--quiet"]))
     if args.all:
-        runs = ["verify", "--image", args.image, "--all-leaves", "--quiet"]
-        cases.append(("verify --image --all-leaves", runs))
+        every_leaf = ["verify", "--image", args.image, "--all-leaves", "--quiet"]
+        cases.append(("verify --image --all-leaves", every_leaf))
     for name, argv in cases:
         runs = 1 if "--all-leaves" in argv else args.runs
         median, best, code = timed(argv, runs)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark the KVM backend: VM bring-up, exit round trip, batched CPL3 probe throughput.
+"""Benchmark the KVM backend: VM bring-up, exit round trip, watchdog latency, batched CPL3
+probe throughput.
 
     .venv/bin/python scripts/bench_kvm.py [--quick]
 
@@ -15,7 +16,7 @@ import statistics
 import time
 
 from kvmpage.kvm.handles import Kvm
-from kvmpage.machine import pte
+from kvmpage.machine import WatchdogTimeout, pte
 from kvmpage.machine.machine import Machine
 from kvmpage.machine.protocol import ST_OK, Batch
 
@@ -60,6 +61,33 @@ def bench_exit(n: int) -> None:
             f"{statistics.median(times) / 1e3:.1f} us (KVM_RUN loop only: "
             f"{m.last_run_ns / 1e3:.1f} us last)"
         )
+
+
+def bench_watchdog(n: int, timeout: float = 0.1) -> None:
+    """How long after its deadline the watchdog stops a guest spinning in ``jmp .`` (CPL3)."""
+    with Machine(16 << 20) as m:
+        bump = pte.FrameBump(m.memory, 0, m.reserved[0])
+        space = pte.SimpleSpace(m.memory, bump)
+        frame = bump.alloc()
+        m.memory.write(frame, b"\xeb\xfe")  # jmp .
+        space.map(PROBE_VA, frame, pte.P | pte.U)
+        m.install_agent_slot(space.p4)
+        late = []
+        for _ in range(n):
+            b = Batch()
+            b.load_cr3(space.p4)
+            b.fetch(PROBE_VA)
+            t0 = time.perf_counter()
+            try:
+                m.run(b, timeout=timeout)
+            except WatchdogTimeout:
+                late.append(time.perf_counter() - t0 - timeout)
+            else:
+                raise SystemExit("the spinning guest finished its batch")
+    print(
+        f"watchdog: a stuck guest stopped after its {timeout * 1e3:.0f} ms timeout + median "
+        f"{statistics.median(late) * 1e3:.1f} ms (slowest +{max(late) * 1e3:.1f} ms), {n} runs"
+    )
 
 
 def bench_costs(n: int) -> None:
@@ -145,6 +173,7 @@ def main() -> None:
     Kvm().close()
     bench_ready(50 if args.quick else 300)
     bench_exit(200 if args.quick else 2000)
+    bench_watchdog(5 if args.quick else 20)
     bench_costs(200 if args.quick else 1000)
     sizes = [1000, 10_000] if args.quick else [1000, 10_000, 100_000, 262_144]
     repeat = 1 if args.quick else 3

@@ -36,9 +36,9 @@ FLAGS = PageTableFlags.PRESENT | PageTableFlags.WRITABLE
 RECURSIVE_INDEX = 510
 
 
-def build(kind: str, memory: PhysMemory) -> tuple[TableMapper, PoolFrameAllocator]:
+def build(kind: str, memory: PhysMemory) -> tuple[TableMapper, PoolFrameAllocator[Size4KiB]]:
     """A fresh mapper of ``kind`` over ``memory`` with tables allocated from its first 64 MiB."""
-    alloc: PoolFrameAllocator = PoolFrameAllocator(0x1000, 64 << 20, memory=memory)
+    alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(0x1000, 64 << 20, memory=memory)
     p4 = alloc.allocate_frame()
     assert p4 is not None
     table = PageTable(memory, p4._start)
@@ -61,10 +61,12 @@ def per_op(fn: Callable[[int], object], n: int, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def creation_cost(kind: str, frames: list[PhysFrame]) -> float:  # type: ignore[type-arg]
+def creation_cost(kind: str, frames: list[PhysFrame[Size4KiB]]) -> float:
     """Median over 7 fresh mappers of map_to where every call creates a level-1 table (µs)."""
     n = 4096
-    spread = [Page.containing_address(VirtAddr(0x80_0000_0000 + i * (2 << 20))) for i in range(n)]
+    spread: list[Page[Size4KiB]] = [
+        Page.containing_address(VirtAddr(0x80_0000_0000 + i * (2 << 20))) for i in range(n)
+    ]
     samples = []
     for _ in range(7):
         memory = PhysMemory(128 << 20)
@@ -107,8 +109,10 @@ def bench(kind: str, n: int) -> dict[str, float]:
     memory = PhysMemory(128 << 20)
     mapper, alloc = build(kind, memory)
     base = 0x4000_0000  # virtual 1 GiB
-    pages = [Page.containing_address(VirtAddr(base + i * 4096)) for i in range(PAGES)]
-    frames = [
+    pages: list[Page[Size4KiB]] = [
+        Page.containing_address(VirtAddr(base + i * 4096)) for i in range(PAGES)
+    ]
+    frames: list[PhysFrame[Size4KiB]] = [
         PhysFrame.containing_address(PhysAddr((64 << 20) + (i % 4096) * 4096)) for i in range(PAGES)
     ]
     out: dict[str, float] = {}

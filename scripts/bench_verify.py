@@ -25,6 +25,7 @@ from kvmpage.paging import (
     PhysFrame,
     PoolFrameAllocator,
     RecursivePageTable,
+    Size4KiB,
     TableMapper,
     recursive_table_address,
 )
@@ -35,7 +36,9 @@ BASE = 0x4000_0000
 RECURSIVE_INDEX = 300
 
 
-def make_mapper(kind: str, memory: PhysMemory, table: PageTable, p4: PhysFrame) -> TableMapper:
+def make_mapper(
+    kind: str, memory: PhysMemory, table: PageTable, p4: PhysFrame[Size4KiB]
+) -> TableMapper:
     """An empty address space of ``kind`` over the level-4 ``table`` (frame ``p4``)."""
     if kind == "offset":
         return OffsetPageTable(table, VirtAddr(0))
@@ -53,7 +56,7 @@ class _Direct:
     def __init__(self, memory: PhysMemory) -> None:
         self.memory = memory
 
-    def frame_to_pointer(self, frame: PhysFrame) -> PageTable:
+    def frame_to_pointer(self, frame: PhysFrame[Size4KiB]) -> PageTable:
         return PageTable(self.memory, frame.start_address().as_u64())
 
 
@@ -66,7 +69,8 @@ def one_run(
     t_start = time.perf_counter()
     with Machine(memory_size, capacity=pages + 65536, timeout=60.0, huge_pages=huge) as m:
         t_machine = time.perf_counter()
-        alloc: PoolFrameAllocator = PoolFrameAllocator(0x1000, tables, memory=m.memory)
+        alloc: PoolFrameAllocator[Size4KiB]
+        alloc = PoolFrameAllocator(0x1000, tables, memory=m.memory)
         p4 = alloc.allocate_frame()
         assert p4 is not None
         table = PageTable(m.memory, p4.start_address())
@@ -80,7 +84,7 @@ def one_run(
                     alloc,
                 ).ignore()
         else:
-            first = Page.containing_address(VirtAddr(BASE))
+            first: Page[Size4KiB] = Page.containing_address(VirtAddr(BASE))
             mapper.map_range(
                 Page.range(first, first + pages),
                 PhysFrame.containing_address(PhysAddr(tables)),

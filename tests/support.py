@@ -26,6 +26,7 @@ from kvmpage.paging import (
     MapperFlushAll,
     OffsetPageTable,
     Page,
+    PageSize,
     PageTable,
     PageTableFlags,
     PhysFrame,
@@ -61,6 +62,19 @@ OFFSET = 0xFFFF_8000_0000_0000
 
 
 # -- pages, frames, indices -----------------------------------------------------------------
+
+
+def page_type(size: type[PageSize]) -> type[Page[Any]]:
+    """``Page[size]`` for a size known only at run time (a parametrized test): the very class
+    the subscript gives. A type checker reads ``Page[x]`` as a type and refuses a variable x."""
+    specialised: type[Page[Any]] = Page.__class_getitem__(size)
+    return specialised
+
+
+def frame_type(size: type[PageSize]) -> type[PhysFrame[Any]]:
+    """``PhysFrame[size]`` for a size known only at run time (see `page_type`)."""
+    specialised: type[PhysFrame[Any]] = PhysFrame.__class_getitem__(size)
+    return specialised
 
 
 def page4k(va: int) -> Page[Size4KiB]:

@@ -8,10 +8,12 @@ that reason, so a grep for the id finds both.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import page4k
 
 import kvmpage
 from kvmpage import (
@@ -24,7 +26,7 @@ from kvmpage import (
     align_up,
 )
 from kvmpage.index import PageOffset, PageTableIndex, PageTableLevel
-from kvmpage.paging import PageTableFlags
+from kvmpage.paging import Page, PageTableFlags, PhysFrame
 
 U64_MAX = (1 << 64) - 1
 
@@ -44,7 +46,7 @@ canonical = st.one_of(
 u64 = st.integers(0, U64_MAX)
 
 
-def assert_panics(prefix: str, fn, *args):
+def assert_panics(prefix: str, fn: Callable[..., object], *args: object) -> Panic:
     """Call ``fn(*args)``; it must raise `Panic` whose message starts with ``prefix``."""
     with pytest.raises(Panic) as info:
         fn(*args)
@@ -65,7 +67,7 @@ def is_canonical(x: int) -> bool:
 
 
 @given(u64)
-def test_a01_canonical_iff_bits_48_to_63_copy_bit_47(x):
+def test_a01_canonical_iff_bits_48_to_63_copy_bit_47(x: int) -> None:
     """A-01: a VirtAddr exists (try_new succeeds) exactly for canonical values."""
     if is_canonical(x):
         assert VirtAddr.try_new(x).as_u64() == x
@@ -87,7 +89,7 @@ def test_a01_canonical_iff_bits_48_to_63_copy_bit_47(x):
         0x8000_0000_0000_0000,
     ],
 )
-def test_a02_try_new_rejects_non_canonical_keeping_full_value(x):
+def test_a02_try_new_rejects_non_canonical_keeping_full_value(x: int) -> None:
     """A-02: try_new never sign-extends; the error holds the full original value (PR #370)."""
     with pytest.raises(VirtAddrNotValid) as info:
         VirtAddr.try_new(x)
@@ -98,13 +100,13 @@ def test_a02_try_new_rejects_non_canonical_keeping_full_value(x):
 @pytest.mark.parametrize(
     "x", [0, 1, 0x7FFF_FFFF_FFFF, 0xFFFF_8000_0000_0000, 0xFFFF_8123_DEAD_BEEF, U64_MAX]
 )
-def test_a02_try_new_accepts_canonical(x):
+def test_a02_try_new_accepts_canonical(x: int) -> None:
     """A-02: a canonical value comes back unchanged."""
     assert VirtAddr.try_new(x).as_u64() == x
 
 
 @pytest.mark.parametrize("ctor", [VirtAddr, VirtAddr.new])
-def test_a03_new_panics_on_non_canonical(ctor):
+def test_a03_new_panics_on_non_canonical(ctor: Callable[[int], VirtAddr]) -> None:
     """A-03: new() panics with the crate's message."""
     assert_panics(
         "virtual address must be sign extended in bits 48 to 64", ctor, 0x0000_8123_DEAD_BEEF
@@ -123,12 +125,12 @@ def test_a03_new_panics_on_non_canonical(ctor):
         (U64_MAX, U64_MAX),
     ],
 )
-def test_a04_new_truncate_vectors(raw, expected):
+def test_a04_new_truncate_vectors(raw: int, expected: int) -> None:
     """A-04 / 6.1 virtaddr_new_truncate: bits 48..63 become copies of bit 47."""
     assert VirtAddr.new_truncate(raw).as_u64() == expected
 
 
-def test_a05_new_unsafe_zero_as_u64_is_null():
+def test_a05_new_unsafe_zero_as_u64_is_null() -> None:
     """A-05: new_unsafe does no check; zero() is 0; is_null iff 0."""
     assert VirtAddr.new_unsafe(0x0000_8000_0000_0000).as_u64() == 0x0000_8000_0000_0000
     assert VirtAddr.zero().as_u64() == 0
@@ -138,7 +140,7 @@ def test_a05_new_unsafe_zero_as_u64_is_null():
     assert not VirtAddr(0xFFFF_8000_0000_0000).is_null()
 
 
-def test_a06_from_ptr_not_applicable():
+def test_a06_from_ptr_not_applicable() -> None:
     """A-06: not applicable (no raw pointers); see NOT_APPLICABLE. The int constructor is the
     check from_ptr uses: it panics on a non-canonical value."""
     assert "A-06" in NOT_APPLICABLE
@@ -146,7 +148,7 @@ def test_a06_from_ptr_not_applicable():
     assert_panics("virtual address must be sign extended", VirtAddr, 1 << 47)
 
 
-def test_a07_virt_addr_not_valid_debug_and_field():
+def test_a07_virt_addr_not_valid_debug_and_field() -> None:
     """A-07: the error's Debug is ``VirtAddrNotValid(0x8123deadbeef)`` (lower hex, no padding)."""
     with pytest.raises(VirtAddrNotValid) as info:
         VirtAddr.try_new(0x8123_DEAD_BEEF)
@@ -156,7 +158,7 @@ def test_a07_virt_addr_not_valid_debug_and_field():
     assert not isinstance(info.value, Panic)
 
 
-def test_a08_formatting():
+def test_a08_formatting() -> None:
     """A-08: Debug ``VirtAddr(0x1000)``; hex/octal/binary format the raw u64."""
     a = VirtAddr(0x1000)
     assert repr(a) == "VirtAddr(0x1000)"
@@ -174,7 +176,7 @@ def test_a08_formatting():
     assert hex(a) == "0x1000"
 
 
-def test_a08_ordering_and_hash_use_raw_value():
+def test_a08_ordering_and_hash_use_raw_value() -> None:
     """A-08: Eq/Ord/Hash use the raw u64, so upper-half addresses sort above the lower half."""
     lo, hi = VirtAddr(0x7FFF_FFFF_FFFF), VirtAddr(0xFFFF_8000_0000_0000)
     assert lo < hi and hi > lo and lo <= lo and hi >= hi
@@ -203,14 +205,14 @@ def test_a08_ordering_and_hash_use_raw_value():
         (U64_MAX, 1, U64_MAX),
     ],
 )
-def test_a09_align_down(addr, align, expected):
+def test_a09_align_down(addr: int, align: int, expected: int) -> None:
     """A-09: align_down masks with !(align-1)."""
     assert align_down(addr, align) == expected
 
 
 @pytest.mark.parametrize("fn", [align_down, align_up])
 @pytest.mark.parametrize("align", [0, 3, 6, 0x1001])
-def test_a09_a10_align_must_be_power_of_two(fn, align):
+def test_a09_a10_align_must_be_power_of_two(fn: Callable[[int, int], int], align: int) -> None:
     """A-09, A-10: a non-power-of-two alignment (0 included) panics."""
     assert_panics("`align` must be a power of two", fn, 0x1000, align)
 
@@ -233,18 +235,18 @@ def test_a09_a10_align_must_be_power_of_two(fn, align):
         (1, 1 << 63, 1 << 63),
     ],
 )
-def test_a10_align_up(addr, align, expected):
+def test_a10_align_up(addr: int, align: int, expected: int) -> None:
     """A-10 / 6.1 test_align_up: aligned input is unchanged, else (addr | (align-1)) + 1."""
     assert align_up(addr, align) == expected
 
 
 @pytest.mark.parametrize("addr, align", [(U64_MAX, 2), (U64_MAX - 1, 4), ((1 << 63) + 1, 1 << 63)])
-def test_a10_align_up_overflow_panics(addr, align):
+def test_a10_align_up_overflow_panics(addr: int, align: int) -> None:
     """A-10: a result past u64::MAX panics with the add-overflow message."""
     assert_panics("attempt to add with overflow", align_up, addr, align)
 
 
-def test_a11_virt_addr_align_up_jumps_the_hole():
+def test_a11_virt_addr_align_up_jumps_the_hole() -> None:
     """A-11 / 6.1 test_virt_addr_align_up: raw align_up then new_truncate."""
     assert VirtAddr(0x7FFF_FFFF_FFFF).align_up(2) == VirtAddr(0xFFFF_8000_0000_0000)
     assert VirtAddr(0x7FFF_FFFF_F001).align_up(0x1000) == VirtAddr(0xFFFF_8000_0000_0000)
@@ -253,13 +255,13 @@ def test_a11_virt_addr_align_up_jumps_the_hole():
     assert VirtAddr(0xFFFF_8000_0000_0001).align_up(0x1000) == VirtAddr(0xFFFF_8000_0000_1000)
 
 
-def test_a11_virt_addr_align_up_overflow():
+def test_a11_virt_addr_align_up_overflow() -> None:
     """A-11 / 6.1 test_virt_addr_align_up_overflow: u64::MAX.align_up(2) panics."""
     assert_panics("attempt to add with overflow", VirtAddr(U64_MAX).align_up, 2)
     assert_panics("`align` must be a power of two", VirtAddr(0x1000).align_up, 3)
 
 
-def test_a12_virt_addr_align_down_truncates():
+def test_a12_virt_addr_align_down_truncates() -> None:
     """A-12 / 6.1 test_virt_addr_align_down: 0xffff_8000_0000_0000 by 2^48 gives 0."""
     assert VirtAddr(0xFFFF_8000_0000_0000).align_down(1 << 48) == VirtAddr(0)
     assert VirtAddr(0xFFFF_FFFF_FFFF_FFFF).align_down(1 << 47) == VirtAddr(0xFFFF_8000_0000_0000)
@@ -280,12 +282,12 @@ def test_a12_virt_addr_align_down_truncates():
         (0xFFFF_8000_0000_0000, 1 << 48, False),
     ],
 )
-def test_a13_is_aligned(addr, align, expected):
+def test_a13_is_aligned(addr: int, align: int, expected: bool) -> None:
     """A-13: is_aligned(a) <=> align_down(a) == self."""
     assert VirtAddr(addr).is_aligned(align) is expected
 
 
-def test_a13_is_aligned_asserts_power_of_two():
+def test_a13_is_aligned_asserts_power_of_two() -> None:
     """A-13: is_aligned also asserts that the alignment is a power of two."""
     assert_panics("`align` must be a power of two", VirtAddr(0x1000).is_aligned, 0x1001)
     assert_panics("`align` must be a power of two", PhysAddr(0x1000).is_aligned, 0)
@@ -296,7 +298,7 @@ class _Align(enum.IntEnum):
 
 
 @pytest.mark.parametrize("align", [0x1000, _Align.PAGE, (1 << 31) >> 19])
-def test_a14_alignment_accepts_any_integer(align):
+def test_a14_alignment_accepts_any_integer(align: int) -> None:
     """A-14: align_up/align_down/is_aligned take any unsigned integer (u32, u64, ... = int)."""
     assert VirtAddr(0x1234).align_up(align) == VirtAddr(0x2000)
     assert VirtAddr(0x1234).align_down(align) == VirtAddr(0x1000)
@@ -307,7 +309,7 @@ def test_a14_alignment_accepts_any_integer(align):
 # -- 1.3 indices ----------------------------------------------------------------------------
 
 
-def test_a15_index_accessors_octal_vector():
+def test_a15_index_accessors_octal_vector() -> None:
     """A-15 (Appendix B): 0o123_456_701_234_5670 splits into p4..p1 and the page offset."""
     a = VirtAddr(0o123_456_701_234_5670)
     assert a.p4_index() == PageTableIndex(0o123)
@@ -319,7 +321,7 @@ def test_a15_index_accessors_octal_vector():
     assert isinstance(a.page_offset(), PageOffset)
 
 
-def test_a15_upper_half_indices_ignore_sign_extension():
+def test_a15_upper_half_indices_ignore_sign_extension() -> None:
     """A-15: each index is value & 511, so bits 48..63 never leak into p4_index."""
     a = VirtAddr(0xFFFF_FFFF_FFFF_FFFF)
     assert [int(i) for i in (a.p4_index(), a.p3_index(), a.p2_index(), a.p1_index())] == [511] * 4
@@ -328,7 +330,7 @@ def test_a15_upper_half_indices_ignore_sign_extension():
 
 
 @given(canonical)
-def test_a16_page_table_index_equals_accessors(x):
+def test_a16_page_table_index_equals_accessors(x: int) -> None:
     """A-16: page_table_index(level) = (addr >> 12 >> 9*(level-1)) & 511 = pN_index()."""
     a = VirtAddr(x)
     assert a.page_table_index(PageTableLevel.One) == a.p1_index()
@@ -342,7 +344,7 @@ def test_a16_page_table_index_equals_accessors(x):
 # -- 1.4 arithmetic -------------------------------------------------------------------------
 
 
-def test_a17_add():
+def test_a17_add() -> None:
     """A-17 / 6.1 add_overflow_virtaddr: checked add; u64 wrap and non-canonical results panic."""
     assert VirtAddr(0x1000) + 0x234 == VirtAddr(0x1234)
     assert VirtAddr(0xFFFF_8000_0000_0000) + 1 == VirtAddr(0xFFFF_8000_0000_0001)
@@ -358,7 +360,7 @@ def test_a17_add():
     )
 
 
-def test_a18_sub():
+def test_a18_sub() -> None:
     """A-18 / 6.1 sub_underflow_virtaddr: 0 - 1 panics; a result inside the hole panics."""
     assert VirtAddr(0x1234) - 0x234 == VirtAddr(0x1000)
     assert VirtAddr(0x1234).sub(0x234) == VirtAddr(0x1000)
@@ -374,7 +376,7 @@ def test_a18_sub():
     )
 
 
-def test_a19_augmented_assignment():
+def test_a19_augmented_assignment() -> None:
     """A-19: += and -= behave like + and -."""
     a = VirtAddr(0x1000)
     a += 0x1000
@@ -397,18 +399,18 @@ def test_a19_augmented_assignment():
         (0xFFFF_8000_0000_0000, 0x7FFF_FFFF_FFFF, 0xFFFF_0000_0000_0001),
     ],
 )
-def test_a20_addr_minus_addr_includes_the_hole(a, b, d):
+def test_a20_addr_minus_addr_includes_the_hole(a: int, b: int, d: int) -> None:
     """A-20: VirtAddr - VirtAddr is the raw difference (the hole is counted)."""
     assert VirtAddr(a) - VirtAddr(b) == d
     assert VirtAddr(a).sub_addr(VirtAddr(b)) == d
 
 
-def test_a20_addr_minus_larger_addr_panics():
+def test_a20_addr_minus_larger_addr_panics() -> None:
     """A-20: rhs > lhs panics."""
     assert_panics("attempt to subtract with overflow", VirtAddr(0x1000).__sub__, VirtAddr(0x1001))
 
 
-def test_a21_plain_arithmetic_never_jumps_the_hole_step_does():
+def test_a21_plain_arithmetic_never_jumps_the_hole_step_does() -> None:
     """A-21 (issues #452, #537): + panics at the hole, Step (forward_checked) jumps it."""
     last_low = VirtAddr(0x7FFF_FFFF_FFFF)
     with pytest.raises(Panic):
@@ -419,14 +421,14 @@ def test_a21_plain_arithmetic_never_jumps_the_hole_step_does():
     assert VirtAddr.backward_checked(VirtAddr(0xFFFF_8000_0000_0000), 1) == last_low
 
 
-def test_arithmetic_rejects_non_integers():
+def test_arithmetic_rejects_non_integers() -> None:
     """A-17/A-18: only u64 counts can be added (no float, no address + address)."""
     with pytest.raises(TypeError):
-        _ = VirtAddr(0x1000) + 1.0
+        _ = VirtAddr(0x1000) + 1.0  # type: ignore[operator]  # on purpose
     with pytest.raises(TypeError):
-        _ = VirtAddr(0x1000) + VirtAddr(1)
+        _ = VirtAddr(0x1000) + VirtAddr(1)  # type: ignore[operator]  # on purpose
     with pytest.raises(TypeError):
-        _ = VirtAddr(0x1000) - PhysAddr(1)
+        _ = VirtAddr(0x1000) - PhysAddr(1)  # type: ignore[operator]  # on purpose
     with pytest.raises(ValueError):
         _ = VirtAddr(0x1000) + (-1)
 
@@ -455,7 +457,7 @@ FORWARD = [
 
 
 @pytest.mark.parametrize("start, n, expected", FORWARD)
-def test_a22_forward_checked_vectors(start, n, expected):
+def test_a22_forward_checked_vectors(start: int, n: int, expected: int | None) -> None:
     """A-22 / 6.1 virtaddr_step_forward."""
     r = VirtAddr.forward_checked(VirtAddr(start), n)
     assert (None if r is None else r.as_u64()) == expected
@@ -484,7 +486,7 @@ BACKWARD = [
 
 
 @pytest.mark.parametrize("start, n, expected", BACKWARD)
-def test_a23_backward_checked_vectors(start, n, expected):
+def test_a23_backward_checked_vectors(start: int, n: int, expected: int | None) -> None:
     """A-23 / 6.1 virtaddr_step_backward."""
     r = VirtAddr.backward_checked(VirtAddr(start), n)
     assert (None if r is None else r.as_u64()) == expected
@@ -508,13 +510,13 @@ def test_a23_backward_checked_vectors(start, n, expected):
         (0, U64_MAX, ((1 << 48) - 1, (1 << 48) - 1)),
     ],
 )
-def test_a24_steps_between_vectors(a, b, expected):
+def test_a24_steps_between_vectors(a: int, b: int, expected: tuple[int, int | None]) -> None:
     """A-24 / 6.1 virtaddr_steps_between: (lower, upper or None); the hole is masked away."""
     assert VirtAddr.steps_between(VirtAddr(a), VirtAddr(b)) == expected
 
 
 @given(canonical)
-def test_a25_forward_by_zero_and_one(x):
+def test_a25_forward_by_zero_and_one(x: int) -> None:
     """A-25 (Kani: forward by 0/1 from any canonical address)."""
     a = VirtAddr(x)
     assert VirtAddr.forward_checked(a, 0) == a
@@ -528,7 +530,7 @@ def test_a25_forward_by_zero_and_one(x):
 
 
 @given(canonical, st.integers(0, 1 << 48), st.integers(0, 1 << 48))
-def test_a25_forward_is_additive(x, m, n):
+def test_a25_forward_is_additive(x: int, m: int, n: int) -> None:
     """A-25 (Kani: forward(a) then forward(b) == forward(a + b), when both exist)."""
     a = VirtAddr(x)
     step1 = VirtAddr.forward_checked(a, m)
@@ -542,7 +544,7 @@ def test_a25_forward_is_additive(x, m, n):
 
 
 @given(canonical, st.integers(0, 1 << 48))
-def test_a25_forward_backward_symmetry_and_steps_between(x, n):
+def test_a25_forward_backward_symmetry_and_steps_between(x: int, n: int) -> None:
     """A-25 (Kani: forward => backward symmetric; forward <=> steps_between)."""
     a = VirtAddr(x)
     f = VirtAddr.forward_checked(a, n)
@@ -556,7 +558,7 @@ def test_a25_forward_backward_symmetry_and_steps_between(x, n):
 
 
 @given(canonical, canonical)
-def test_a25_steps_between_then_forward(x, y):
+def test_a25_steps_between_then_forward(x: int, y: int) -> None:
     """A-25 (Kani: steps_between(a, b) = (n, Some n) => forward(a, n) == b)."""
     a, b = VirtAddr(x), VirtAddr(y)
     lo, hi = VirtAddr.steps_between(a, b)
@@ -571,7 +573,7 @@ def test_a25_steps_between_then_forward(x, y):
 
 
 @pytest.mark.parametrize("x", [1 << 52, 0xFFF0_0000_0000_0000, U64_MAX, 1 << 63])
-def test_a26_phys_addr_rejects_bits_52_to_63(x):
+def test_a26_phys_addr_rejects_bits_52_to_63(x: int) -> None:
     """A-26: try_new -> PhysAddrNotValid(original); new panics with the crate's text."""
     with pytest.raises(PhysAddrNotValid) as info:
         PhysAddr.try_new(x)
@@ -585,7 +587,7 @@ def test_a26_phys_addr_rejects_bits_52_to_63(x):
     )
 
 
-def test_a26_phys_addr_not_valid_debug_and_valid_values():
+def test_a26_phys_addr_not_valid_debug_and_valid_values() -> None:
     """A-26: Debug ``PhysAddrNotValid(0x10000000000000)``; every value below 2^52 is valid."""
     with pytest.raises(PhysAddrNotValid) as info:
         PhysAddr.try_new(1 << 52)
@@ -599,12 +601,12 @@ def test_a26_phys_addr_not_valid_debug_and_valid_values():
     "raw, expected",
     [(0xFFF0_0000_0000_1234, 0x1234), (1 << 52, 0), (U64_MAX, (1 << 52) - 1), (0x1234, 0x1234)],
 )
-def test_a27_phys_new_truncate(raw, expected):
+def test_a27_phys_new_truncate(raw: int, expected: int) -> None:
     """A-27: new_truncate is x mod 2^52."""
     assert PhysAddr.new_truncate(raw).as_u64() == expected
 
 
-def test_a27_phys_new_unsafe_zero_is_null():
+def test_a27_phys_new_unsafe_zero_is_null() -> None:
     """A-27: new_unsafe, zero, as_u64, is_null."""
     assert PhysAddr.new_unsafe(1 << 52).as_u64() == 1 << 52
     assert PhysAddr.zero() == PhysAddr(0)
@@ -612,7 +614,7 @@ def test_a27_phys_new_unsafe_zero_is_null():
     assert not PhysAddr(0x1000).is_null()
 
 
-def test_a28_phys_align():
+def test_a28_phys_align() -> None:
     """A-28 / 6.1 test_phys_addr_align_up_overflow: align_up validates the 52-bit result."""
     assert PhysAddr(0x1001).align_up(0x1000) == PhysAddr(0x2000)
     assert PhysAddr(0x1000).align_up(0x1000) == PhysAddr(0x1000)
@@ -635,7 +637,7 @@ def test_a28_phys_align():
     assert_panics("`align` must be a power of two", PhysAddr(1).align_up, 3)
 
 
-def test_a29_phys_add_sub():
+def test_a29_phys_add_sub() -> None:
     """A-29 / 6.1 add_overflow_physaddr, sub_overflow_physaddr."""
     assert PhysAddr(0x1000) + 0x234 == PhysAddr(0x1234)
     assert PhysAddr(0x1234) - 0x234 == PhysAddr(0x1000)
@@ -666,7 +668,7 @@ def test_a29_phys_add_sub():
     assert a == PhysAddr(0x1800)
 
 
-def test_a30_phys_addr_has_no_index_accessors_or_step():
+def test_a30_phys_addr_has_no_index_accessors_or_step() -> None:
     """A-30: no page offset / index accessors and no Step on PhysAddr (PR #567 is open)."""
     for name in (
         "page_offset",
@@ -683,7 +685,7 @@ def test_a30_phys_addr_has_no_index_accessors_or_step():
         assert hasattr(VirtAddr, name), name
 
 
-def test_a30_phys_addr_formatting():
+def test_a30_phys_addr_formatting() -> None:
     """A-30: Debug ``PhysAddr(0x1000)``; hex/octal/binary like VirtAddr."""
     a = PhysAddr(0x1000)
     assert repr(a) == "PhysAddr(0x1000)"
@@ -693,7 +695,7 @@ def test_a30_phys_addr_formatting():
     assert PhysAddr(1) < PhysAddr(2)
 
 
-def test_a31_memory_encryption_not_modelled():
+def test_a31_memory_encryption_not_modelled() -> None:
     """A-31: not applicable (memory_encryption is not modelled); see NOT_APPLICABLE."""
     assert "A-31" in NOT_APPLICABLE
     assert not hasattr(kvmpage.addr, "enable_memory_encryption")
@@ -715,7 +717,101 @@ def test_a31_memory_encryption_not_modelled():
     ],
 )
 @pytest.mark.parametrize("bad", [-1, 1 << 64])
-def test_out_of_u64_range_is_rejected(ctor, bad):
+def test_out_of_u64_range_is_rejected(ctor: Callable[[int], object], bad: int) -> None:
     """A-01/A-26: values outside u64 cannot exist in Rust; here they are a ValueError."""
     with pytest.raises(ValueError):
         ctor(bad)
+
+
+# -- cases from the crate's issues (checklist section 7, I-ids; the rest: test_mapper.py) ----------
+
+
+def test_i19_try_new_is_strict() -> None:
+    """I-19 (#299 -> #370) / A-02: try_new rejects a non-canonical address and keeps the full
+    original value (no silent sign extension)."""
+    with pytest.raises(VirtAddrNotValid) as ei:
+        VirtAddr.try_new(0x0000_8123_DEAD_BEEF)
+    assert ei.value.addr == 0x8123_DEAD_BEEF
+    assert repr(ei.value) == "VirtAddrNotValid(0x8123deadbeef)"
+
+
+@pytest.mark.parametrize(
+    ("op", "message"),
+    [
+        (
+            lambda: VirtAddr(0x7FFF_FFFF_FFFF) + 1,
+            "attempt to add resulted in non-canonical virtual address: "
+            "VirtAddrNotValid(0x800000000000)",
+        ),
+        (
+            lambda: VirtAddr(0xFFFF_8000_0000_0000) - 1,
+            "attempt to subtract resulted in non-canonical virtual address: "
+            "VirtAddrNotValid(0xffff7fffffffffff)",
+        ),
+        (lambda: VirtAddr(0xFFFF_FFFF_FFFF_FFFF) + 1, "attempt to add with overflow"),
+        (lambda: VirtAddr(0) - 1, "attempt to subtract with overflow"),
+        (lambda: PhysAddr(0xF_FFFF_FFFF_FFFF) + 0xFFFF_0000_0000_0000, ""),
+        (lambda: PhysAddr(0) - 1, ""),
+        (
+            lambda: page4k(0x7FFF_FFFF_F000) + 1,
+            "attempt to add resulted in non-canonical virtual address",
+        ),
+    ],
+    ids=[
+        "virt-add-hole",
+        "virt-sub-hole",
+        "virt-add-overflow",
+        "virt-sub-underflow",
+        "phys-add-overflow",
+        "phys-sub-underflow",
+        "page-add-hole",
+    ],
+)
+def test_i20_checked_arithmetic_panics(op: Callable[[], object], message: str) -> None:
+    """I-20 (#452, #537 intended; #535 checked arithmetic; #543 texts) / A-17..A-21 / P-10:
+    `+`/`-` never jump the canonical hole and panic on overflow, with the crate's texts.
+    (#290, the checked add in frame_to_pointer, is test_mp02_* in test_mapper_mapped.py.)"""
+    with pytest.raises(Panic) as ei:
+        op()
+    assert str(ei.value).startswith(message)
+
+
+def test_i20_address_difference_includes_the_hole() -> None:
+    """I-20 / A-20: VirtAddr - VirtAddr is the raw difference (hole included)."""
+    assert VirtAddr(0xFFFF_8000_0000_0000) - VirtAddr(0x7FFF_FFFF_FFFF) == 0xFFFF_0000_0000_0001
+    with pytest.raises(Panic, match=r"^attempt to subtract with overflow"):
+        VirtAddr(0) - VirtAddr(1)
+
+
+def test_i21_align_functions() -> None:
+    """I-21 (#375) / A-09..A-12 / A-28: VirtAddr align uses sign truncation (jumps the hole),
+    PhysAddr.align_up validates the result; free functions assert a power of two."""
+    assert VirtAddr(0x7FFF_FFFF_FFFF).align_up(2) == VirtAddr(0xFFFF_8000_0000_0000)
+    assert VirtAddr(0xFFFF_8000_0000_0000).align_down(1 << 48) == VirtAddr(0)
+    with pytest.raises(Panic, match=r"^attempt to add with overflow"):
+        VirtAddr(0xFFFF_FFFF_FFFF_FFFF).align_up(2)
+    with pytest.raises(
+        Panic, match=r"^physical addresses must not have any bits in the range 52 to 64 set"
+    ):
+        PhysAddr(0xF_FFFF_FFFF_FFFF).align_up(2)
+    assert align_up(0, 1 << 63) == 0
+    with pytest.raises(Panic, match=r"^`align` must be a power of two"):
+        align_down(5, 0)
+
+
+def test_i24_step_parts_modelled() -> None:
+    """I-24 (partly): #342 Step for VirtAddr/Page jumps the hole; #513 steps_between returns
+    (lower, upper); #464 Step for PageTableIndex; #212/#567 (Step for PhysFrame/PhysAddr) are
+    not in 0.15.4 and absent here."""
+    assert VirtAddr.forward_checked(VirtAddr(0x7FFF_FFFF_FFFF), 1) == VirtAddr(
+        0xFFFF_8000_0000_0000
+    )
+    assert Page.forward_checked(page4k(0x7FFF_FFFF_F000), 1) == page4k(0xFFFF_8000_0000_0000)
+    assert VirtAddr.steps_between(VirtAddr(0x7FFF_FFFF_FFFF), VirtAddr(0xFFFF_8000_0000_0000)) == (
+        1,
+        1,
+    )
+    assert VirtAddr.steps_between(VirtAddr(1), VirtAddr(0)) == (0, None)
+    assert PageTableIndex.forward_checked(PageTableIndex(511), 1) is None
+    assert not hasattr(PhysFrame, "forward_checked")
+    assert not hasattr(PhysAddr, "forward_checked")

@@ -321,3 +321,35 @@ def test_c02_base_alignment_uses_sign_truncation(env: Env) -> None:
     env.mapper.clean_up_addr_range(prange(va + 0x1000, va + 0x1000), env.alloc)
     assert env.freed() == [0x4000, 0x3000, 0x2000]
     assert env.p4_used() == []
+
+
+# -- cases from the crate's issues (checklist section 7, I-ids; the rest: test_mapper.py) ----------
+
+
+def test_i17_clean_up_skips_recursive_slot_and_replaced_filter() -> None:
+    """I-17 (#264, #238): clean-up skips the recursive slot (C-11); the filter variant was
+    replaced by clean_up_addr_range."""
+    e = make_env("recursive")
+    e.map(page4k(0x1000), frame4k(0x9000))
+    _, tok = e.mapper.unmap(page4k(0x1000))
+    tok.ignore()
+    e.mapper.clean_up(e.alloc)
+    assert e.memory.read_u64(P4_PHYS + 8 * R) == P4_PHYS | int(P | W)
+    assert len(e.alloc.deallocated) == 3
+    assert not hasattr(e.mapper, "clean_up_with_filter")
+    assert callable(e.mapper.clean_up_addr_range)
+
+
+def test_i18_clean_up_with_upper_half_tables_does_not_panic(env: Env) -> None:
+    """I-18 (#468 -> #469): a full clean-up with upper-half tables and a range across the hole
+    used to panic 'virtual address must be sign extended'; sub-range starts now use
+    Step::forward."""
+    for va in (0x1000, 0xFFFF_8000_0000_0000, 0xFFFF_FF80_0000_0000):
+        env.map(page4k(va), frame4k(0x9000))
+        _, tok = env.mapper.unmap(page4k(va))
+        tok.ignore()
+    env.mapper.clean_up_addr_range(
+        Page.range_inclusive(page4k(0x7FFF_FFFF_F000), page4k(0xFFFF_8000_0000_0000)), env.alloc
+    )
+    env.mapper.clean_up(env.alloc)
+    assert len(env.alloc.deallocated) == 9

@@ -179,7 +179,10 @@ def test_progress_shows_only_after_the_delay_and_erases_itself() -> None:
     stream = io.StringIO()
     with Progress(enabled=True, delay=0.05, stream=stream) as p:
         p.stage("probing")
-        time.sleep(0.3)
+        deadline = time.monotonic() + 60  # a hang guard: the line shows once its thread runs
+        while "probing (" not in stream.getvalue():
+            assert time.monotonic() < deadline, "the progress line never showed"
+            time.sleep(0.01)
     text = stream.getvalue()
     assert "probing (" in text and text.endswith("\r\033[K")
     quick = io.StringIO()

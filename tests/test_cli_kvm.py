@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -190,13 +189,12 @@ def _script() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "kvmpage.cli"]
 
 
-def test_console_script_verify_is_fast_and_valid() -> None:
-    t0 = time.perf_counter()
+def test_console_script_verify_is_valid() -> None:
+    """The installed command end to end (its speed is measured by scripts/bench_cli.py and
+    ``hyperfine``, not asserted here)."""
     proc = subprocess.run([*_script(), "verify", "--json"], capture_output=True, text=True)
-    elapsed = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr
     assert VALIDATOR.is_valid(json.loads(proc.stdout)) and proc.stderr == ""
-    assert elapsed < 5  # generous: the half-second target is measured by scripts, not tests
     text = subprocess.run([*_script(), "verify", "-q"], capture_output=True, text=True)
     assert text.returncode == 0 and "hardware agrees" in text.stdout and text.stderr == ""
 
@@ -277,18 +275,18 @@ def test_accessed_dirty_disagreements_are_counted_apart(
 def test_fuzz_command_prints_its_seed_and_agrees(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    code, doc = run_json(capsys, "fuzz", "--seed", "11", "--seconds", "3", "--save", str(tmp_path))
+    # bounded by --cases (the time budget is far away), so every machine checks the same cases
+    bounds = ["--seconds", "600", "--save", str(tmp_path)]
+    code, doc = run_json(capsys, "fuzz", "--seed", "11", "--cases", "3", *bounds)
     assert code == 0 and doc["seed"] == 11 and doc["failures"] == []
-    assert doc["cases"] > 0 and doc["steps"] > 0 and doc["probes"] > 0
-    code, out, err = run(capsys, "fuzz", "--seed", "11", "--seconds", "1", "--save", str(tmp_path))
-    assert code == 0 and "seed 11" in err and "0 disagreeing cases" in out
+    assert doc["cases"] == 3 and doc["steps"] == 3 * 12 and doc["probes"] > 0
+    code, out, err = run(capsys, "fuzz", "--seed", "11", "--cases", "1", *bounds)
+    assert code == 0 and "seed 11" in err and "1 cases" in out and "0 disagreeing cases" in out
 
 
 def test_fuzz_command_saves_a_reproducer_and_exits_1(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, wrong_software: None
 ) -> None:
-    from kvmpage.verify import fuzz
-
     code, doc = run_json(
         capsys, "fuzz", "--seed", "3", "--cases", "5", "--seconds", "30", "--save", str(tmp_path)
     )
@@ -296,7 +294,9 @@ def test_fuzz_command_saves_a_reproducer_and_exits_1(
     first = doc["failures"][0]
     assert first["reproducer"] and Path(first["reproducer"]).is_file()
     assert len(first["operations"]) <= 3
-    assert fuzz.reproducer_toml  # the file is the campaign's own reproducer format
+    # the file is the campaign's own reproducer: a layout file naming the case
+    text = Path(first["reproducer"]).read_text()
+    assert f"case seed {first['case_seed']}," in text and "[[mapping]]" in text
 
 
 def test_frames_where_the_host_answers_mmio_are_no_false_alarm(

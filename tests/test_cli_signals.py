@@ -157,7 +157,7 @@ def _interrupt(
 
 
 def _check(code: int, err: str, report: dict[str, Any], command: str, signum: int) -> None:
-    word = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}[signum]
+    word = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}[signal.Signals(signum)]
     name = signal.Signals(signum).name
     lines = [line for line in err.splitlines() if not line.startswith("fuzz")]  # fuzz's log
     assert lines == [f"kvmpage {command}: {word} ({name})"], err

@@ -153,7 +153,7 @@ def test_m07_ignore_sends_nothing(kind: str) -> None:
 
 def test_m07_standalone_tokens() -> None:
     """M-07: MapperFlush(page) / MapperFlushAll() can be made directly (the crate's new())."""
-    tok = MapperFlush(page4k(0x2000))
+    tok: MapperFlush[Size4KiB] = MapperFlush(page4k(0x2000))
     assert tok.page() == page4k(0x2000)
     tok.flush()
     tlb = RecordingTlb()
@@ -171,7 +171,7 @@ def test_m07_token_used_twice_raises(first: str, second: str) -> None:
     """M-07: a token is consumed by flush()/ignore() (Rust moves it); a second use raises and
     sends nothing more."""
     tlb = RecordingTlb()
-    tok = MapperFlush(page4k(0x1000), tlb)
+    tok: MapperFlush[Size4KiB] = MapperFlush(page4k(0x1000), tlb)
     getattr(tok, first)()
     with pytest.raises(RuntimeError, match="already flushed or ignored"):
         getattr(tok, second)()

@@ -22,7 +22,7 @@ from kvmpage.image.notes import CpuRegisters, encode_qemu_cpu
 from kvmpage.image.strip import strip, write_core
 from kvmpage.layout.dump import runs_of
 from kvmpage.memory import AbsentMemoryError, ReadOnlyMemoryError
-from kvmpage.paging import Page, PhysFrame, PoolFrameAllocator
+from kvmpage.paging import Page, PhysFrame, PoolFrameAllocator, Size4KiB
 from kvmpage.paging.leaves import Leaves
 from kvmpage.paging.walk import ABSENT
 
@@ -299,9 +299,10 @@ def test_a_private_copy_takes_mapping_changes_and_the_file_stays(
     before = sha256(builtin["elf"])
     with open_image(builtin["elf"], writable=True) as image:
         mapper = image.tables().mapper
-        alloc: PoolFrameAllocator = PoolFrameAllocator(0x3F0_0000, 0x3F8_0000, memory=image.memory)
-        page = Page.containing_address(VirtAddr(0x5000_0000))
-        frame = PhysFrame.containing_address(PhysAddr(0x3F8_0000))
+        alloc: PoolFrameAllocator[Size4KiB]
+        alloc = PoolFrameAllocator(0x3F0_0000, 0x3F8_0000, memory=image.memory)
+        page: Page[Size4KiB] = Page.containing_address(VirtAddr(0x5000_0000))
+        frame: PhysFrame[Size4KiB] = PhysFrame.containing_address(PhysAddr(0x3F8_0000))
         mapper.map_to(page, frame, 0x7, alloc).ignore()
         assert image.walk(0x5000_0123).phys == 0x3F8_0123
     with open_image(builtin["elf"]) as image:

@@ -1,15 +1,14 @@
-"""KVM bindings without a VM: ioctl numbers, layouts, exit decoding, error paths, the protocol
-encoding and the agent build. Only the tests marked ``kvm`` touch /dev/kvm."""
+"""KVM bindings (`kvmpage.kvm`): ioctl numbers, structure layouts, exit decoding, error paths,
+guest memory, and the handles on a real device. Only the tests marked ``kvm`` touch /dev/kvm.
+(The guest protocol's encoding: test_machine_protocol.py; the agent build:
+test_machine_build.py.)"""
 
 from __future__ import annotations
 
 import ctypes
 import errno
 import os
-import shutil
 import stat
-import struct
-from pathlib import Path
 
 import pytest
 
@@ -34,17 +33,6 @@ from kvmpage.kvm.exits import (
 )
 from kvmpage.kvm.handles import Kvm, Vcpu
 from kvmpage.kvm.memory import GuestMemory
-from kvmpage.machine import build
-from kvmpage.machine.protocol import (
-    OP_CPL3,
-    RECORD_SIZE,
-    ST_FAULT,
-    ST_OK,
-    Batch,
-    BatchResults,
-    Op,
-    fetch_stub,
-)
 from kvmpage.memory import PhysMemory, PhysMemoryError
 
 # The table of kvm-host-notes.md section A4 (numbers checked there against gcc + kvm.h).
@@ -218,83 +206,6 @@ def test_guest_memory_is_phys_memory() -> None:
 def test_guest_memory_rejects_bad_size() -> None:
     with pytest.raises(ValueError, match="4 KiB"):
         GuestMemory(1000)
-
-
-# -- protocol encoding ----------------------------------------------------------------------------
-
-
-def test_batch_encoding() -> None:
-    b = Batch()
-    assert b.read(0x1000) == 0
-    b.write(0x2000, 5, cpl=0)
-    b.load_cr3(0x3000)
-    assert len(b) == 3 and len(b.data) == 3 * RECORD_SIZE
-    assert list(b.commands()) == [
-        (OP_CPL3 | Op.READ, 0x1000, 0),
-        (Op.WRITE, 0x2000, 5),
-        (Op.LOAD_CR3, 0, 0x3000),
-    ]
-    assert b.cr3_loads == [0x3000]
-    assert b.reads([0x1000, 0x2000]) == range(3, 5)
-    with pytest.raises(ValueError, match="CPL"):
-        b.read(0, cpl=1)
-
-
-def test_batch_probes_in_columns_encode_like_single_probes() -> None:
-    one, bulk = Batch(), Batch()
-    one.read(0x1000)
-    one.write(0xFFFF_8000_0000_2000, 5, cpl=0)
-    one.fetch(0x3040)
-    ops = [OP_CPL3 | Op.READ, Op.WRITE, OP_CPL3 | Op.FETCH]
-    assert bulk.probes(ops, [0x1000, 0xFFFF_8000_0000_2000, 0x3040], [0, 5, 0]) == range(3)
-    assert bulk.data == one.data and bulk.slots == one.slots == {0, 256}
-    with pytest.raises(ValueError, match="read, write or fetch"):
-        bulk.probes([Op.LOAD_CR3], [0], [0])
-    with pytest.raises(ValueError, match="same length"):
-        bulk.probes([Op.READ], [0, 1], [0])
-    with pytest.raises(ValueError, match="64 bits"):
-        bulk.probes([Op.READ], [1 << 64], [0])
-    assert len(bulk) == 3
-
-
-def test_results_decoding() -> None:
-    data = bytearray(2 * RECORD_SIZE)
-    struct.pack_into("<QQI", data, 0, 0x1000, 0, OP_CPL3 | Op.READ)
-    struct.pack_into("<QII", data, 32, 0xABC, 0, 0)
-    struct.pack_into("<I", data, 56, ST_OK)
-    struct.pack_into("<QQI", data, 64, 0x2000, 0, Op.READ)
-    struct.pack_into("<QQQQII", data, 64 + 24, 0x55, 0, 0x2000, 0, ST_FAULT, 13)
-    res = BatchResults(bytes(data), 2, "kvm-emulator")
-    ok, gp = res[0], res[1]
-    assert ok.ok and ok.value == 0xABC and ok.oracle == "mmu" and ok.cpl == 3
-    assert gp.fault is not None and gp.fault.vector == 13
-    assert gp.fault.cr2 == 0  # CR2 only means something for #PF
-    assert gp.oracle == "kvm-emulator" and gp.rip == 0x55
-    assert res.statuses() == [ST_OK, ST_FAULT]
-
-
-def test_fetch_stub_shape() -> None:
-    stub = fetch_stub(0x1122)
-    assert stub[:2] == b"\x48\xb8" and stub[-1:] == b"\xc3" and len(stub) == 11
-
-
-# -- the agent build ------------------------------------------------------------------------------
-
-
-@pytest.mark.skipif(shutil.which("as") is None, reason="GNU as is not installed")
-def test_reassembling_the_agent_reproduces_agent_bin() -> None:
-    assert build.assemble() == build.AGENT_BIN.read_bytes()
-    assert build.main(["--check"]) == 0
-
-
-def test_build_without_source_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(build.BuildError, match="source checkout"):
-        build.assemble(tmp_path / "agent.s")
-
-
-def test_text_section_rejects_non_elf() -> None:
-    with pytest.raises(build.BuildError, match="ELF64"):
-        build.text_section(b"not an elf at all")
 
 
 # -- a real device --------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ oracle labels derived from the kind."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -71,9 +70,7 @@ def test_profile_of_this_host() -> None:
 @pytest.mark.kvm
 def test_profile_is_cached_and_cpuid_read_back() -> None:
     first = host_profile()
-    t0 = time.perf_counter()
-    assert host_profile() is first
-    assert time.perf_counter() - t0 < 0.01
+    assert host_profile() is first  # the same object: nothing was probed again
     with Machine(8 << 20) as m:
         granted = m.granted_cpuid()
         assert granted == first.cpuid

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import random
 import re
+import resource
 from pathlib import Path
 
 import pytest
@@ -154,20 +155,20 @@ def test_guest_memory_limit_reads_each_limit(monkeypatch: pytest.MonkeyPatch) ->
     gib = 1 << 30
     info = {"MemTotal": 16 * gib, "SwapTotal": 2 * gib, "CommitLimit": 10 * gib,
             "Committed_AS": 3 * gib}  # fmt: skip
-    unlimited = (limits.resource.RLIM_INFINITY,) * 2
+    unlimited = (resource.RLIM_INFINITY,) * 2
     monkeypatch.setattr(limits, "_meminfo", lambda: info)
     monkeypatch.setattr(limits, "_overcommit_mode", lambda: 0)
-    monkeypatch.setattr(limits.resource, "getrlimit", lambda _: unlimited)
+    monkeypatch.setattr(resource, "getrlimit", lambda _: unlimited)
     assert guest_memory_limit().size == 18 * gib
     monkeypatch.setattr(limits, "_overcommit_mode", lambda: 2)
     strict = guest_memory_limit()
     assert strict.size == 7 * gib and "overcommit_memory = 2" in strict.why
-    monkeypatch.setattr(limits.resource, "getrlimit", lambda _: (5 * gib, 5 * gib))
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (5 * gib, 5 * gib))
     monkeypatch.setattr(limits, "_mapped_now", lambda: gib)
     capped = guest_memory_limit()
     assert capped.size == 4 * gib and "RLIMIT_AS" in capped.why
     monkeypatch.setattr(limits, "_meminfo", dict)
-    monkeypatch.setattr(limits.resource, "getrlimit", lambda _: unlimited)
+    monkeypatch.setattr(resource, "getrlimit", lambda _: unlimited)
     assert "KVM_MEM_MAX_NR_PAGES" in guest_memory_limit().why  # nothing else known
 
 

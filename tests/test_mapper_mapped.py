@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,7 @@ from kvmpage.paging import (
     Page,
     PageAlreadyMapped,
     PageNotMapped,
+    PageRangeInclusive,
     PageTable,
     ParentEntryHugePage,
     PhysFrame,
@@ -418,11 +419,12 @@ def test_mp03_walk_errors_map_to_each_family(env: Env) -> None:
     """MP-03: a non-present parent is PageNotMapped, a huge parent ParentEntryHugePage, in unmap,
     update_flags and translate_page; translate says NotMapped / Mapped."""
     p = page4k(0x40_1000)
-    for op in (
+    ops: tuple[Callable[[], object], ...] = (
         lambda: env.mapper.unmap(p),
         lambda: env.mapper.update_flags(p, P),
         lambda: env.mapper.translate_page(p),
-    ):
+    )
+    for op in ops:
         with pytest.raises(PageNotMapped):
             op()
     env.map(page2m(0x40_0000), frame2m(0x20_0000))
@@ -743,6 +745,8 @@ def test_mp13_mp14_unmap_huge(env: Env, size: str) -> None:
     """MP-13 / MP-14 (verified) / I-07 (#610): for a 2MiB (P2) / 1GiB (P3) leaf: not present =>
     PageNotMapped; present without HUGE_PAGE (a table pointer) => ParentEntryHugePage; misaligned
     stored address => InvalidFrameAddress(addr) with the entry untouched; else zero + frame."""
+    pg: Callable[[int], Page[Any]]
+    fr: Callable[[int], PhysFrame[Any]]
     if size == "2MiB":
         va, level, pg, fr, span = 0x20_0000, 2, page2m, frame2m, 0x20_0000
     else:
@@ -1087,7 +1091,7 @@ def test_mp30_translate_never_panics_except_huge_p4() -> None:
     outcomes: dict[str, int] = {}
     for _ in range(3000):
         va = VirtAddr.new_truncate(rng.randrange(0, 1 << 48))
-        results = []
+        results: list[TranslateResult | str] = []
         for m in (mapped, offset):
             try:
                 r = m.translate(va)
@@ -1151,8 +1155,11 @@ def test_m01_mp_differential_mapped_vs_offset(seed: int) -> None:
         op = rng.randrange(11)
         va = rng.choice(vas)
         size = rng.choice(["4KiB", "2MiB", "1GiB"])
-        pg = {"4KiB": Page, "2MiB": Page[Size2MiB], "1GiB": Page[Size1GiB]}[size]
-        fr = {"4KiB": PhysFrame, "2MiB": PhysFrame[Size2MiB], "1GiB": PhysFrame[Size1GiB]}[size]
+        pages: dict[str, type[Page[Any]]]
+        frames: dict[str, type[PhysFrame[Any]]]
+        pages = {"4KiB": Page, "2MiB": Page[Size2MiB], "1GiB": Page[Size1GiB]}
+        frames = {"4KiB": PhysFrame, "2MiB": PhysFrame[Size2MiB], "1GiB": PhysFrame[Size1GiB]}
+        pg, fr = pages[size], frames[size]
         page = pg.containing_address(VirtAddr(va))
         frame = fr.containing_address(PhysAddr(rng.randrange(0, 1 << 40)))
         f1, f2 = flags(), flags()
@@ -1176,7 +1183,7 @@ def test_m01_mp_differential_mapped_vs_offset(seed: int) -> None:
         seen.add(results[0][0] if results[0][0] != "raised" else results[0][1])
         assert envs[0].memory._buf == envs[1].memory._buf  # bytearrays: a fast compare
     assert "flush" in seen and "PageNotMapped" in seen and len(seen) >= 5, seen
-    ends = []
+    ends: list[tuple[Any, ...]] = []
     for e in envs:
         try:
             e.mapper.clean_up(e.alloc)
@@ -1222,10 +1229,30 @@ def test_doc_6_5_clean_up_lower_half(env: Env) -> None:
     for va in (0x1000, 0xFFFF_8000_0000_0000):
         _, tok = env.mapper.unmap(page4k(va))
         tok.ignore()
-    lower_half = Page.range_inclusive(
+    lower_half: PageRangeInclusive[Size4KiB] = Page.range_inclusive(
         Page.containing_address(VirtAddr(0)), Page.containing_address(VirtAddr(0x7FFF_FFFF_FFFF))
     )
     env.mapper.clean_up_addr_range(lower_half, env.alloc)
     assert [int(f.start_address()) for f in env.alloc.deallocated] == [0x4000, 0x3000, 0x2000]
     assert env.memory.read_u64(P4_PHYS) == 0
     assert env.memory.read_u64(P4_PHYS + 8 * 256) == 0x5000 | int(P | W)
+
+
+# -- cases from the crate's issues (checklist section 7, I-ids; the rest: test_mapper.py) ----------
+
+
+def test_i06_offset_page_table_map_to_without_present_panics() -> None:
+    """I-06 (#554): OffsetPageTable.map_to with flags lacking PRESENT panics 'entry should be
+    mapped at this point' (also on master, MP-04.3)."""
+    e = make_env("offset")
+    with pytest.raises(Panic, match=r"^entry should be mapped at this point"):
+        e.mapper.map_to(page4k(0x1000), frame4k(0x9000), W | U, e.alloc)
+
+
+def test_i20_offset_page_table_checked_add() -> None:
+    """I-20 (#290): OffsetPageTable's phys -> virt uses the checked VirtAddr add."""
+    memory = PhysMemory(MEM_SIZE)
+    m = OffsetPageTable(PageTable(memory, P4_PHYS), VirtAddr(0x7FFF_FFFF_F000))
+    memory.write_u64(P4_PHYS, 0x2000 | int(P | W))
+    with pytest.raises(Panic, match=r"^attempt to add resulted in non-canonical virtual address"):
+        m.translate(VirtAddr(0))

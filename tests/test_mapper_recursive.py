@@ -401,6 +401,8 @@ def test_r09_unmap_4k(env: Env) -> None:
 @pytest.mark.parametrize("size", ["2MiB", "1GiB"])
 def test_r09_unmap_huge(env: Env, size: str) -> None:
     """R-09 / MP-13 / MP-14 / I-07: huge unmap leaf logic identical to the mapped mapper."""
+    pg: Callable[[int], Page[Any]]
+    fr: Callable[[int], PhysFrame[Any]]
     if size == "2MiB":
         va, level, pg, fr, span = 0x20_0000, 2, page2m, frame2m, 0x20_0000
     else:
@@ -461,11 +463,12 @@ def test_r10_non_present_non_zero_parent_faults(env: Env) -> None:
     parent's recursive address => SoftPageFault (mapped: PageNotMapped)."""
     env.map(page4k(0x1000), frame4k(0x9000))
     env.set_entry(0x1000, 3, env.entry(0x1000, 3) & ~int(P))
-    for op in (
+    ops: tuple[Callable[[], object], ...] = (
         lambda: env.mapper.update_flags(page4k(0x1000), P),
         lambda: env.mapper.translate_page(page4k(0x1000)),
         lambda: env.mapper.set_flags_p2_entry(page4k(0x1000), P),
-    ):
+    )
+    for op in ops:
         with pytest.raises(SoftPageFault):
             op()
     # unmap checks PRESENT (R-09) and so errors cleanly
@@ -808,7 +811,7 @@ def test_r16_differential_recursive_agrees_with_mapped_elsewhere(seed: int) -> N
                 f |= b
         return f
 
-    sizes = {
+    sizes: dict[str, tuple[type[Page[Any]], type[PhysFrame[Any]]]] = {
         "4KiB": (Page, PhysFrame),
         "2MiB": (Page[Size2MiB], PhysFrame[Size2MiB]),
         "1GiB": (Page[Size1GiB], PhysFrame[Size1GiB]),
@@ -836,7 +839,7 @@ def test_r16_differential_recursive_agrees_with_mapped_elsewhere(seed: int) -> N
     assert skipped < 100, skipped
     # clean-up may meet a table pointer to a frame outside the memory (set_flags_p2_entry
     # dropped HUGE_PAGE from a huge entry, MP-21): both must then fail alike
-    ends = [_outcome(lambda e=e: e.mapper.clean_up(e.alloc)) for e in envs]
+    ends = [_outcome(functools.partial(e.mapper.clean_up, e.alloc)) for e in envs]
     assert ends[0] == ends[1]
     assert envs[0].alloc.deallocated == envs[1].alloc.deallocated
 
@@ -850,7 +853,7 @@ def test_r04_software_walk_agrees_with_translate_on_present_mappings(seed: int) 
 
     rng = random.Random(seed)
     e = make_env("recursive")
-    sizes = [
+    sizes: list[tuple[type[Page[Any]], type[PhysFrame[Any]]]] = [
         (Page, PhysFrame),
         (Page[Size2MiB], PhysFrame[Size2MiB]),
         (Page[Size1GiB], PhysFrame[Size1GiB]),
@@ -915,3 +918,62 @@ def test_r04_soft_walk_faults_on_reserved_bits_of_a_misaligned_huge_leaf(env: En
     env.set_entry(va, 2, env.entry(va, 2) | 0x2000)
     with pytest.raises(SoftPageFault, match=r"reserved bits 0x2000 set"):
         resolve(env.memory, P4_PHYS, va + 0x1234)
+
+
+# -- cases from the crate's issues (checklist section 7, I-ids; the rest: test_mapper.py) ----------
+
+
+def test_i13_recursive_index_511_and_index_based_iteration() -> None:
+    """I-13 (#424 -> #425): the table at 0xffff_ffff_ffff_f000 (r = 511) iterates its 512
+    entries index-based; a mapper with r = 511 maps, translates and cleans up."""
+    e = make_env("recursive", r=511)
+    assert e.mapper.table_address() == VirtAddr(0xFFFF_FFFF_FFFF_F000)
+    entries = list(e.mapper.level_4_table().iter())
+    assert len(entries) == 512 and entries[511].raw == P4_PHYS | int(P | W)
+    e.map(page4k(0xFFFF_FF00_0000_0000), frame4k(0x9000))  # P4[510], next to the slot
+    assert e.mapper.translate_addr(VirtAddr(0xFFFF_FF00_0000_0123)) == PhysAddr(0x9123)
+    _, tok = e.mapper.unmap(page4k(0xFFFF_FF00_0000_0000))
+    tok.ignore()
+    e.mapper.clean_up(e.alloc)
+    assert [int(f.start_address()) for f in e.alloc.deallocated] == [0x4000, 0x3000, 0x2000]
+    assert e.memory.read_u64(P4_PHYS + 8 * 511) == P4_PHYS | int(P | W)
+
+
+def test_i14_not_active_and_new_unchecked() -> None:
+    """I-14 (#157, open): new() checks entry r against CR3 (NotActive); new_unchecked skips the
+    check for callers that know better, and then faults where hardware would."""
+    memory = PhysMemory(MEM_SIZE)
+    memory.write_u64(P4_PHYS + 8 * R, P4_PHYS | int(W))  # recursive but not present
+    with pytest.raises(NotActive):
+        RecursivePageTable(memory, recursive_table_address(R), frame4k(P4_PHYS))
+    m = RecursivePageTable.new_unchecked(memory, R, frame4k(P4_PHYS))
+    with pytest.raises(SoftPageFault):
+        m.translate(VirtAddr(0))
+    memory.write_u64(P4_PHYS + 8 * R, P4_PHYS | int(P | W))
+    assert isinstance(m.translate(VirtAddr(0)), NotMapped)
+
+
+def test_i15_recursive_entry_must_hold_the_physical_frame() -> None:
+    """I-15 (#209): the recursive entry points at the P4's own physical frame; writing the
+    table's virtual address into it instead gives NotActive."""
+    memory = PhysMemory(MEM_SIZE)
+    table_va = recursive_table_address(R)
+    memory.write_u64(P4_PHYS + 8 * R, (table_va.as_u64() & ADDRESS_MASK) | int(P | W))
+    with pytest.raises(NotActive):
+        RecursivePageTable(memory, table_va, frame4k(P4_PHYS))
+    memory.write_u64(P4_PHYS + 8 * R, P4_PHYS | int(P | W))
+    m = RecursivePageTable(memory, table_va, frame4k(P4_PHYS))
+    assert m.recursive_index == R
+
+
+def test_i16_recursive_mapper_forces_pw_only_on_new_entries() -> None:
+    """I-16 (bootloader #443): the recursive mapper makes new parents PRESENT|WRITABLE but does
+    not add WRITABLE to an existing read-only parent unless the insert flags ask for it."""
+    e = make_env("recursive")
+    e.map(page4k(0x1000), frame4k(0x9000), P)
+    assert e.entry(0x1000, 4) == 0x2000 | int(P | W)
+    e.set_entry(0x1000, 3, 0x3000 | int(P))  # read-only P3 entry
+    e.map(page4k(0x2000), frame4k(0xA000), P)
+    assert e.entry(0x1000, 3) == 0x3000 | int(P)
+    e.map(page4k(0x3000), frame4k(0xB000), P | W)
+    assert e.entry(0x1000, 3) == 0x3000 | int(P | W)

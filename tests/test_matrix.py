@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -364,8 +365,8 @@ def test_long_runs_use_a_job_per_cpu_by_default(monkeypatch: pytest.MonkeyPatch)
     from kvmpage.cli import matrix_cmd
 
     assert matrix_cmd.default_jobs(Selection("sample", 20000)) == 1
-    monkeypatch.setattr(matrix_cmd.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert matrix_cmd.default_jobs(Selection("full")) == 2
     assert matrix_cmd.default_jobs(Selection("full", shard=(1, 100))) == 1
-    monkeypatch.setattr(matrix_cmd.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
     assert matrix_cmd.default_jobs(Selection("sample", 500_000)) == 4

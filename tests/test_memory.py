@@ -8,17 +8,28 @@ mmap can be closed after `PhysMemory.close`.
 from __future__ import annotations
 
 import mmap
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from kvmpage import PhysAddr, PhysMemory, PhysMemoryError, VirtAddr
-from kvmpage.paging import OffsetPageTable, Page, PageTableFlags, PhysFrame, PoolFrameAllocator
+from kvmpage.paging import (
+    OffsetPageTable,
+    Page,
+    PageTableFlags,
+    PhysFrame,
+    PoolFrameAllocator,
+    Size4KiB,
+)
 from kvmpage.paging.table import PageTable
 
 SIZE = 0x4000
 
+#: an accessor called on a memory
+Call = Callable[[PhysMemory], object]
+
 # (name, call) pairs: every accessor, called out of bounds
-OUT_OF_BOUNDS = [
+OUT_OF_BOUNDS: list[tuple[str, Call]] = [
     ("read past end", lambda m: m.read(SIZE - 4, 8)),
     ("read at end", lambda m: m.read(SIZE, 1)),
     ("read negative", lambda m: m.read(-1, 1)),
@@ -42,7 +53,7 @@ OUT_OF_BOUNDS = [
 
 
 @pytest.fixture
-def memory():
+def memory() -> Iterator[PhysMemory]:
     m = PhysMemory(SIZE)
     yield m
     m.close()
@@ -56,7 +67,7 @@ def filled(size: int = SIZE) -> PhysMemory:
 # -- construction -------------------------------------------------------------------------------
 
 
-def test_new_memory_is_zeroed_and_sized(memory):
+def test_new_memory_is_zeroed_and_sized(memory: PhysMemory) -> None:
     assert memory.size == SIZE
     assert memory.read(0, SIZE) == bytes(SIZE)
     assert not memory.closed
@@ -64,12 +75,12 @@ def test_new_memory_is_zeroed_and_sized(memory):
 
 
 @pytest.mark.parametrize("size", [0, -4096, 4095, 4097, 0x1800])
-def test_size_must_be_positive_multiple_of_4kib(size):
+def test_size_must_be_positive_multiple_of_4kib(size: int) -> None:
     with pytest.raises(PhysMemoryError):
         PhysMemory(size)
 
 
-def test_buffer_must_match_size_and_be_writable():
+def test_buffer_must_match_size_and_be_writable() -> None:
     with pytest.raises(PhysMemoryError):
         PhysMemory(0x2000, buffer=bytearray(0x1000))
     with pytest.raises(PhysMemoryError):
@@ -84,7 +95,7 @@ def test_buffer_must_match_size_and_be_writable():
 # -- access ---------------------------------------------------------------------------------------
 
 
-def test_u64_is_little_endian(memory):
+def test_u64_is_little_endian(memory: PhysMemory) -> None:
     memory.write_u64(0x1008, 0x0102_0304_0506_0708)
     assert memory.read(0x1008, 8) == bytes([8, 7, 6, 5, 4, 3, 2, 1])
     assert memory.read_u64(0x1008) == 0x0102_0304_0506_0708
@@ -92,7 +103,7 @@ def test_u64_is_little_endian(memory):
     assert memory.read_u64(0x1010) == (1 << 64) - 1
 
 
-def test_read_write_zero_view(memory):
+def test_read_write_zero_view(memory: PhysMemory) -> None:
     memory.write(0x100, b"hello")
     assert memory.read(0x100, 5) == b"hello"
     v = memory.view(0x100, 5)
@@ -106,14 +117,16 @@ def test_read_write_zero_view(memory):
     assert memory.read(SIZE, 0) == b""  # an empty range at the end is inside
 
 
-def test_accessors_take_phys_addr(memory):
-    memory.write_u64(PhysAddr(0x2000), 7)
-    assert memory.read_u64(PhysAddr(0x2000)) == 7
-    assert memory.read(PhysAddr(0x2000), 1) == b"\x07"
+def test_accessors_take_phys_addr(memory: PhysMemory) -> None:
+    """The accessors are annotated with ``int`` (what kvmpage passes) and take a `PhysAddr`
+    too (they call ``int()`` on the address), which the ignores below are for."""
+    memory.write_u64(PhysAddr(0x2000), 7)  # type: ignore[arg-type]
+    assert memory.read_u64(PhysAddr(0x2000)) == 7  # type: ignore[arg-type]
+    assert memory.read(PhysAddr(0x2000), 1) == b"\x07"  # type: ignore[arg-type]
     assert PageTable(memory, PhysAddr(0x2000))[0].raw == 7
 
 
-def test_edges_are_inside(memory):
+def test_edges_are_inside(memory: PhysMemory) -> None:
     memory.write_u64(SIZE - 8, 0xAB)
     assert memory.read_u64(SIZE - 8) == 0xAB
     memory.write(SIZE - 1, b"\x01")
@@ -125,7 +138,7 @@ def test_edges_are_inside(memory):
 
 
 @pytest.mark.parametrize("name, call", OUT_OF_BOUNDS, ids=[n for n, _ in OUT_OF_BOUNDS])
-def test_out_of_bounds_raises_and_writes_nothing(name, call):
+def test_out_of_bounds_raises_and_writes_nothing(name: str, call: Call) -> None:
     m = filled()
     before = m.read(0, SIZE)
     with pytest.raises(PhysMemoryError):
@@ -135,7 +148,7 @@ def test_out_of_bounds_raises_and_writes_nothing(name, call):
 
 
 @pytest.mark.parametrize("addr", [1, 4, 7, 0x1004, SIZE - 4])
-def test_u64_access_must_be_8_byte_aligned(addr):
+def test_u64_access_must_be_8_byte_aligned(addr: int) -> None:
     m = filled()
     before = m.read(0, SIZE)
     with pytest.raises(PhysMemoryError, match="aligned"):
@@ -147,13 +160,13 @@ def test_u64_access_must_be_8_byte_aligned(addr):
 
 
 @pytest.mark.parametrize("addr", [8, 0x800, 0x1FF8])
-def test_table_must_be_4kib_aligned(memory, addr):
+def test_table_must_be_4kib_aligned(memory: PhysMemory, addr: int) -> None:
     with pytest.raises(PhysMemoryError):
         PageTable(memory, addr)
 
 
 @pytest.mark.parametrize("value", [-1, 1 << 64])
-def test_write_u64_value_must_fit(value):
+def test_write_u64_value_must_fit(value: int) -> None:
     m = filled()
     with pytest.raises(PhysMemoryError):
         m.write_u64(0, value)
@@ -163,7 +176,7 @@ def test_write_u64_value_must_fit(value):
 
 # -- closed memory ----------------------------------------------------------------------
 
-ACCESSORS = [
+ACCESSORS: list[tuple[str, Call]] = [
     ("read", lambda m: m.read(0, 8)),
     ("write", lambda m: m.write(0, b"x")),
     ("zero", lambda m: m.zero(0, 8)),
@@ -175,7 +188,7 @@ ACCESSORS = [
 
 
 @pytest.mark.parametrize("name, call", ACCESSORS, ids=[n for n, _ in ACCESSORS])
-def test_closed_memory_raises_phys_memory_error(name, call):
+def test_closed_memory_raises_phys_memory_error(name: str, call: Call) -> None:
     m = PhysMemory(SIZE)
     m.close()
     assert m.closed
@@ -183,7 +196,7 @@ def test_closed_memory_raises_phys_memory_error(name, call):
         call(m)
 
 
-def test_close_is_idempotent_and_context_manager_closes():
+def test_close_is_idempotent_and_context_manager_closes() -> None:
     m = PhysMemory(SIZE)
     m.close()
     m.close()
@@ -197,7 +210,7 @@ def test_close_is_idempotent_and_context_manager_closes():
 # -- mmap-backed memory -----------------------------------------------------------------
 
 
-def test_mmap_backed_memory_works_and_mmap_closes_after_close():
+def test_mmap_backed_memory_works_and_mmap_closes_after_close() -> None:
     mm = mmap.mmap(-1, SIZE)
     m = PhysMemory(SIZE, buffer=mm)
     assert repr(m) == "PhysMemory(size=0x4000, backing=mmap)"
@@ -218,13 +231,13 @@ def test_mmap_backed_memory_works_and_mmap_closes_after_close():
     assert mm.closed
 
 
-def test_mmap_closes_after_a_mapper_used_the_memory():
+def test_mmap_closes_after_a_mapper_used_the_memory() -> None:
     mm = mmap.mmap(-1, 0x10_0000)
     m = PhysMemory(0x10_0000, buffer=mm)
     mapper = OffsetPageTable(PageTable(m, 0x1000), VirtAddr(0))
-    alloc = PoolFrameAllocator(0x2000, 0x10000, memory=m)
+    alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(0x2000, 0x10000, memory=m)
     flags = PageTableFlags.PRESENT | PageTableFlags.WRITABLE
-    page = Page.containing_address(VirtAddr(0x40_1000))
+    page: Page[Size4KiB] = Page.containing_address(VirtAddr(0x40_1000))
     mapper.map_to(page, PhysFrame.containing_address(PhysAddr(0x8_0000)), flags, alloc).ignore()
     assert mapper.translate_addr(VirtAddr(0x40_1234)) == PhysAddr(0x8_0234)
     m.close()
@@ -232,7 +245,7 @@ def test_mmap_closes_after_a_mapper_used_the_memory():
     assert mm.closed
 
 
-def test_mmap_closes_after_failed_construction():
+def test_mmap_closes_after_failed_construction() -> None:
     mm = mmap.mmap(-1, SIZE)
     with pytest.raises(PhysMemoryError):
         PhysMemory(2 * SIZE, buffer=mm)

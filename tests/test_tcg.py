@@ -26,7 +26,6 @@ from kvmpage.machine import Batch, GuestCrashError, WatchdogTimeout, fetch_stub,
 from kvmpage.machine.errors import AgentSlotConflict
 from kvmpage.paging import Page, PageTableFlags, Size4KiB
 from kvmpage.tcg import INSTALL_HINT, TcgMachine, TcgUnavailable, available
-from kvmpage.tcg import engine as tcg_engine
 from kvmpage.tcg.machine import tcg_profile
 from kvmpage.verify import PlanOptions, Predictor, Verifier, verify
 from kvmpage.verify.probes import Probe
@@ -258,7 +257,7 @@ def test_without_unicorn_the_oracle_says_how_to_install_it(
             raise ModuleNotFoundError(f"No module named {name!r}")
         return real(name, package)
 
-    monkeypatch.setattr(tcg_engine.importlib, "import_module", no_unicorn)
+    monkeypatch.setattr(importlib, "import_module", no_unicorn)  # what the engine calls
     assert available() is not None and INSTALL_HINT in str(available())
     with pytest.raises(TcgUnavailable, match=r"pip install 'kvmpage\[tcg\]'"):
         TcgMachine()
@@ -334,18 +333,19 @@ def test_unflushed_changes_follow_the_architectures_flush_rules() -> None:
     old = {pd: bytearray(4096), pt: bytearray(4096)}
     struct.pack_into("<Q", old[pd], 8 * 1, 0x20_0000 | 0x81)  # a 2 MiB leaf
     struct.pack_into("<Q", old[pt], 8 * 5, 0x9000 | 1)  # a 4 KiB leaf
+    seen = {frame: bytes(data) for frame, data in old.items()}  # as the guest last saw them
     new = {pd: [0] * 512, pt: [0] * 512}
     new[pt][6] = 0xA000 | 1  # was not present: cannot be stale
     walk_4k = (0x1000, 0x2000, pd + 8 * 0, pt + 8 * 5)
     walk_2m = (0x1000, 0x2000, pd + 8 * 1)
-    none = Unflushed.between(old, new, [])
+    none = Unflushed.between(seen, new, [])
     assert none.stale(0x5000, walk_4k) and none.stale(0x20_0000 + 0x1F_F000, walk_2m)
     assert not none.stale(0x6000, (0x1000, 0x2000, pd, pt + 8 * 6))
-    page = Unflushed.between(old, new, [("invlpg", 0x5000)])
+    page = Unflushed.between(seen, new, [("invlpg", 0x5000)])
     assert not page.stale(0x5123, walk_4k) and page.stale(0x5123 + 4096, walk_4k)
-    huge = Unflushed.between(old, new, [("invlpg", 0x20_0000)])
+    huge = Unflushed.between(seen, new, [("invlpg", 0x20_0000)])
     assert not huge.stale(0x3F_F000, walk_2m)  # the 2 MiB TLB entry held that address too
-    assert not Unflushed.between(old, new, [("flush_all", 0)]).stale(0x5000, walk_4k)
+    assert not Unflushed.between(seen, new, [("flush_all", 0)]).stale(0x5000, walk_4k)
 
 
 # -- the command line ------------------------------------------------------------------------
@@ -436,7 +436,7 @@ def test_oracle_tcg_without_unicorn_says_how_to_install_it(
             raise ModuleNotFoundError(f"No module named {name!r}")
         return real(name, package)
 
-    monkeypatch.setattr(tcg_engine.importlib, "import_module", no_unicorn)
+    monkeypatch.setattr(importlib, "import_module", no_unicorn)  # what the engine calls
     for argv in (["verify", "--oracle", "tcg"], ["host", "--oracle", "tcg"]):
         code, out, err = run(capsys, *argv)
         assert code == 2 and out == "" and "Traceback" not in err

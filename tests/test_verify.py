@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from support import frame_type, page_type
 
 from kvmpage import PhysAddr, VirtAddr
 from kvmpage.layout.builtin import builtin_layout
@@ -18,6 +20,7 @@ from kvmpage.layout.spec import BuiltLayout, LayoutSpec, MappingSpec, build
 from kvmpage.machine import Batch, Machine
 from kvmpage.paging import (
     Page,
+    PageSize,
     PageTableFlags,
     PhysFrame,
     RecursivePageTable,
@@ -123,7 +126,8 @@ def test_recursive_table_reads_back_the_table_bytes_through_the_recursive_addres
         if table == "p4":
             expected = built.memory.read_u64(built.p4_phys + 8 * i)
         else:
-            leaf = mapper.translate_page(Page.containing_address(VirtAddr(va + i * 4096)))
+            page: Page[Size4KiB] = Page.containing_address(VirtAddr(va + i * 4096))
+            leaf = mapper.translate_page(page)
             expected = leaf.start_address().as_u64() | int(P | W | U | NX)
         assert r.value & ~0x60 == expected & ~0x60, (table, i, hex(r.value), hex(expected))
 
@@ -200,15 +204,15 @@ def test_a_wrong_accessed_dirty_expectation_is_reported(machine: Machine) -> Non
 
 # -- live changes and the TLB -----------------------------------------------------------------
 
-SIZES = [(Size4KiB, 0x60_0000), (Size2MiB, 0x8000_0000)]
+SIZES: list[tuple[type[PageSize], int]] = [(Size4KiB, 0x60_0000), (Size2MiB, 0x8000_0000)]
 
 
-def _page(size: type, va: int) -> Page:  # type: ignore[type-arg]
-    return Page[size].containing_address(VirtAddr(va))  # type: ignore[no-any-return, index]
+def _page(size: type[PageSize], va: int) -> Page[Any]:
+    return page_type(size).containing_address(VirtAddr(va))
 
 
-def _frame(size: type, pa: int) -> PhysFrame:  # type: ignore[type-arg]
-    return PhysFrame[size].containing_address(PhysAddr(pa))  # type: ignore[no-any-return, index]
+def _frame(size: type[PageSize], pa: int) -> PhysFrame[Any]:
+    return frame_type(size).containing_address(PhysAddr(pa))
 
 
 def _outcomes(v: Verifier, va: int) -> dict[tuple[str, int], str]:
@@ -223,13 +227,16 @@ def _outcomes(v: Verifier, va: int) -> dict[tuple[str, int], str]:
 @pytest.mark.parametrize("kind", ["offset", "mapped", "recursive"])
 @pytest.mark.parametrize(("size", "va"), SIZES, ids=["4KiB", "2MiB"])
 def test_live_changes_reach_the_guest_and_verify_again(
-    machine: Machine, kind: str, size: type, va: int
+    machine: Machine, kind: str, size: type[PageSize], va: int
 ) -> None:
     built = on_machine(small_layout(kind), machine)
     mapper, alloc = built.mapper, built.allocator
     v = Verifier(mapper, machine, keep_results=True)
-    frames = [alloc.allocate_contiguous(size.SIZE, size.SIZE) for _ in range(2)]  # type: ignore[attr-defined]
-    assert None not in frames
+    frames = []
+    for _ in range(2):
+        start = alloc.allocate_contiguous(size.SIZE, size.SIZE)
+        assert start is not None
+        frames.append(start)
     page = _page(size, va)
     opts = PlanOptions(extra=(va,))
 

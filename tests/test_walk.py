@@ -211,10 +211,10 @@ def test_scan_lists_exactly_what_the_walk_finds(seed: int, nxe: bool, gbpages: b
                 for i1 in used:
                     va = canonicalize((i4 << 39) | (i3 << 30) | (i2 << 21) | (i1 << 12))
                     w = walk(mem, ROOT, va, cpu, features)
-                    leaf = leaves.find(va)
-                    assert w.mapped == (leaf is not None)
-                    if leaf is not None:
-                        assert leaf.virt in listed
+                    found = leaves.find(va)
+                    assert w.mapped == (found is not None)
+                    if found is not None:
+                        assert found.virt in listed
 
 
 @settings(max_examples=150, deadline=None)

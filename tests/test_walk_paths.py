@@ -157,10 +157,10 @@ def test_the_bulk_enumeration_is_the_general_walk(
     # and every address the general walk maps is listed, with the same page
     for va in addresses(used, cpu.levels, seed):
         w = _walk_general(other, ROOT, va, rules)
-        leaf = leaves.find(va)
-        assert w.mapped == (leaf is not None)
-        if leaf is not None:
-            assert w.phys == leaf.phys + (va - leaf.virt)
+        found = leaves.find(va)
+        assert w.mapped == (found is not None)
+        if found is not None:
+            assert w.phys == found.phys + (va - found.virt)
     # what the CPU faults on is listed as it faults
     for fault in leaves.faults:
         w = _walk_general(other, ROOT, fault.virt, rules)

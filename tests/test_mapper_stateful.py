@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
-from support import IdentityMapping
+from support import IdentityMapping, frame_type, page_type
 
 from kvmpage import PhysAddr, PhysMemory, VirtAddr
 from kvmpage.paging import (
@@ -38,6 +39,7 @@ from kvmpage.paging import (
     PageAlreadyMapped,
     PageNotMapped,
     PageRangeInclusive,
+    PageSize,
     PageTableFlags,
     ParentEntryHugePage,
     PhysFrame,
@@ -53,7 +55,7 @@ from kvmpage.paging.table import PageTable
 pytestmark = pytest.mark.filterwarnings("error::kvmpage.paging.UnusedFlushWarning")
 
 F = PageTableFlags
-SIZES = {1: Size4KiB, 2: Size2MiB, 3: Size1GiB}
+SIZES: dict[int, type[PageSize]] = {1: Size4KiB, 2: Size2MiB, 3: Size1GiB}
 SPAN = {1: 1 << 12, 2: 1 << 21, 3: 1 << 30, 4: 1 << 39}
 RECURSIVE_INDEX = 510
 MEMORY = 8 << 20
@@ -99,8 +101,8 @@ def pages(draw: st.DrawFn) -> tuple[int, int]:
     return level, vaddr(p4, p3, p2, p1)
 
 
-def page_of(level: int, va: int) -> Page:  # type: ignore[type-arg]
-    return Page[SIZES[level]].containing_address(VirtAddr(va))  # type: ignore[no-any-return]
+def page_of(level: int, va: int) -> Page[Any]:
+    return page_type(SIZES[level]).containing_address(VirtAddr(va))
 
 
 def table_key(level: int, va: int) -> tuple[int, int]:
@@ -178,7 +180,7 @@ class MapperMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.memory = PhysMemory(MEMORY)
-        self.alloc: PoolFrameAllocator = PoolFrameAllocator(
+        self.alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(
             0x1000, 0x1000 * (TABLE_FRAMES + 1), memory=self.memory
         )
         p4 = self.alloc.allocate_frame()
@@ -186,7 +188,7 @@ class MapperMachine(RuleBasedStateMachine):
         self.mapper: TableMapper = self._make_mapper(p4)
         self.model = Model()
 
-    def _make_mapper(self, p4: PhysFrame) -> TableMapper:  # type: ignore[type-arg]
+    def _make_mapper(self, p4: PhysFrame[Size4KiB]) -> TableMapper:
         table = PageTable(self.memory, p4._start)
         if self.KIND == "offset":
             return OffsetPageTable(table, VirtAddr(0))
@@ -208,7 +210,7 @@ class MapperMachine(RuleBasedStateMachine):
         level, va = page
         size = SIZES[level]
         frame_start = (1 << 40) + frame_index * size.SIZE
-        frame = PhysFrame[size].containing_address(PhysAddr(frame_start))
+        frame = frame_type(size).containing_address(PhysAddr(frame_start))
         expected = self._expect_map(level, va, flags)
         if expected is FrameAllocationFailed:
             # The crate creates tables top-down until the allocator runs dry; no rollback.
@@ -220,7 +222,7 @@ class MapperMachine(RuleBasedStateMachine):
         else:
             with pytest.raises(expected) as info:
                 self.mapper.map_to(page_of(level, va), frame, flags, self.alloc)
-            if expected is PageAlreadyMapped:
+            if isinstance(info.value, PageAlreadyMapped):
                 assert info.value.frame == frame  # the requested frame, issues #117/#461
         return page
 
@@ -301,6 +303,7 @@ class MapperMachine(RuleBasedStateMachine):
         end = VirtAddr.forward_checked(VirtAddr(va), after * 4096)
         if start is None or end is None:
             return
+        rng: PageRangeInclusive[Size4KiB]
         rng = PageRangeInclusive(Page.containing_address(start), Page.containing_address(end))
         self.mapper.clean_up_addr_range(rng, self.alloc)
         self.model.clean(4, 0, start._v, end._v)
@@ -319,7 +322,7 @@ class MapperMachine(RuleBasedStateMachine):
         """C-02, C-05, C-06, C-10: frees exactly the empty tables the algorithm reaches."""
         start = vaddr(p4, p3, p2, p1)
         end = vaddr(max(p4, last_p4), p3, p2 + length, p1) if length else start
-        rng = PageRangeInclusive(
+        rng: PageRangeInclusive[Size4KiB] = PageRangeInclusive(
             Page.containing_address(VirtAddr(start)), Page.containing_address(VirtAddr(end))
         )
         self.mapper.clean_up_addr_range(rng, self.alloc)

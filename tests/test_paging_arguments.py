@@ -66,18 +66,23 @@ def _world(kind: str) -> Env:
 
 # -- bad values, by the kind of argument they replace ---------------------------------------
 
-BAD_FLAGS = [None, 1.5, "3", b"\x03", True, [1], -1, 1 << 64, 1 << 12, 1 << 40, 1 << 51,
-             F.PRESENT | F.from_bits_retain(1 << 20)]  # fmt: skip
-BAD_PAGE = [None, MAPPED, VirtAddr(MAPPED), frame4k(0x1000), "page", 1.5]
-BAD_FRAME = [None, 0x20_0000, PhysAddr(0x20_0000), page4k(0x1000), frame2m(0x20_0000)]
-BAD_ALLOCATOR = [None, object(), 0, NotCallable(), [frame4k(0x9_0000)]]
-BAD_ADDR = [None, MAPPED, PhysAddr(MAPPED), page4k(MAPPED), "0x400000"]
-BAD_RANGE = [None, [page4k(FREE)], page4k(FREE), Page.range(page2m(0), page2m(0x40_0000))]
-BAD_CLEAN_RANGE = [None, Page.range(page4k(0), page4k(0x1000)),
-                   Page.range_inclusive(page2m(0), page2m(0))]  # fmt: skip
+BAD_FLAGS: list[object] = [None, 1.5, "3", b"\x03", True, [1], -1, 1 << 64, 1 << 12, 1 << 40,
+                           1 << 51, F.PRESENT | F.from_bits_retain(1 << 20)]  # fmt: skip
+BAD_PAGE: list[object] = [None, MAPPED, VirtAddr(MAPPED), frame4k(0x1000), "page", 1.5]
+BAD_FRAME: list[object] = [None, 0x20_0000, PhysAddr(0x20_0000), page4k(0x1000), frame2m(0x20_0000)]
+BAD_ALLOCATOR: list[object] = [None, object(), 0, NotCallable(), [frame4k(0x9_0000)]]
+BAD_ADDR: list[object] = [None, MAPPED, PhysAddr(MAPPED), page4k(MAPPED), "0x400000"]
+BAD_RANGE: list[object] = [
+    None,
+    [page4k(FREE)],
+    page4k(FREE),
+    Page.range(page2m(0), page2m(0x40_0000)),
+]
+BAD_CLEAN_RANGE: list[object] = [None, Page.range(page4k(0), page4k(0x1000)),
+                                 Page.range_inclusive(page2m(0), page2m(0))]  # fmt: skip
 
 # (operation, its arguments: (name, good value, bad values) each)
-Op = tuple[str, list[tuple[str, Callable[[Env], Any], list[Any]]]]
+Op = tuple[str, list[tuple[str, Callable[[Env], Any], list[object]]]]
 
 
 def _page(e: Env) -> Any:
@@ -225,13 +230,14 @@ def test_entries_check_raw_values_and_flags(bad: Any) -> None:
     entry = table[3]
     with pytest.raises((TypeError, ValueError)):
         PageTableEntry(bad)
-    for call in (
+    calls: tuple[Callable[[], object], ...] = (
         lambda: setattr(entry, "raw", bad),
         lambda: entry.set_flags(bad),
         lambda: entry.set_addr(PhysAddr(0x6000), bad),
         lambda: entry.set_frame(frame4k(0x6000), bad),
         lambda: table.__setitem__(4, bad),
-    ):
+    )
+    for call in calls:
         with pytest.raises((TypeError, ValueError)):
             call()
     assert table.raw_entries()[3:5] == [0x5003, 0]

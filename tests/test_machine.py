@@ -228,7 +228,8 @@ def test_batches_may_end_in_either_ring(lab: Lab) -> None:
             elif addr == sva:
                 assert_pf(res[i], 0x5, sva)
             else:
-                assert res[i].fault is not None and res[i].fault.vector == 13
+                fault = res[i].fault
+                assert fault is not None and fault.vector == 13
 
 
 # -- tagged frames --------------------------------------------------------------------------------
@@ -299,8 +300,9 @@ def test_1gib_pages_follow_the_profile(lab: Lab, profile: HostProfile) -> None:
         assert_ok(res[i3], TAG)
         assert_ok(res[i0], TAG)
     else:
-        assert res[i3].fault is not None and res[i3].fault.error_code & 0x8  # RSVD
-        assert res[i0].fault is not None and res[i0].fault.error_code & 0x8
+        f3, f0 = res[i3].fault, res[i0].fault
+        assert f3 is not None and f3.error_code & 0x8  # RSVD
+        assert f0 is not None and f0.error_code & 0x8
 
 
 # -- the live-update rule -------------------------------------------------------------------------
@@ -490,7 +492,8 @@ def test_ring3_page_faults_and_other_faults_interleave(lab: Lab) -> None:
         if expected is None:
             assert_ok(res[i], TAG | frame)
         elif expected == "gp":
-            assert res[i].fault is not None and res[i].fault.vector == 13, str(res[i])
+            fault = res[i].fault
+            assert fault is not None and fault.vector == 13, str(res[i])
         else:
             assert isinstance(expected, int) and va is not None
             assert_pf(res[i], expected, va)

@@ -12,7 +12,7 @@ without its frame being given back."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pytest
@@ -236,7 +236,7 @@ def test_failing_unmap_update_set_flags_and_translate_page_change_nothing(kind: 
     e.map(page2m(0x4000_0000), frame2m(0x40_0000), F.PRESENT | F.WRITABLE)
     before = memory(e)
     m = e.mapper
-    failing = [
+    failing: list[tuple[type[Exception], Callable[[], object]]] = [
         (PageNotMapped, lambda: m.unmap(page4k(OTHER_GIB + 0x20_0000))),
         (ParentEntryHugePage, lambda: m.unmap(page4k(0x4000_0000))),
         (PageNotMapped, lambda: m.update_flags(page4k(BASE + 0x1000), P)),

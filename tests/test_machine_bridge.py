@@ -18,6 +18,7 @@ from kvmpage.paging import (
     PageTableFlags,
     PhysFrame,
     Size2MiB,
+    Size4KiB,
 )
 from kvmpage.paging.access import CpuState
 from kvmpage.paging.table import PageTable
@@ -39,7 +40,7 @@ Setup = tuple[Machine, OffsetPageTable, BumpFrameAllocator[Any], Session, int]
 @pytest.fixture
 def setup() -> Iterator[Setup]:
     m = Machine(32 << 20)
-    tables = BumpFrameAllocator(0x1000, 0x40_0000, memory=m.memory)
+    tables: BumpFrameAllocator[Size4KiB] = BumpFrameAllocator(0x1000, 0x40_0000, memory=m.memory)
     p4 = tables.allocate_frame()
     assert p4 is not None
     p4_phys = int(p4.start_address())
@@ -66,7 +67,7 @@ def test_mapper_layout_agrees_with_the_cpu(setup: Setup) -> None:
     pages = []
     for i in range(64):
         frame = _tagged_frame(m, 0x80_0000 + ((i * 37) % 64) * 0x1000)
-        page = Page.containing_address(VirtAddr(BASE + i * 0x1000))
+        page: Page[Size4KiB] = Page.containing_address(VirtAddr(BASE + i * 0x1000))
         mapper.map_to(page, frame, USER_RW, tables).ignore()  # never walked yet: no flush due
         pages.append(page)
     huge = PhysFrame[Size2MiB].from_start_address(PhysAddr(0x100_0000))
@@ -89,7 +90,7 @@ def test_later_edits_reach_the_guest_through_the_agent(setup: Setup) -> None:
     m, mapper, tables, session, _ = setup
     old = _tagged_frame(m, 0x80_0000)
     new = _tagged_frame(m, 0x80_1000)
-    page = Page.containing_address(VirtAddr(BASE))
+    page: Page[Size4KiB] = Page.containing_address(VirtAddr(BASE))
     mapper.map_to(page, old, USER_RW, tables).ignore()
     assert _read(session, BASE) == TAG | 0x80_0000
     # remap: unmap + map_to, as the mapper does it; the session replays the change through
