@@ -50,6 +50,47 @@ def test_alias_search_sees_a_long_target_starting_far_before() -> None:
     assert f.phys == 0xF0_0000 and f.virt == 0xFFFF_8880_00F0_0000
 
 
+URW = Rights(writable=True, user=True, executable=False)
+UR = Rights(writable=False, user=True, executable=False)
+
+
+def test_user_access_in_the_kernel_half_is_a_finding_and_the_user_half_is_not() -> None:
+    kernel = 0xFFFF_8000_0000_0000
+    findings = audit([run(0x40_0000, 0x1000, 1, UR), run(kernel, 0x2000, 3, UR)])
+    assert [(f.kind, f.virt, f.phys, f.phys_end) for f in findings] == [
+        ("user-kernel-half", kernel, 0x2000, 0x5000)
+    ]
+    assert audit([run(kernel, 0x2000, 3, R)]) == []  # supervisor-only there: fine
+
+
+def test_a_page_table_page_writable_by_user_mode_or_the_kernel() -> None:
+    tables = [0x9000, 0xB000]
+    # a user-writable window over one table page; a kernel-writable one over both
+    user = run(0x40_0000, 0x8000, 2, URW)
+    kernel = run(0xFFFF_8880_0000_8000, 0x8000, 4, RW)
+    found = {(f.kind, f.virt, f.phys, f.phys_end) for f in audit([user, kernel], tables=tables)}
+    assert found == {  # at the virtual address of the first table page each run covers
+        ("table-user-writable", 0x40_1000, 0x9000, 0xA000),
+        ("table-writable", 0xFFFF_8880_0000_9000, 0x9000, 0xC000),
+    }
+    # read-only over the tables, or writable beside them: nothing
+    assert audit([run(0x40_0000, 0x9000, 1, UR)], tables=tables) == []
+    assert audit([run(0x40_0000, 0xA000, 1, URW)], tables=tables) == []
+    # without the table list the audit cannot know, and says nothing of tables
+    assert all(not f.kind.startswith("table") for f in audit([user, kernel]))
+
+
+def test_a_user_frame_the_kernel_executes_through_another_address() -> None:
+    user = run(0x40_0000, 0x7000, 2, URW)
+    kernel_code = run(0xFFFF_FFFF_8000_0000, 0x8000, 1, RX)
+    kinds = [f.kind for f in audit([user, kernel_code])]
+    assert "user-exec-alias" in kinds
+    (alias,) = [f for f in audit([user, kernel_code]) if f.kind == "user-exec-alias"]
+    assert (alias.phys, alias.phys_end, alias.other_virt) == (0x8000, 0x9000, kernel_code.virt)
+    # the same frame executable only by a user-half address is not this finding
+    assert "user-exec-alias" not in [f.kind for f in audit([user, run(0x50_0000, 0x8000, 1, RX)])]
+
+
 def _runs(text: str) -> list[Run]:
     built = build(parse_layout(text))
     try:
