@@ -13,6 +13,7 @@ from kvmpage.image import Image, PagingContext, open_image
 from kvmpage.layout.dump import Run
 from kvmpage.layout.regions import Regions, linux_regions, user_kernel_regions
 from kvmpage.paging.leaves import Leaves
+from kvmpage.x86 import ADDRESS_MASK
 
 
 def open_source(args: argparse.Namespace, path: str | None = None) -> tuple[Image, PagingContext]:
@@ -72,7 +73,7 @@ def self_slots(image: Image, ctx: PagingContext) -> frozenset[int]:
     return frozenset(
         i
         for i, raw in enumerate(words)
-        if raw & 1 and not raw & 0x80 and raw & 0x000F_FFFF_FFFF_F000 == ctx.root
+        if raw & 1 and not raw & 0x80 and raw & ADDRESS_MASK == ctx.root
     )
 
 

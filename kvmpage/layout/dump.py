@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from kvmpage.paging.leaves import Leaf, Leaves
 from kvmpage.paging.table import PageTableFlags
 from kvmpage.paging.walk import RIGHTS, Rights
+from kvmpage.x86 import ADDRESS_MASK, U64_MASK
 
 _ACCESSED_DIRTY = 0x60
-_FLAG_MASK = ~0x000F_FFFF_FFFF_F000 & ((1 << 64) - 1)
+_FLAG_MASK = ~ADDRESS_MASK & U64_MASK
 _LEVEL_NAME = {1: "4K", 2: "2M", 3: "1G"}
 
 

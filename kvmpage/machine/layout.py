@@ -8,6 +8,8 @@ module is the one source of truth for both sides.
 
 from __future__ import annotations
 
+from kvmpage.addr import canonicalize
+
 PAGE = 4096
 LARGE_PAGE = 2 << 20
 SLOT_SPAN = 1 << 39
@@ -68,10 +70,7 @@ def slot_base(slot: int) -> int:
     """The canonical virtual address where PML4 slot ``slot`` starts."""
     if not 0 <= slot < 512:
         raise ValueError(f"PML4 slot must be in 0..511, got {slot}")
-    base = slot << 39
-    if base & (1 << 47):
-        base |= 0xFFFF_0000_0000_0000
-    return base
+    return canonicalize(slot << 39)
 
 
 def asm_constants() -> dict[str, int]:
