@@ -360,11 +360,6 @@ class Machine(AgentGuest):
         return summary
 
 
-#: The local APIC's page: on this kind of host KVM's instruction emulator (CPL0 accesses on a
-#: shadow-paging host) sends accesses there to MMIO even where the guest has RAM.
-APIC_PAGE = 0xFEE0_0000
-
-
 _PROFILES: dict[str, HostProfile] = {}
 _PROFILES_LOCK = threading.Lock()
 
