@@ -5,7 +5,8 @@ It is a `MappedPageTable` that reads each table where it is in the image (`Physi
 mapping operations are refused with `ReadOnlyImageError` before anything happens, unless the
 image was opened with ``writable=True``: then `mapper` is that `MappedPageTable`, working on the
 process's private copy of the image (the file is never written), and what it builds can be
-verified on the CPU like a layout.
+verified on the CPU like a layout. A 5-level image (CR4.LA57) gets a 5-level mapper, which
+takes `VirtAddr57` and `Page57` as well as the 48-bit types.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class ReadOnlyImageError(TypeError):
 
 _MUTATORS = (
     "map_to", "map_to_with_table_flags", "map_range", "identity_map", "unmap", "update_flags",
-    "set_flags_p4_entry", "set_flags_p3_entry", "set_flags_p2_entry", "clean_up",
+    "set_flags_p5_entry", "set_flags_p4_entry", "set_flags_p3_entry", "set_flags_p2_entry",
+    "clean_up",
     "clean_up_addr_range",
 )  # fmt: skip
 
@@ -40,7 +42,9 @@ class ImageTables:
         self.image = image
         self.context = context
         memory = image.memory
-        self._mapper = MappedPageTable(PageTable(memory, context.root), PhysicalFrames(memory))
+        self._mapper = MappedPageTable(
+            PageTable(memory, context.root), PhysicalFrames(memory), levels=context.levels
+        )
 
     @property
     def mapper(self) -> MappedPageTable:

@@ -195,9 +195,9 @@ def resolve(memory: PhysicalMemory, p4_phys: int, addr: int) -> int:
 
 
 def resolve_below(memory: PhysicalMemory, table: int, addr: int, level: int) -> int:
-    """Continue a walk of ``addr`` at ``level`` (4..1) in the table at ``table``; `resolve`
+    """Continue a walk of ``addr`` at ``level`` (5..1) in the table at ``table``; `resolve`
     when the upper levels are already known (the leading recursive indices of a recursive
-    address all lead back to the level-4 table)."""
+    address all lead back to the top-level table)."""
     if type(memory) is not PhysMemory or memory.has_holes:
         return _resolve_general(memory, table, addr, level)
     q = memory.words
@@ -214,8 +214,8 @@ def resolve_below(memory: PhysicalMemory, table: int, addr: int, level: int) -> 
         if level == 1:
             return (raw & ADDRESS_MASK) | (addr & 0xFFF)
         if raw & PS:
-            if level == 4:
-                raise SoftPageFault(addr, 4, "has reserved bits 0x80 set")
+            if level >= 4:  # (PS is reserved in a PML4E and a PML5E)
+                raise SoftPageFault(addr, level, "has reserved bits 0x80 set")
             if level == 3:
                 if raw & 0x3FFF_E000:
                     raise SoftPageFault(addr, 3, f"has reserved bits {raw & 0x3FFF_E000:#x} set")
