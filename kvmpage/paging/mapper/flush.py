@@ -46,11 +46,15 @@ class RecordingTlb:
 
 
 class _Token:
-    __slots__ = ("_tlb", "_used")
+    """What both tokens share: the `Tlb` the flush goes to, and whether it was used.
 
-    def __init__(self, tlb: Tlb) -> None:
-        self._tlb = tlb
-        self._used = False
+    A token is made by every successful mapping operation, so its life is kept short: the
+    constructors and `ignore` set and test the slots directly (one call each, no ``super()``).
+    """
+
+    __slots__ = ("_tlb", "_used")
+    _tlb: Tlb
+    _used: bool
 
     def _consume(self) -> None:
         if self._used:
@@ -59,7 +63,9 @@ class _Token:
 
     def ignore(self) -> None:
         """Drop the token on purpose: the caller takes care of the TLB."""
-        self._consume()
+        if self._used:
+            raise RuntimeError(f"{type(self).__name__} was already flushed or ignored")
+        self._used = True
 
     def __del__(self) -> None:
         if not self._used:
@@ -76,7 +82,8 @@ class MapperFlush(_Token, Generic[S]):
     __slots__ = ("_page",)
 
     def __init__(self, page: Any, tlb: Tlb | None = None) -> None:
-        super().__init__(tlb if tlb is not None else RecordingTlb())
+        self._used = False
+        self._tlb = tlb if tlb is not None else RecordingTlb()
         self._page = page
 
     def page(self) -> Any:
@@ -98,7 +105,8 @@ class MapperFlushAll(_Token):
     __slots__ = ()
 
     def __init__(self, tlb: Tlb | None = None) -> None:
-        super().__init__(tlb if tlb is not None else RecordingTlb())
+        self._used = False
+        self._tlb = tlb if tlb is not None else RecordingTlb()
 
     def flush_all(self) -> None:
         """Reload CR3."""

@@ -83,9 +83,14 @@ class OffsetPageTable(MappedPageTable):
         mapping = PhysOffset(level_4_table.memory, phys_offset, depth_arg(levels))
         super().__init__(level_4_table, mapping, tlb=tlb, levels=levels)
         self._offset_mapping = mapping
-        # the inlined paths below: a 4 KiB page type they take, and the parents' index shifts
+        # the inlined paths below: the 4 KiB page type they take besides Page, the address
+        # type of the inlined translate_addr (4 levels only), and where the tables are
         self._fast_page: type = self.depth.page_of_level[1]
         self._fast_addr: type | None = VirtAddr if levels == 4 else None
+        self._fast_where = (
+            self._l4_table[1] << 3, mapping._safe_below, mapping.memory.words,
+            self.depth.parent_shifts,
+        )  # fmt: skip
 
     def phys_offset(self) -> VirtAddr:
         """The virtual address at which physical address 0 is mapped."""
@@ -151,10 +156,8 @@ class OffsetPageTable(MappedPageTable):
             and not f & 0x80
         ):
             done = map_4k_fast(
-                self, page, frame, f, insert, frame_allocator, self._l4_table[1] << 3,
-                self._offset_mapping._safe_below,
-                insert if insert & 0x81 == 1 else None, self._offset_mapping.memory.words,
-                self.depth.parent_shifts,
+                self, page, frame, f, insert, frame_allocator,
+                insert if insert & 0x81 == 1 else None, self._fast_where,
             )  # fmt: skip
             if done is not None:
                 return done

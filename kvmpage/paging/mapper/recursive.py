@@ -288,8 +288,8 @@ class RecursivePageTable(TableMapper):
             and q[(t >> 3) + self.recursive_index] & (_MASK | 0x81) == t | 1  # self-mapped
         ):
             done = map_4k_fast(
-                self, page, frame, f, insert, frame_allocator, t, limit + 1,
-                insert | PRESENT | WRITABLE, q, self.depth.parent_shifts,
+                self, page, frame, f, insert, frame_allocator, insert | PRESENT | WRITABLE,
+                (t, limit + 1, q, self.depth.parent_shifts),
             )  # fmt: skip
             if done is not None:
                 return done
