@@ -33,7 +33,8 @@ from kvmpage.index import PageOffset, PageTableIndex, PageTableLevel
 from kvmpage.panic import Panic
 
 __all__ = [
-    "U64_MAX", "PhysAddr", "PhysAddrNotValid", "VirtAddr", "VirtAddr57", "VirtAddrNotValid",
+    "U64_MAX", "AnyVirtAddr", "PhysAddr", "PhysAddrNotValid", "VirtAddr", "VirtAddr57",
+    "VirtAddrNotValid",
     "align_down", "align_up", "canonicalize", "is_canonical",
 ]  # fmt: skip
 
@@ -284,6 +285,10 @@ class VirtAddr57(_VirtAddrBase):
     def p5_index(self) -> PageTableIndex:
         """Bits 48..56: index into the level-5 table (L5-03)."""
         return PageTableIndex((self._v >> 48) & 511)
+
+
+#: Either virtual address type: what a 5-level mapper takes (a 4-level one takes `VirtAddr`).
+AnyVirtAddr = VirtAddr | VirtAddr57
 
 
 class PhysAddr(_Addr):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kvmpage.addr import PhysAddr, VirtAddr
+from kvmpage.addr import AnyVirtAddr, PhysAddr
 from kvmpage.image.context import PagingContext
 from kvmpage.paging.mapper import MappedPageTable, PhysicalFrames, TranslateResult
 from kvmpage.paging.page import Page, PhysFrame
@@ -53,11 +53,11 @@ class ImageTables:
             raise self._refused("mapper")
         return self._mapper
 
-    def translate(self, addr: VirtAddr) -> TranslateResult:
+    def translate(self, addr: AnyVirtAddr) -> TranslateResult:
         """The crate's ``Translate::translate``."""
         return self._mapper.translate(addr)
 
-    def translate_addr(self, addr: VirtAddr) -> PhysAddr | None:
+    def translate_addr(self, addr: AnyVirtAddr) -> PhysAddr | None:
         """The crate's ``Translate::translate_addr``."""
         return self._mapper.translate_addr(addr)
 

@@ -90,7 +90,7 @@ class Predictor:
         """The raw entries of the probe's walk and their addresses."""
         if probe.leaf is not None:
             return probe.leaf.entries, probe.leaf.entry_addrs
-        if not is_canonical(probe.va):
+        if not is_canonical(probe.va, self.cpu.levels):
             return (), ()
         page = probe.va >> 12  # every access to a page walks the same entries
         found = self._walks.get(page)

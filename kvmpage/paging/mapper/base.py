@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
-from kvmpage.addr import PhysAddr, VirtAddr
+from kvmpage.addr import AnyVirtAddr, PhysAddr
 from kvmpage.memory import PhysicalMemory
 from kvmpage.paging.frame_alloc import FrameAllocator, FrameDeallocator
 from kvmpage.paging.mapper.checks import (
@@ -87,9 +87,9 @@ def _index(va: int, level: int) -> int:
 class Translate(Protocol):
     """The crate's ``Translate`` trait (M-04)."""
 
-    def translate(self, addr: VirtAddr) -> TranslateResult: ...
+    def translate(self, addr: AnyVirtAddr) -> TranslateResult: ...
 
-    def translate_addr(self, addr: VirtAddr) -> PhysAddr | None: ...
+    def translate_addr(self, addr: AnyVirtAddr) -> PhysAddr | None: ...
 
 
 class TableMapper:
@@ -397,7 +397,7 @@ class TableMapper:
 
     # -- Translate ------------------------------------------------------------------------
 
-    def translate(self, addr: VirtAddr) -> TranslateResult:
+    def translate(self, addr: AnyVirtAddr) -> TranslateResult:
         """Walk ``addr``: `Mapped` (with the leaf's flags only), `NotMapped` or
         `InvalidFrameAddress` (MP-25..MP-30, R-14..R-16). A 5-level mapper also takes a
         `VirtAddr57` (L5-06)."""
@@ -412,7 +412,7 @@ class TableMapper:
         frame = _FRAME_OF_LEVEL[level]._make(addr_field & ~(span - 1))
         return Mapped(MappedFrame(frame), va & (span - 1), PageTableFlags(raw & ~ADDRESS_MASK))
 
-    def translate_addr(self, addr: VirtAddr) -> PhysAddr | None:
+    def translate_addr(self, addr: AnyVirtAddr) -> PhysAddr | None:
         """The physical address ``addr`` maps to, or None (M-04)."""
         found = self._translate_raw(self.depth.check_addr(addr))
         if found is None:

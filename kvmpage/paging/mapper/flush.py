@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Generic, Protocol, TypeVar
 
-from kvmpage.addr import VirtAddr
+from kvmpage.addr import AnyVirtAddr, VirtAddr
 
 S = TypeVar("S")
 
@@ -22,7 +22,8 @@ class UnusedFlushWarning(UserWarning):
 
 
 class Tlb(Protocol):
-    """Where flushes go."""
+    """Where flushes go. A 5-level mapper's tokens pass a `VirtAddr57` to `invlpg` (the page's
+    own address type); a `Tlb` for such a mapper takes both (`RecordingTlb` does)."""
 
     def invlpg(self, addr: VirtAddr) -> None:
         """Invalidate the translation of the page containing ``addr``."""
@@ -35,10 +36,11 @@ class RecordingTlb:
     """A software TLB stand-in: records every flush, in order, for inspection and tests."""
 
     def __init__(self) -> None:
-        #: ``("invlpg", VirtAddr)`` and ``("flush_all", None)`` records.
-        self.log: list[tuple[str, VirtAddr | None]] = []
+        #: ``("invlpg", VirtAddr)`` (a `VirtAddr57` from a 5-level mapper) and
+        #: ``("flush_all", None)`` records.
+        self.log: list[tuple[str, AnyVirtAddr | None]] = []
 
-    def invlpg(self, addr: VirtAddr) -> None:
+    def invlpg(self, addr: AnyVirtAddr) -> None:
         self.log.append(("invlpg", addr))
 
     def flush_all(self) -> None:

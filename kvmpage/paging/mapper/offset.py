@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvmpage.addr import PhysAddr, VirtAddr, _VirtAddrBase
+from kvmpage.addr import AnyVirtAddr, PhysAddr, VirtAddr, _VirtAddrBase
 from kvmpage.memory import PhysicalMemory, PhysMemory, PhysMemoryError
 from kvmpage.paging.frame_alloc import FrameAllocator
 from kvmpage.paging.mapper.base import ADDRESS_MASK, S, Table
@@ -106,7 +106,7 @@ class OffsetPageTable(MappedPageTable):
     # The two hottest operations, inlined for the common case. Each falls back to the shared
     # engine as soon as anything is unusual, and writes nothing before it is sure not to.
 
-    def translate_addr(self, addr: VirtAddr) -> PhysAddr | None:
+    def translate_addr(self, addr: AnyVirtAddr) -> PhysAddr | None:
         if type(addr) is not self._fast_addr:  # (4 levels only: 5 take the shared engine)
             return super().translate_addr(addr)
         va = addr._v

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvmpage.addr import PhysAddr, VirtAddr, _VirtAddrBase, canonicalize
+from kvmpage.addr import AnyVirtAddr, PhysAddr, VirtAddr, _VirtAddrBase, canonicalize
 from kvmpage.index import PageTableIndex
 from kvmpage.memory import PhysMemory, PhysMemoryError
 from kvmpage.paging.frame_alloc import FrameAllocator
@@ -80,7 +80,7 @@ class RecursivePageTable(TableMapper):
     def __init__(
         self,
         memory: PhysMemory,
-        table_addr: VirtAddr,
+        table_addr: AnyVirtAddr,
         cr3: PhysFrame[Size4KiB],
         *,
         tlb: Tlb | None = None,
@@ -113,7 +113,7 @@ class RecursivePageTable(TableMapper):
     def new(
         cls,
         memory: PhysMemory,
-        table_addr: VirtAddr,
+        table_addr: AnyVirtAddr,
         cr3: PhysFrame[Size4KiB],
         *,
         tlb: Tlb | None = None,
@@ -237,7 +237,7 @@ class RecursivePageTable(TableMapper):
         entry = self.memory.words[(p4 >> 3) + self.recursive_index]
         return entry & 0x81 == 1 and entry & _MASK == p4
 
-    def translate_addr(self, addr: VirtAddr) -> PhysAddr | None:
+    def translate_addr(self, addr: AnyVirtAddr) -> PhysAddr | None:
         if type(addr) is not self._fast_addr or not self._self_mapped():  # (5 levels: general)
             return super().translate_addr(addr)
         va, q, limit = addr._v, self.memory.words, self.memory.size - 4096
