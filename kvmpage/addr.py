@@ -1,4 +1,4 @@
-"""Virtual and physical addresses: `VirtAddr`, `PhysAddr` and the free `align_up` / `align_down`.
+"""Virtual and physical addresses: `VirtAddr`, `VirtAddr57`, `PhysAddr`, `align_up` / `align_down`.
 
 A `VirtAddr` is always canonical (bits 48..63 copy bit 47) and a `PhysAddr` always fits in 52 bits,
 unless built with ``new_unsafe``. Plain ``+`` / ``-`` never jump the non-canonical hole between
@@ -6,217 +6,106 @@ unless built with ``new_unsafe``. Plain ``+`` / ``-`` never jump the non-canonic
 crate (issues #452, #537). The step helpers `VirtAddr.forward_checked`, `backward_checked` and
 `steps_between` are the ones that do jump it.
 
-Rule ids (A-xx) refer to the behaviour checklist of the `x86_64` crate.
+`VirtAddr57` is the same type for 5-level paging (CR4.LA57, 57-bit addresses, the hole between
+``0x00ff_ffff_ffff_ffff`` and ``0xff00_0000_0000_0000``): an extension beyond the crate, which
+has no 5-level paging (its issue #435; the separate type is what its PR #605 proposes).
+
+Rule ids (A-xx, L5-xx) refer to docs/rules.md.
 """
 
 from __future__ import annotations
 
-from typing import SupportsIndex, overload
+from typing import ClassVar, Self, SupportsIndex, TypeVar, overload
 
+from kvmpage._addr_base import (
+    _PHYS_LIMIT,
+    U64_MAX,
+    PhysAddrNotValid,
+    VirtAddrNotValid,
+    _Addr,
+    _u64,
+    align_down,
+    align_up,
+    canonicalize,
+    is_canonical,
+)
 from kvmpage.index import PageOffset, PageTableIndex, PageTableLevel
 from kvmpage.panic import Panic
 
-U64_MAX = (1 << 64) - 1
-_HOLE_LOW = 1 << 47  # first non-canonical address
-_HOLE_HIGH = 0xFFFF_8000_0000_0000  # first canonical upper-half address
-_PHYS_LIMIT = 1 << 52
-_STEP_LIMIT = 1 << 48
+__all__ = [
+    "U64_MAX", "AnyVirtAddr", "PhysAddr", "PhysAddrNotValid", "VirtAddr", "VirtAddr57",
+    "VirtAddrNotValid",
+    "align_down", "align_up", "canonicalize", "is_canonical",
+]  # fmt: skip
 
 
-def _u64(value: SupportsIndex, what: str) -> int:
-    v = value.__index__()
-    if not 0 <= v <= U64_MAX:
-        raise ValueError(f"{what} must be an unsigned 64-bit integer, got {v:#x}")
-    return v
+class _VirtAddrBase(_Addr):
+    """A canonical virtual address of ``_LEVELS``-level paging: the shared code of `VirtAddr`
+    (48 bits, the crate's) and `VirtAddr57` (57 bits, CR4.LA57; not in the crate).
 
-
-def canonicalize(v: int, levels: int = 4) -> int:
-    """``v`` made canonical for ``levels``-level paging: bits ``48..63`` (4 levels) or ``57..63``
-    (5 levels) become copies of the top implemented bit (47 or 56), as the crate's
-    ``VirtAddr::new_truncate`` does for 4 levels. The one sign extension of kvmpage."""
-    if levels == 4:
-        v &= 0xFFFF_FFFF_FFFF
-        return v | 0xFFFF_0000_0000_0000 if v & _HOLE_LOW else v
-    bits = 9 * levels + 12
-    v &= (1 << bits) - 1
-    return v | (U64_MAX ^ ((1 << bits) - 1)) if v >> (bits - 1) else v
-
-
-def is_canonical(v: int, levels: int = 4) -> bool:
-    """Whether ``v`` (a u64) is canonical for ``levels``-level paging."""
-    return canonicalize(v, levels) == v
-
-
-_sign_extend_47 = canonicalize
-
-
-def _is_power_of_two(x: int) -> bool:
-    return x > 0 and x & (x - 1) == 0
-
-
-def align_down(addr: int, align: int) -> int:
-    """Largest multiple of ``align`` not above ``addr``; ``align`` must be a power of two (A-09)."""
-    if not _is_power_of_two(align):
-        raise Panic("`align` must be a power of two")
-    return addr & ~(align - 1)
-
-
-def align_up(addr: int, align: int) -> int:
-    """Smallest multiple of ``align`` not below ``addr`` (A-10). Panics on u64 overflow."""
-    if not _is_power_of_two(align):
-        raise Panic("`align` must be a power of two")
-    mask = align - 1
-    if addr & mask == 0:
-        return addr
-    r = (addr | mask) + 1
-    if r > U64_MAX:
-        raise Panic("attempt to add with overflow")
-    return r
-
-
-class _AddrNotValid(ValueError):
-    """A value that is not a valid address of some kind; ``.value`` is the full original u64."""
-
-    _WHY = ""
-
-    def __init__(self, value: int) -> None:
-        super().__init__(value)
-        self.value = value
-
-    @property
-    def addr(self) -> int:
-        """Alias of ``value`` (the crate's tuple field ``.0``)."""
-        return self.value
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.value:#x})"
-
-    def __str__(self) -> str:
-        return f"{self.value:#x} {self._WHY}"
-
-
-class VirtAddrNotValid(_AddrNotValid):
-    """Not a canonical virtual address; ``.value`` is the full original u64 (A-07)."""
-
-    _WHY = "is not a canonical virtual address (bits 48..63 must copy bit 47)"
-
-
-class PhysAddrNotValid(_AddrNotValid):
-    """A value with any of bits 52..63 set; ``.value`` is the full original u64 (A-26)."""
-
-    _WHY = "is not a valid physical address (bits 52..63 must be zero)"
-
-
-class _Addr:
-    """Shared behaviour of the two address types: an immutable u64 with ordering and formatting."""
-
-    __slots__ = ("_v",)
-    _v: int
-
-    def as_u64(self) -> int:
-        """The raw 64-bit value."""
-        return self._v
-
-    def is_null(self) -> bool:
-        """Whether the address is 0."""
-        return self._v == 0
-
-    def __index__(self) -> int:
-        return self._v
-
-    def __int__(self) -> int:
-        return self._v
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, self._v))
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._v == self._v
-
-    def _other(self, other: object) -> int:
-        if type(other) is not type(self):
-            raise TypeError(f"cannot compare {type(self).__name__} with {type(other).__name__}")
-        return other._v
-
-    def __lt__(self, other: object) -> bool:
-        return self._v < self._other(other)
-
-    def __le__(self, other: object) -> bool:
-        return self._v <= self._other(other)
-
-    def __gt__(self, other: object) -> bool:
-        return self._v > self._other(other)
-
-    def __ge__(self, other: object) -> bool:
-        return self._v >= self._other(other)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._v:#x})"
-
-    def __format__(self, spec: str) -> str:
-        if spec and spec[-1] in "xXobd":
-            return format(self._v, spec)
-        return format(repr(self), spec)
-
-
-class VirtAddr(_Addr):
-    """A canonical 64-bit virtual address (A-01).
-
-    ``VirtAddr(x)`` is the crate's ``new``: a non-canonical ``x`` is a `Panic`. Use `try_new` to get
-    a `VirtAddrNotValid` error instead, or `new_truncate` to sign-extend bit 47.
+    Every rule of the crate's ``VirtAddr`` (A-01..A-24) holds for both with the width changed:
+    bits ``_BITS..63`` copy bit ``_BITS - 1``, and the non-canonical hole lies between
+    ``2**(_BITS-1)`` and ``2**64 - 2**(_BITS-1)``. The two types never mix (`TypeError` on
+    comparison and subtraction); ``VirtAddr57(a)`` widens a `VirtAddr` (always canonical at 57
+    bits), ``VirtAddr.try_new(b)`` narrows a `VirtAddr57` when it fits.
     """
 
     __slots__ = ()
+    #: paging levels whose canonical form this type keeps (4 or 5) and the address width
+    _LEVELS: ClassVar[int]
+    _BITS: ClassVar[int]
 
     def __init__(self, addr: SupportsIndex) -> None:
         v = _u64(addr, "a virtual address")
-        if _sign_extend_47(v) != v:
-            raise Panic(f"virtual address must be sign extended in bits 48 to 64 (got {v:#x})")
+        if canonicalize(v, self._LEVELS) != v:
+            raise Panic(
+                f"virtual address must be sign extended in bits {self._BITS} to 64 (got {v:#x})"
+            )
         self._v = v
 
     @classmethod
-    def _raw(cls, v: int) -> VirtAddr:
+    def _raw(cls, v: int) -> Self:
         obj = object.__new__(cls)
         obj._v = v
         return obj
 
     @classmethod
-    def new(cls, addr: SupportsIndex) -> VirtAddr:
+    def new(cls, addr: SupportsIndex) -> Self:
         """The crate's ``new``: panics on a non-canonical address (A-03)."""
         return cls(addr)
 
     @classmethod
-    def try_new(cls, addr: SupportsIndex) -> VirtAddr:
+    def try_new(cls, addr: SupportsIndex) -> Self:
         """Raise `VirtAddrNotValid` (original value kept) unless ``addr`` is canonical (A-02)."""
         v = _u64(addr, "a virtual address")
-        if _sign_extend_47(v) != v:
-            raise VirtAddrNotValid(v)
+        if canonicalize(v, cls._LEVELS) != v:
+            raise VirtAddrNotValid(v, cls._BITS)
         return cls._raw(v)
 
     @classmethod
-    def new_truncate(cls, addr: SupportsIndex) -> VirtAddr:
-        """Keep bits 0..47 and copy bit 47 into bits 48..63 (A-04)."""
-        return cls._raw(_sign_extend_47(_u64(addr, "a virtual address")))
+    def new_truncate(cls, addr: SupportsIndex) -> Self:
+        """Keep the low ``_BITS`` bits and copy the top one into the bits above (A-04)."""
+        return cls._raw(canonicalize(_u64(addr, "a virtual address"), cls._LEVELS))
 
     @classmethod
-    def new_unsafe(cls, addr: SupportsIndex) -> VirtAddr:
+    def new_unsafe(cls, addr: SupportsIndex) -> Self:
         """No check at all: the caller promises ``addr`` is canonical (A-05)."""
         return cls._raw(_u64(addr, "a virtual address"))
 
     @classmethod
-    def zero(cls) -> VirtAddr:
+    def zero(cls) -> Self:
         """The address 0."""
         return cls._raw(0)
 
     # -- alignment (A-11..A-13) ---------------------------------------------------------
 
-    def align_up(self, align: int) -> VirtAddr:
+    def align_up(self, align: int) -> Self:
         """Align upwards, then sign-truncate: may jump the hole (A-11)."""
-        return VirtAddr._raw(_sign_extend_47(align_up(self._v, align)))
+        return self._raw(canonicalize(align_up(self._v, align), self._LEVELS))
 
-    def align_down(self, align: int) -> VirtAddr:
+    def align_down(self, align: int) -> Self:
         """Align downwards, then sign-truncate (A-12)."""
-        return VirtAddr._raw(_sign_extend_47(align_down(self._v, align)))
+        return self._raw(canonicalize(align_down(self._v, align), self._LEVELS))
 
     def is_aligned(self, align: int) -> bool:
         """Whether `align_down` leaves the address unchanged (A-13)."""
@@ -244,33 +133,40 @@ class VirtAddr(_Addr):
         """Bits 39..47: index into the level-4 table."""
         return PageTableIndex((self._v >> 39) & 511)
 
-    def page_table_index(self, level: PageTableLevel) -> PageTableIndex:
-        """The index into the table of ``level``."""
-        return PageTableIndex((self._v >> (12 + 9 * (int(level) - 1))) & 511)
+    def page_table_index(self, level: PageTableLevel | int) -> PageTableIndex:
+        """The index into the table of ``level`` (1..4, or 1..5 for a `VirtAddr57`)."""
+        n = int(level)
+        if not 1 <= n <= self._LEVELS:
+            raise ValueError(f"{type(self).__name__} has levels 1..{self._LEVELS}, not {n}")
+        return PageTableIndex((self._v >> (12 + 9 * (n - 1))) & 511)
 
     # -- arithmetic: never jumps the hole (A-17..A-20) ------------------------------------
 
-    def __add__(self, n: int) -> VirtAddr:
+    def __add__(self, n: int) -> Self:
         if not isinstance(n, int) or isinstance(n, bool):
             return NotImplemented
         r = self._v + _u64(n, "an offset")
         if r > U64_MAX:
             raise Panic("attempt to add with overflow")
-        if _sign_extend_47(r) != r:
+        if canonicalize(r, self._LEVELS) != r:
             raise Panic(
                 "attempt to add resulted in non-canonical virtual address: "
                 f"VirtAddrNotValid({r:#x})"
             )
-        return VirtAddr._raw(r)
+        return self._raw(r)
 
     @overload
-    def __sub__(self, other: VirtAddr) -> int: ...
+    def __sub__(self, other: Self) -> int: ...
 
     @overload
-    def __sub__(self, other: int) -> VirtAddr: ...
+    def __sub__(self, other: int) -> Self: ...
 
-    def __sub__(self, other: int | VirtAddr) -> VirtAddr | int:
-        if isinstance(other, VirtAddr):
+    def __sub__(self, other: int | Self) -> Self | int:
+        if isinstance(other, _VirtAddrBase):
+            if type(other) is not type(self):
+                raise TypeError(
+                    f"cannot subtract {type(other).__name__} from {type(self).__name__}"
+                )
             if other._v > self._v:
                 raise Panic("attempt to subtract with overflow")
             return self._v - other._v
@@ -279,80 +175,120 @@ class VirtAddr(_Addr):
         r = self._v - _u64(other, "an offset")
         if r < 0:
             raise Panic("attempt to subtract with overflow")
-        if _sign_extend_47(r) != r:
+        if canonicalize(r, self._LEVELS) != r:
             raise Panic(
                 "attempt to subtract resulted in non-canonical virtual address: "
                 f"VirtAddrNotValid({r:#x})"
             )
-        return VirtAddr._raw(r)
+        return self._raw(r)
 
-    def sub_addr(self, other: VirtAddr) -> int:
+    def sub_addr(self, other: Self) -> int:
         """``self - other`` as a byte count, typed (the hole is included, A-20)."""
         r = self - other
         assert isinstance(r, int)
         return r
 
-    def sub(self, n: int) -> VirtAddr:
+    def sub(self, n: int) -> Self:
         """``self - n`` as an address, typed (panics inside the hole or below 0, A-18)."""
         r = self - n
-        assert isinstance(r, VirtAddr)
+        assert isinstance(r, _VirtAddrBase)
         return r
 
     # -- Step: jumps the hole (A-22..A-24) -----------------------------------------------
 
     @staticmethod
-    def forward_checked(start: VirtAddr, count: int) -> VirtAddr | None:
+    def forward_checked(start: _V, count: int) -> _V | None:
         """``start`` moved up by ``count`` bytes, skipping the hole; None past the top (A-22)."""
-        if count < 0 or count > _STEP_LIMIT:
+        bits = start._BITS
+        if count < 0 or count > 1 << bits:
             return None
         r = start._v + count
         if r > U64_MAX:
             return None
-        top = r >> 47
+        top = r >> (bits - 1)
         if top == 0b1:
-            r |= 0xFFFF_0000_0000_0000
+            r |= U64_MAX ^ ((1 << bits) - 1)
         elif top == 0b10:
             return None
-        return VirtAddr._raw(r)
+        return start._raw(r)
 
     @staticmethod
-    def backward_checked(start: VirtAddr, count: int) -> VirtAddr | None:
+    def backward_checked(start: _V, count: int) -> _V | None:
         """``start`` moved down by ``count`` bytes, skipping the hole; None below 0 (A-23)."""
-        if count < 0 or count > _STEP_LIMIT:
+        bits = start._BITS
+        if count < 0 or count > 1 << bits:
             return None
         r = start._v - count
         if r < 0:
             return None
-        top = r >> 47
-        if top == 0x1FFFE:
-            r &= (1 << 47) - 1
-        elif top == 0x1FFFD:
+        top = r >> (bits - 1)
+        if top == (1 << (65 - bits)) - 2:
+            r &= (1 << (bits - 1)) - 1
+        elif top == (1 << (65 - bits)) - 3:
             return None
-        return VirtAddr._raw(r)
+        return start._raw(r)
 
     @staticmethod
-    def forward(start: VirtAddr, count: int) -> VirtAddr:
+    def forward(start: _V, count: int) -> _V:
         """`forward_checked` that panics instead of returning None."""
-        r = VirtAddr.forward_checked(start, count)
+        r = _VirtAddrBase.forward_checked(start, count)
         if r is None:
             raise Panic("overflow in `Step::forward`")
         return r
 
     @staticmethod
-    def backward(start: VirtAddr, count: int) -> VirtAddr:
+    def backward(start: _V, count: int) -> _V:
         """`backward_checked` that panics instead of returning None."""
-        r = VirtAddr.backward_checked(start, count)
+        r = _VirtAddrBase.backward_checked(start, count)
         if r is None:
             raise Panic("overflow in `Step::backward`")
         return r
 
     @staticmethod
-    def steps_between(start: VirtAddr, end: VirtAddr) -> tuple[int, int | None]:
+    def steps_between(start: _V, end: _V) -> tuple[int, int | None]:
         """Bytes from ``start`` to ``end`` minus the hole; ``(0, None)`` if reversed (A-24)."""
+        if type(end) is not type(start):
+            raise TypeError(f"cannot mix {type(start).__name__} and {type(end).__name__}")
         if end._v < start._v:
             return (0, None)
-        d = (end._v - start._v) & (_STEP_LIMIT - 1)
+        d = (end._v - start._v) & ((1 << start._BITS) - 1)
         return (d, d)
+
+
+_V = TypeVar("_V", bound=_VirtAddrBase)
+
+
+class VirtAddr(_VirtAddrBase):
+    """A canonical 64-bit virtual address of 4-level paging, the crate's (A-01).
+
+    ``VirtAddr(x)`` is the crate's ``new``: a non-canonical ``x`` is a `Panic`. Use `try_new` to get
+    a `VirtAddrNotValid` error instead, or `new_truncate` to sign-extend bit 47.
+    """
+
+    __slots__ = ()
+    _LEVELS = 4
+    _BITS = 48
+
+
+class VirtAddr57(_VirtAddrBase):
+    """A canonical virtual address of 5-level paging (CR4.LA57): bits 57..63 copy bit 56.
+
+    Not in the crate (its issue #435; docs/divergences.md, rules L5-01..L5-03). It has the
+    `VirtAddr` API with 57 bits, plus `p5_index`. Every 48-bit canonical address is canonical
+    here too, so ``VirtAddr57(virt_addr)`` always works; the reverse is ``VirtAddr.try_new``.
+    """
+
+    __slots__ = ()
+    _LEVELS = 5
+    _BITS = 57
+
+    def p5_index(self) -> PageTableIndex:
+        """Bits 48..56: index into the level-5 table (L5-03)."""
+        return PageTableIndex((self._v >> 48) & 511)
+
+
+#: Either virtual address type: what a 5-level mapper takes (a 4-level one takes `VirtAddr`).
+AnyVirtAddr = VirtAddr | VirtAddr57
 
 
 class PhysAddr(_Addr):

@@ -6,6 +6,9 @@ create tables, ``translate_addr``, ``unmap``, and a full ``clean_up`` after unma
 4 KiB mappings; the whole ``map_range`` call that maps 1 GiB of 4 KiB pages (262,144 pages, the
 same memory as the ``map_to`` loop of the first line), with its tables to create and into
 existing ones; plus the bare four-level walk over a memoryview for comparison.
+
+``--levels 5`` measures the same at 5 levels (a level-5 table on top, `Page57` pages and
+`VirtAddr57` addresses in level-5 slot 0: one more table on every walk; no bare walk).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
-from kvmpage import PhysAddr, PhysMemory, VirtAddr
+from kvmpage import PhysAddr, PhysMemory, VirtAddr, VirtAddr57
 from kvmpage.paging import (
     ADDRESS_MASK,
     OffsetPageTable,
@@ -27,27 +31,40 @@ from kvmpage.paging import (
     RecursivePageTable,
     Size4KiB,
     TableMapper,
+    recursive_table_address,
 )
+from kvmpage.paging.page57 import PAGE_TYPES
 from kvmpage.paging.table import PageTable
 
 GIB = 1 << 30
 PAGES = GIB // 4096  # 262,144
 FLAGS = PageTableFlags.PRESENT | PageTableFlags.WRITABLE
 RECURSIVE_INDEX = 510
+#: the paging depth being measured (``--levels``)
+LEVELS = 4
+
+
+def addr(va: int) -> Any:
+    """``va`` as the address type of the depth measured (a `VirtAddr57` at 5 levels)."""
+    return VirtAddr57(va) if LEVELS == 5 else VirtAddr(va)
+
+
+def page(va: int) -> Any:
+    """The 4 KiB page at ``va`` of the depth measured (a `Page57` at 5 levels)."""
+    return PAGE_TYPES[LEVELS][Size4KiB].containing_address(addr(va))
 
 
 def build(kind: str, memory: PhysMemory) -> tuple[TableMapper, PoolFrameAllocator[Size4KiB]]:
     """A fresh mapper of ``kind`` over ``memory`` with tables allocated from its first 64 MiB."""
     alloc: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(0x1000, 64 << 20, memory=memory)
-    p4 = alloc.allocate_frame()
-    assert p4 is not None
-    table = PageTable(memory, p4._start)
+    top = alloc.allocate_frame()
+    assert top is not None
+    table = PageTable(memory, top._start)
     if kind == "offset":
-        return OffsetPageTable(table, VirtAddr(0)), alloc
-    table[RECURSIVE_INDEX] = p4._start | 3
-    va = (RECURSIVE_INDEX << 39) | (RECURSIVE_INDEX << 30) | (RECURSIVE_INDEX << 21)
-    va |= RECURSIVE_INDEX << 12
-    return RecursivePageTable(memory, VirtAddr.new_truncate(va), p4), alloc
+        return OffsetPageTable(table, addr(0), levels=LEVELS), alloc
+    table[RECURSIVE_INDEX] = top._start | 3
+    table_addr = recursive_table_address(RECURSIVE_INDEX, levels=LEVELS)
+    return RecursivePageTable(memory, table_addr, top, levels=LEVELS), alloc
 
 
 def per_op(fn: Callable[[int], object], n: int, repeats: int) -> float:
@@ -64,9 +81,7 @@ def per_op(fn: Callable[[int], object], n: int, repeats: int) -> float:
 def creation_cost(kind: str, frames: list[PhysFrame[Size4KiB]]) -> float:
     """Median over 7 fresh mappers of map_to where every call creates a level-1 table (µs)."""
     n = 4096
-    spread: list[Page[Size4KiB]] = [
-        Page.containing_address(VirtAddr(0x80_0000_0000 + i * (2 << 20))) for i in range(n)
-    ]
+    spread = [page(0x80_0000_0000 + i * (2 << 20)) for i in range(n)]
     samples = []
     for _ in range(7):
         memory = PhysMemory(128 << 20)
@@ -83,8 +98,8 @@ def map_range_cost(kind: str) -> tuple[float, float]:
     """Median over 5 fresh mappers of one map_range of 1 GiB of 4 KiB pages (s): creating its
     513 tables, then again into those tables once their entries are cleared."""
     base = 0x4000_0000  # virtual 1 GiB: entry 0 of the level-4 table, entry 1 of the level-3
-    start: Page[Size4KiB] = Page.containing_address(VirtAddr(base))
-    pages = Page.range(start, start + PAGES)
+    start = page(base)
+    pages = type(start).range(start, start + PAGES)
     first: PhysFrame[Size4KiB] = PhysFrame.containing_address(PhysAddr(64 << 20))
     fresh: list[float] = []
     existing: list[float] = []
@@ -94,8 +109,9 @@ def map_range_cost(kind: str) -> tuple[float, float]:
         t0 = time.perf_counter()
         mapper.map_range(pages, first, FLAGS, alloc).ignore()
         fresh.append(time.perf_counter() - t0)
-        l3 = memory.read_u64(mapper.level_4_table().phys) & ADDRESS_MASK
-        l2 = memory.read_u64(l3 + 8) & ADDRESS_MASK
+        l2 = mapper.top_level_table().phys  # down to the level-2 table of the range
+        for level in range(LEVELS, 2, -1):
+            l2 = memory.read_u64(l2 + 8 * ((base >> (3 + 9 * level)) & 511)) & ADDRESS_MASK
         for i in range(512):  # what unmapping every page leaves: empty level-1 tables
             memory.zero(memory.read_u64(l2 + 8 * i) & ADDRESS_MASK, 4096)
         t0 = time.perf_counter()
@@ -109,9 +125,7 @@ def bench(kind: str, n: int) -> dict[str, float]:
     memory = PhysMemory(128 << 20)
     mapper, alloc = build(kind, memory)
     base = 0x4000_0000  # virtual 1 GiB
-    pages: list[Page[Size4KiB]] = [
-        Page.containing_address(VirtAddr(base + i * 4096)) for i in range(PAGES)
-    ]
+    pages = [page(base + i * 4096) for i in range(PAGES)]
     frames: list[PhysFrame[Size4KiB]] = [
         PhysFrame.containing_address(PhysAddr((64 << 20) + (i % 4096) * 4096)) for i in range(PAGES)
     ]
@@ -128,7 +142,7 @@ def bench(kind: str, n: int) -> dict[str, float]:
         (time.perf_counter() - t0) / PAGES * 1e6
     )
     out["map_to 4KiB creating a level-1 table each"] = creation_cost(kind, frames)
-    addrs = [VirtAddr(base + i * 4096 + 0x123) for i in range(PAGES)]
+    addrs = [addr(base + i * 4096 + 0x123) for i in range(PAGES)]
     out["translate_addr"] = per_op(lambda i: mapper.translate_addr(addrs[i]), n, 5)
     out["translate"] = per_op(lambda i: mapper.translate(addrs[i]), n, 5)
     t0 = time.perf_counter()
@@ -180,9 +194,17 @@ def bare_walk(n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=20_000, help="operations per timed sample")
+    parser.add_argument(
+        "--levels", type=int, choices=(4, 5), default=4, help="paging depth (default 4)"
+    )
     args = parser.parse_args()
+    global LEVELS
+    LEVELS = args.levels
     warnings.simplefilter("error")
-    print(f"bare four-level walk on a memoryview: {bare_walk(args.n):.2f} µs/address")
+    if LEVELS == 4:
+        print(f"bare four-level walk on a memoryview: {bare_walk(args.n):.2f} µs/address")
+    else:
+        print("5-level mappers (CR4.LA57): a level-5 table on top, Page57 pages")
     for kind in ("offset", "recursive"):
         for name, value in bench(kind, args.n).items():
             if name.endswith(", s)"):

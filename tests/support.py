@@ -9,6 +9,12 @@ Test modules import it as ``from support import ...``: this folder has no ``__in
 pytest (default "prepend" import mode) puts it on ``sys.path`` before importing them.
 Anything one module alone needs, or that differs between modules (a mapping that logs its
 calls, other memory sizes, extra `Env` methods), stays in that module.
+
+Every mapper can be built at either depth (``levels=4``, the crate's, or ``levels=5``, kvmpage's
+5-level extension): at 5 the table at P4_PHYS is a level-5 table, the recursive entry r is its
+own, and `Env.entry_pa` walks five levels. The tests use 48-bit pages (`Page`), which a 5-level
+mapper takes as they are (L5-04), so a test written for 4 levels runs at 5 unchanged as long as
+it reaches entries through `Env.entry` rather than through P4_PHYS directly.
 """
 
 from __future__ import annotations
@@ -125,22 +131,30 @@ def pool_allocator(memory: PhysMemory) -> PoolFrameAllocator[Size4KiB]:
 
 
 def build_mapper(
-    kind: str, memory: PhysMemory, *, r: int = R, mapping: Any = None, tlb: Any = None
+    kind: str,
+    memory: PhysMemory,
+    *,
+    r: int = R,
+    mapping: Any = None,
+    tlb: Any = None,
+    levels: int = 4,
 ) -> Any:
-    """A mapper of ``kind`` ("mapped", "offset" or "recursive") over the level-4 table at
-    P4_PHYS. "mapped" reads tables through ``mapping`` (an `IdentityMapping` by default);
-    "recursive" first writes the recursive entry ``r`` (pointing at P4_PHYS, PRESENT|WRITABLE).
-    ``tlb`` is passed on (None: the mapper makes a `RecordingTlb`)."""
-    l4 = PageTable(memory, P4_PHYS)
+    """A mapper of ``kind`` ("mapped", "offset" or "recursive") over the top-level table at
+    P4_PHYS (a level-5 table with ``levels=5``). "mapped" reads tables through ``mapping`` (an
+    `IdentityMapping` by default); "recursive" first writes the recursive entry ``r`` (pointing
+    at P4_PHYS, PRESENT|WRITABLE). ``tlb`` is passed on (None: the mapper makes a
+    `RecordingTlb`)."""
+    top = PageTable(memory, P4_PHYS)
     if kind == "mapped":
         if mapping is None:
             mapping = IdentityMapping(memory)
-        return MappedPageTable(l4, mapping, tlb=tlb)
+        return MappedPageTable(top, mapping, tlb=tlb, levels=levels)
     if kind == "offset":
-        return OffsetPageTable(l4, VirtAddr(OFFSET), tlb=tlb)
+        return OffsetPageTable(top, VirtAddr(OFFSET), tlb=tlb, levels=levels)
     if kind == "recursive":
         memory.write_u64(P4_PHYS + 8 * r, P4_PHYS | int(P | W))
-        return RecursivePageTable(memory, recursive_table_address(r), frame4k(P4_PHYS), tlb=tlb)
+        table_addr = recursive_table_address(r, levels=levels)
+        return RecursivePageTable(memory, table_addr, frame4k(P4_PHYS), tlb=tlb, levels=levels)
     raise AssertionError(kind)
 
 
@@ -153,13 +167,29 @@ class Env:
     mapper: Any
     alloc: PoolFrameAllocator[Size4KiB]
 
+    @property
+    def levels(self) -> int:
+        """4, or 5 for a 5-level mapper (whose table at P4_PHYS is a level-5 table)."""
+        return int(self.mapper.levels)
+
     def entry_pa(self, va: int, level: int) -> int:
         """Physical address of the level-``level`` entry on the walk of ``va``, following the
         address fields whatever the flags say."""
         table = P4_PHYS
-        for lvl in range(4, level, -1):
+        for lvl in range(self.levels, level, -1):
             table = self.memory.read_u64(table + 8 * idx(va, lvl)) & ADDRESS_MASK
         return table + 8 * idx(va, level)
+
+    def table(self, k: int) -> int:
+        """The frame of the ``k``-th table a test's first walk creates, counted as at 4 levels
+        (0: the level-3 table, 1: the level-2, 2: the level-1): the allocator hands out
+        0x2000, 0x3000, ...; at 5 levels the level-4 table takes 0x2000 first."""
+        return ALLOC_START + 0x1000 * (k + self.levels - 4)
+
+    def tables(self, n: int) -> list[int]:
+        """The frames allocated once the first walk made ``n`` tables at 4 levels (one more at
+        5 levels, the level-4 table, first)."""
+        return [ALLOC_START + 0x1000 * k for k in range(n + self.levels - 4)]
 
     def entry(self, va: int, level: int) -> int:
         return self.memory.read_u64(self.entry_pa(va, level))
@@ -174,13 +204,13 @@ class Env:
         return [int(f.start_address()) for f in self.alloc.allocated]
 
 
-def make_env(kind: str, memory: PhysMemory | None = None, *, r: int = R) -> Env:
+def make_env(kind: str, memory: PhysMemory | None = None, *, r: int = R, levels: int = 4) -> Env:
     """An `Env` of ``kind`` over ``memory`` (default: a fresh MEM_SIZE memory), see
     `build_mapper`."""
     if memory is None:
         memory = PhysMemory(MEM_SIZE)
     alloc = pool_allocator(memory)
-    return Env(kind, memory, build_mapper(kind, memory, r=r), alloc)
+    return Env(kind, memory, build_mapper(kind, memory, r=r, levels=levels), alloc)
 
 
 # -- differential tests -----------------------------------------------------------------------
@@ -206,9 +236,9 @@ def mapper_op(e: Any, op: int, page: Any, frame: Any, f1: F, f2: F, va: int) -> 
     if op == 7:
         return m.translate_page(page)
     if op == 8:
-        return m.translate(VirtAddr(va + 0x123))
+        return m.translate(m.depth.addr_type(va + 0x123))  # (a VirtAddr57 at 5 levels)
     if op == 9:
-        return m.translate_addr(VirtAddr(va + 0x123))
+        return m.translate_addr(m.depth.addr_type(va + 0x123))
     raise AssertionError(op)
 
 

@@ -84,14 +84,26 @@ class Env(support.Env):
         return [i for i, r in enumerate(raws) if r and not (self.kind == "recursive" and i == R)]
 
 
-def make_env(kind: str) -> Env:
+def make_env(kind: str, levels: int = 4) -> Env:
     memory = PhysMemory(MEM_SIZE)
     alloc = pool_allocator(memory)
-    return Env(kind, memory, build_mapper(kind, memory), alloc)
+    return Env(kind, memory, build_mapper(kind, memory, levels=levels), alloc)
+
+
+@pytest.fixture(params=["mapped", "offset", "recursive", "mapped-5", "offset-5", "recursive-5"])
+def env(request: pytest.FixtureRequest) -> Iterator[Env]:
+    """The three mappers at 4 levels and at 5 (L5-10: the same clean-up one level deeper)."""
+    kind, _, levels = request.param.partition("-")
+    e = make_env(kind, int(levels or 4))
+    yield e
+    e.memory.close()
 
 
 @pytest.fixture(params=["mapped", "offset", "recursive"])
-def env(request: pytest.FixtureRequest) -> Iterator[Env]:
+def env4(request: pytest.FixtureRequest) -> Iterator[Env]:
+    """The three mappers at 4 levels: for the tests that pin the crate's frames (the C-04
+    probe); their 5-level counterparts, with the level-4 tables freed too, are in
+    test_la57.py (L5-10)."""
     e = make_env(request.param)
     yield e
     e.memory.close()
@@ -118,9 +130,10 @@ def c04_state(e: Env) -> None:
 # -- tests ----------------------------------------------------------------------------------------
 
 
-def test_m09_c01_clean_up_is_the_whole_range(env: Env) -> None:
+def test_m09_c01_clean_up_is_the_whole_range(env4: Env) -> None:
     """M-09 / C-01: clean_up(d) == clean_up_addr_range(page 0 ..= page 0xffff_ffff_ffff_f000, d):
     same frames freed in the same order, same memory afterwards."""
+    env = env4
     other = make_env(env.kind)
     for e in (env, other):
         c04_state(e)
@@ -131,9 +144,10 @@ def test_m09_c01_clean_up_is_the_whole_range(env: Env) -> None:
     assert env.memory.read(0, MEM_SIZE) == other.memory.read(0, MEM_SIZE)
 
 
-def test_c02_c05_partial_range_frees_a_completely_empty_table(env: Env) -> None:
+def test_c02_c05_partial_range_frees_a_completely_empty_table(env4: Env) -> None:
     """C-02.4 / C-05 (verified): range = the single page 0x3000 frees the empty P1 covering
     0x0-0x1f_ffff although the range covers one of its 512 entries."""
+    env = env4
     c04_state(env)
     env.mapper.clean_up_addr_range(prange(0x3000, 0x3000), env.alloc)
     assert env.freed() == [0x4000]
@@ -152,9 +166,10 @@ def test_c02_table_with_entries_outside_the_range_is_kept(env: Env) -> None:
     assert env.mapper.translate_addr(VirtAddr(0x5000)) == PhysAddr(0xA000)
 
 
-def test_c03_p4_and_leaf_frames_are_never_freed(env: Env) -> None:
+def test_c03_p4_and_leaf_frames_are_never_freed(env4: Env) -> None:
     """C-03: the level-4 table is never freed (even when empty) and leaf frames never are; a
     present mapping keeps its tables."""
+    env = env4
     env.map(page4k(0x1000), frame4k(0x9000))
     env.map(page4k(0x4000_0000), frame4k(0xA000))
     env.unmap(page4k(0x4000_0000))
@@ -169,10 +184,11 @@ def test_c03_p4_and_leaf_frames_are_never_freed(env: Env) -> None:
     assert env.p4_used() == []
 
 
-def test_c04_deallocation_order_verified_probe(env: Env) -> None:
+def test_c04_deallocation_order_verified_probe(env4: Env) -> None:
     """C-04 (verified) / C-05 / I-18: depth-first, ascending index, children before parents,
     lower half before upper half: the partial clean-up of page 0x3000 frees [0x4000], the full
     clean_up then frees [0x5000, 0x3000, 0x2000, 0x8000, 0x7000, 0x6000]; P4 is then empty."""
+    env = env4
     c04_state(env)
     env.mapper.clean_up_addr_range(prange(0x3000, 0x3000), env.alloc)
     assert env.freed() == [0x4000]
@@ -183,8 +199,9 @@ def test_c04_deallocation_order_verified_probe(env: Env) -> None:
         assert env.memory.read_u64(P4_PHYS + 8 * R) == P4_PHYS | int(P | W)
 
 
-def test_c06_entry_outside_the_range_is_not_visited(env: Env) -> None:
+def test_c06_entry_outside_the_range_is_not_visited(env4: Env) -> None:
     """C-06 (verified): range page 0x40_0000 does not free the empty P1 at P2 index 1."""
+    env = env4
     c04_state(env)
     env.mapper.clean_up_addr_range(prange(0x40_0000, 0x40_0000), env.alloc)
     assert env.freed() == []
@@ -222,9 +239,10 @@ def test_c08_non_present_non_zero_entries_keep_tables(env: Env) -> None:
     assert env.entry(0x4000_0000, 2) == 0x6000 | int(W)
 
 
-def test_c09_empty_range_is_a_no_op_and_no_flush(env: Env) -> None:
+def test_c09_empty_range_is_a_no_op_and_no_flush(env4: Env) -> None:
     """C-09 (verified): an empty (reversed) range changes nothing; clean-up never flushes or
     returns a token."""
+    env = env4
     c04_state(env)
     assert isinstance(env.mapper.tlb, RecordingTlb)
     env.mapper.tlb.log.clear()
@@ -235,9 +253,10 @@ def test_c09_empty_range_is_a_no_op_and_no_flush(env: Env) -> None:
     assert env.mapper.tlb.log == []
 
 
-def test_c10_upper_half_only_range(env: Env) -> None:
+def test_c10_upper_half_only_range(env4: Env) -> None:
     """C-10 (verified) / I-18 (#468): the range 0xffff_8000_0000_0000 ..= last page frees only the
     tables under the upper-half P4 entries and leaves P4[0]'s subtree."""
+    env = env4
     c04_state(env)
     env.map(page4k(0xFFFF_FF80_0000_0000), frame4k(0x7777_0000))  # under P4[511]
     env.unmap(page4k(0xFFFF_FF80_0000_0000))
@@ -247,9 +266,10 @@ def test_c10_upper_half_only_range(env: Env) -> None:
     assert env.p4_used() == [0]
 
 
-def test_c10_range_across_the_hole(env: Env) -> None:
+def test_c10_range_across_the_hole(env4: Env) -> None:
     """C-10 / I-18 (#469): a range from the lower into the upper half; sub-range starts step over
     the canonical hole (Step::forward) instead of panicking."""
+    env = env4
     c04_state(env)
     env.mapper.clean_up_addr_range(prange(0x7FFF_FFFF_F000, 0xFFFF_8000_0000_0000), env.alloc)
     assert env.freed() == [0x8000, 0x7000, 0x6000]
@@ -312,9 +332,10 @@ def test_c12_aliased_table_is_freed_twice(kind: str) -> None:
         e2.mapper.clean_up(e2.alloc)
 
 
-def test_c02_base_alignment_uses_sign_truncation(env: Env) -> None:
+def test_c02_base_alignment_uses_sign_truncation(env4: Env) -> None:
     """C-02.2: the table base is the range start aligned down with sign truncation; a range
     starting high in the upper half computes its sub-ranges correctly (no panic, right frees)."""
+    env = env4
     va = 0xFFFF_FFFF_8000_0000 if env.kind != "recursive" else 0xFFFF_FF00_0000_0000 - 0x8000_0000
     env.map(page4k(va), frame4k(0x9000))
     env.unmap(page4k(va))
@@ -352,4 +373,6 @@ def test_i18_clean_up_with_upper_half_tables_does_not_panic(env: Env) -> None:
         Page.range_inclusive(page4k(0x7FFF_FFFF_F000), page4k(0xFFFF_8000_0000_0000)), env.alloc
     )
     env.mapper.clean_up(env.alloc)
-    assert len(env.alloc.deallocated) == 9
+    # a level-3, -2 and -1 table under each page: 3 + 3 + 3; at 5 levels each half also has a
+    # level-4 table of its own (the two upper-half pages share one): 4 + 4 + 3
+    assert len(env.alloc.deallocated) == (9 if env.levels == 4 else 11)

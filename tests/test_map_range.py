@@ -13,7 +13,8 @@ random ones (Hypothesis), including raw entry edits that make tables alias each 
 
 The physical memory is the probe arena of ``support``: 4 MiB, the level-4 table at 0x1000, table
 frames from 0x2000 up to 1 MiB, the recursive entry at 510 for the recursive mapper. Leaf frames
-need not lie inside the memory.
+need not lie inside the memory. Every case also runs at 5 levels (L5-11: a level-5 table at
+0x1000), with ranges beyond 48 bits and across level-5 boundaries.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from support import (
     page4k,
 )
 
-from kvmpage import Panic, PhysAddr, PhysMemory, PhysMemoryError, VirtAddr
+from kvmpage import Panic, PhysAddr, PhysMemory, PhysMemoryError, VirtAddr, VirtAddr57
+from kvmpage.addr import canonicalize
 from kvmpage.paging import (
     FrameAllocationFailed,
     Mapped,
@@ -68,6 +70,7 @@ from kvmpage.paging import (
     TableMapper,
 )
 from kvmpage.paging.mapper import map_range as map_range_module
+from kvmpage.paging.page57 import PAGE_TYPES
 
 pytestmark = STRICT_FLUSH_TOKENS
 
@@ -78,8 +81,21 @@ STEP = {1: 1 << 12, 2: 1 << 21, 3: 1 << 30}
 GIB = 1 << 30
 
 
-def va_of(p4: int, p3: int = 0, p2: int = 0, p1: int = 0) -> int:
-    return VirtAddr.new_truncate((p4 << 39) | (p3 << 30) | (p2 << 21) | (p1 << 12))._v
+def va_of(p4: int, p3: int = 0, p2: int = 0, p1: int = 0, *, p5: int | None = None) -> int:
+    """The address of these indices: 48-bit, or 57-bit when ``p5`` is given."""
+    va = (p4 << 39) | (p3 << 30) | (p2 << 21) | (p1 << 12)
+    if p5 is None:
+        return VirtAddr.new_truncate(va)._v
+    return VirtAddr57.new_truncate(va | p5 << 48)._v
+
+
+def page_class(levels: int, level: int) -> Any:
+    """The page class of ``level`` at ``levels`` (a `Page57` one at 5)."""
+    return PAGE_TYPES[levels][(Size4KiB, Size2MiB, Size1GiB)[level - 1]]
+
+
+def addr_class(levels: int) -> Any:
+    return VirtAddr57 if levels == 5 else VirtAddr
 
 
 # -- the reference: a loop of map_to, on twins of one setup --------------------------------------
@@ -99,20 +115,21 @@ class Case:
     parent: int | None = None
     setup: Callable[[Env], None] = field(default=lambda e: None)
     inclusive: bool = False
+    levels: int = 4
 
     def env(self) -> Env:
-        e = support.make_env(self.kind, PhysMemory(MEM_SIZE))
+        e = support.make_env(self.kind, PhysMemory(MEM_SIZE), levels=self.levels)
         self.setup(e)
         return e
 
     def pages(self) -> PageRange[Any] | PageRangeInclusive[Any]:
-        page = PAGE[self.level]
-        start = page.from_start_address(VirtAddr(self.va))
+        page, addr = page_class(self.levels, self.level), addr_class(self.levels)
+        start = page.from_start_address(addr(self.va))
         step = STEP[self.level]
         if self.inclusive and self.count:  # the only way to end at the top of the space
-            last = page.from_start_address(VirtAddr(self.va + (self.count - 1) * step))
+            last = page.from_start_address(addr(self.va + (self.count - 1) * step))
             return PageRangeInclusive(start, last)
-        return PageRange(start, page.from_start_address(VirtAddr(self.va + self.count * step)))
+        return PageRange(start, page.from_start_address(addr(self.va + self.count * step)))
 
     def first_frame(self) -> Any:
         return FRAME[self.level].from_start_address(PhysAddr(self.frame))
@@ -130,8 +147,9 @@ def run_loop(e: Env, case: Case, alloc: PoolFrameAllocator[Size4KiB]) -> tuple[i
     step = STEP[case.level]
     done = 0
     try:
+        page_type, addr = page_class(case.levels, case.level), addr_class(case.levels)
         for k in range(case.count):
-            page = PAGE[case.level].from_start_address(VirtAddr(case.va + k * step))
+            page = page_type.from_start_address(addr(case.va + k * step))
             frame = FRAME[case.level].from_start_address(PhysAddr(case.frame + k * step))
             if case.parent is None:
                 token = e.mapper.map_to(page, frame, case.flags, alloc)
@@ -225,6 +243,18 @@ RANGES = [
     (3, 0xFFFF_FFFF_8000_0000, 2),
 ]
 RANGE_IDS = [f"{['4K', '2M', '1G'][lv - 1]}-{va:#x}x{n}" for lv, va, n in RANGES]
+# the same at 5 levels: 48-bit ranges as they are, then ranges only 5-level paging reaches:
+# across a level-5 boundary, up to the last page below the 57-bit hole, in the upper half
+RANGES57 = [
+    *((levels, va, n) for levels, va, n in RANGES),
+    (1, va_of(0, p5=1) - 5 * 4096, 9),
+    (1, 0x00FF_FFFF_FFFF_D000, 3),
+    (1, va_of(3, 1, 2, 3, p5=256), 700),
+    (2, va_of(0, p5=2) - 4 * (1 << 21), 600),
+    (3, va_of(0, p5=300) - 2 * GIB, 4),
+    (3, 0x00FF_FFFF_8000_0000, 2),
+]
+RANGE57_IDS = [f"{['4K', '2M', '1G'][lv - 1]}-{va:#x}x{n}" for lv, va, n in RANGES57]
 
 
 def existing_neighbours(level: int, va: int, count: int) -> Callable[[Env], None]:
@@ -233,35 +263,62 @@ def existing_neighbours(level: int, va: int, count: int) -> Callable[[Env], None
     be OR'ed into."""
     end = va + count * STEP[level]
     near = [(va - 4096) % (1 << 64), (va + (2 << 30) + 4096) % (1 << 64)]
-    near = [n for n in near if VirtAddr.new_truncate(n)._v == n and not va <= n < end]
+    # (canonical at 57 bits: at 4 levels only the 48-bit ones are used)
+    near = [n for n in near if VirtAddr57.new_truncate(n)._v == n and not va <= n < end]
 
     def setup(e: Env) -> None:
+        addr = e.mapper.depth.addr_type
         for n in near:
+            if addr.new_truncate(n)._v != n:
+                continue
+            page = page_class(e.levels, 1).from_start_address(addr(n))
             e.mapper.map_to_with_table_flags(
-                page4k(n), frame4k(0x7000_0000), P | NX, P | F.BIT_9, e.alloc
+                page, frame4k(0x7000_0000), P | NX, P | F.BIT_9, e.alloc
             ).ignore()
 
     return setup
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize(("level", "va", "count"), RANGES, ids=RANGE_IDS)
-@pytest.mark.parametrize(
+FLAG_CASES = pytest.mark.parametrize(
     ("flags", "parent"),
     [(P | W, None), (P | W | U | NX, None), (P | NX | F.GLOBAL, P | W | U | F.BIT_9 | NX)],
     ids=["pw", "pwu-nx", "table-flags"],
 )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("level", "va", "count"), RANGES, ids=RANGE_IDS)
+@FLAG_CASES
 def test_memory_equals_a_map_to_loop(
     kind: str, level: int, va: int, count: int, flags: F, parent: F | None
 ) -> None:
     """Byte for byte the loop's memory and allocations, on an empty hierarchy and on one whose
     parents partly exist (with other flags), for every size, with and without table flags."""
+    _equals_the_loop(kind, level, va, count, flags, parent, 4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("level", "va", "count"), RANGES57, ids=RANGE57_IDS)
+@FLAG_CASES
+def test_memory_equals_a_map_to_loop_at_5_levels(
+    kind: str, level: int, va: int, count: int, flags: F, parent: F | None
+) -> None:
+    """L5-11: the same at 5 levels, also for ranges beyond 48 bits, across level-5 boundaries
+    and up to the last page below the 57-bit hole."""
+    _equals_the_loop(kind, level, va, count, flags, parent, 5)
+
+
+def _equals_the_loop(
+    kind: str, level: int, va: int, count: int, flags: F, parent: F | None, levels: int
+) -> None:
     frame = 0x12_3456 * STEP[level] & ((1 << 46) - 1)
     for setup in (lambda e: None, existing_neighbours(level, va, count)):
         case = Case(kind, level, va, count, frame, int(flags), parent and int(parent), setup)
+        case.levels = levels
         case.inclusive = True
         assert check_against_loop(case) == "mapped"
-        if va + count * STEP[level] < 1 << 64:
+        end = va + count * STEP[level]
+        if end < 1 << 64 and canonicalize(end, levels) == end:  # (an exclusive end exists)
             case.inclusive = False
             assert check_against_loop(case) == "mapped"
 
@@ -691,6 +748,7 @@ def test_ramp_is_the_arithmetic_sequence() -> None:
 # mappings and raw edits get in their way. Index 510 (the recursive entry) is never edited:
 # map_range refuses a recursive mapper without it, and the loop maps through another table.
 P4S = (0, 1, 255, 256, 511)
+P5S = (0, 1, 255, 256, 511)  # (at 5 levels; the recursive entry is the level-5 table's 510)
 LOWER = (0, 1, 2, 511)
 LEAF_FLAG_BITS = [W, U, NX, F.GLOBAL, F.BIT_9, F.BIT_52]
 
@@ -698,13 +756,16 @@ LEAF_FLAG_BITS = [W, U, NX, F.GLOBAL, F.BIT_9, F.BIT_52]
 @st.composite
 def cases(draw: st.DrawFn) -> tuple[Case, int | None]:
     kind = draw(st.sampled_from(KINDS))
+    levels = draw(st.sampled_from((4, 5)))
     level = draw(st.sampled_from((1, 1, 2, 3)))
     step = STEP[level]
+    addr_type = addr_class(levels)
 
     def some_va(lvl: int) -> int:
+        p5 = draw(st.sampled_from(P5S)) if levels == 5 else None
         p4 = draw(st.sampled_from(P4S))
         p3, p2, p1 = (draw(st.sampled_from(LOWER)) if lvl <= n else 0 for n in (3, 2, 1))
-        return va_of(p4, p3, p2, p1)
+        return va_of(p4, p3, p2, p1, p5=p5)
 
     def flags(present: float) -> int:
         f = int(P) if draw(st.floats(0, 1)) < present else 0
@@ -722,7 +783,7 @@ def cases(draw: st.DrawFn) -> tuple[Case, int | None]:
         for lvl, f, addr in draw(
             st.lists(
                 st.tuples(
-                    st.sampled_from((1, 2, 3, 4)),
+                    st.sampled_from(tuple(range(1, levels + 1))),
                     st.sampled_from((0, int(F.BIT_11), int(P | W), int(P | W | H))),
                     st.sampled_from((0, P4_PHYS, 0x20_0000, 0x7F_0000, -1, -2, -3)),
                 ),
@@ -733,7 +794,7 @@ def cases(draw: st.DrawFn) -> tuple[Case, int | None]:
 
     def setup(e: Env) -> None:
         for lvl, va in premapped:
-            page = PAGE[lvl].from_start_address(VirtAddr(va))
+            page = page_class(levels, lvl).from_start_address(addr_type(va))
             frame = FRAME[lvl].from_start_address(PhysAddr(0x7_0000_0000))
             with contextlib.suppress(PageAlreadyMapped, ParentEntryHugePage):
                 e.mapper.map_to(page, frame, P | W, e.alloc).ignore()
@@ -744,14 +805,16 @@ def cases(draw: st.DrawFn) -> tuple[Case, int | None]:
             with contextlib.suppress(PhysMemoryError):
                 e.set_entry(va, lvl, f | addr)
 
-    start = VirtAddr.new_truncate((some_va(level) + draw(st.integers(-3, 3)) * step) % (1 << 64))
+    start = addr_type.new_truncate((some_va(level) + draw(st.integers(-3, 3)) * step) % (1 << 64))
     va = start._v & ~(step - 1)
-    top = 1 << 47 if va < 1 << 47 else 1 << 64
+    hole = 1 << (9 * levels + 11)
+    top = hole if va < hole else 1 << 64
     count = min(draw(st.integers(0, {1: 1100, 2: 700, 3: 600}[level])), (top - va) // step)
     # leaf frames above the allocator's range: never a frame it hands out for a table
     frame = draw(st.integers(-(-ALLOC_END // step), (1 << 40) // step)) * step
     parent = flags(0.9) if draw(st.booleans()) else None
-    case = Case(kind, level, va, count, frame, flags(0.9), parent, setup, inclusive=True)
+    case = Case(kind, level, va, count, frame, flags(0.9), parent, setup, inclusive=True,
+                levels=levels)  # fmt: skip
     limit = draw(st.none() | st.integers(0, 8))
     return case, limit
 
@@ -765,6 +828,6 @@ def cases(draw: st.DrawFn) -> tuple[Case, int | None]:
 def test_random_cases_match_the_loop(drawn: tuple[Case, int | None]) -> None:
     """Random ranges (all sizes, table flags or not, short allocators) over random worlds with
     mappings, odd entries and aliased tables in the way: always the loop's memory, or the
-    loop's first error with nothing written."""
+    loop's first error with nothing written. At 4 and 5 levels (L5-11)."""
     case, limit = drawn
     check_against_loop(case, limit)

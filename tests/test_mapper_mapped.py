@@ -47,7 +47,7 @@ from support import (
     returned,
 )
 
-from kvmpage import Panic, PhysAddr, PhysMemory, PhysMemoryError, VirtAddr
+from kvmpage import Panic, PhysAddr, PhysMemory, PhysMemoryError, VirtAddr, VirtAddr57
 from kvmpage.paging import (
     ADDRESS_MASK,
     CleanUp,
@@ -82,6 +82,7 @@ from kvmpage.paging import (
     TranslateResult,
     UnmapError,
 )
+from kvmpage.paging.page57 import PAGE_TYPES
 
 pytestmark = STRICT_FLUSH_TOKENS
 
@@ -104,20 +105,32 @@ class Env(support.Env):
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def make_env(kind: str, memory: PhysMemory | None = None) -> Env:
-    """A "mapped" (through a `RecordingMapping`) or "offset" `Env`."""
+def make_env(kind: str, memory: PhysMemory | None = None, levels: int = 4) -> Env:
+    """A "mapped" (through a `RecordingMapping`) or "offset" `Env` of ``levels`` levels."""
     memory = memory or PhysMemory(MEM_SIZE)
     alloc = pool_allocator(memory)
     if kind == "mapped":
         mapping = RecordingMapping(memory)
-        return Env(kind, memory, build_mapper(kind, memory, mapping=mapping), alloc, mapping)
+        mapper = build_mapper(kind, memory, mapping=mapping, levels=levels)
+        return Env(kind, memory, mapper, alloc, mapping)
     if kind == "offset":
-        return Env(kind, memory, build_mapper(kind, memory), alloc)
+        return Env(kind, memory, build_mapper(kind, memory, levels=levels), alloc)
     raise AssertionError(kind)
 
 
-@pytest.fixture(params=["mapped", "offset"])
+@pytest.fixture(params=["mapped", "offset", "mapped-5", "offset-5"])
 def env(request: pytest.FixtureRequest) -> Iterator[Env]:
+    """Both mappers at 4 levels and at 5 (the crate's rules hold one level deeper, L5-04)."""
+    kind, _, levels = request.param.partition("-")
+    e = make_env(kind, levels=int(levels or 4))
+    yield e
+    e.memory.close()
+
+
+@pytest.fixture(params=["mapped", "offset"])
+def env4(request: pytest.FixtureRequest) -> Iterator[Env]:
+    """Both mappers at 4 levels only: for the tests that pin the crate's exact frames and table
+    addresses (the level-5 table changes both; test_la57.py checks them at 5 levels)."""
     e = make_env(request.param)
     yield e
     e.memory.close()
@@ -199,12 +212,13 @@ def test_m03_identity_map_maps_frame_at_equal_address(env: Env) -> None:
     [frame4k(0x8000_0000_0000), frame2m(0x8000_0000_0000), frame1g(0xF_FFFF_C000_0000)],
     ids=["4KiB", "2MiB", "1GiB"],
 )
-def test_m03_identity_map_panics_above_2_pow_47(env: Env, frame: Any) -> None:
+def test_m03_identity_map_panics_above_2_pow_47(env4: Env, frame: Any) -> None:
     """M-03 (verified with 0x8000_0000_0000): a physical address >= 2**47 is not a canonical
-    virtual address, so identity_map panics before touching anything."""
+    virtual address, so identity_map panics before touching anything. (At 5 levels it is
+    canonical and mapped: L5-05, test_la57.py.)"""
     with pytest.raises(Panic, match=r"^virtual address must be sign extended in bits 48 to 64"):
-        env.mapper.identity_map(frame, P | W, env.alloc)
-    assert env.alloc.allocated == []
+        env4.mapper.identity_map(frame, P | W, env4.alloc)
+    assert env4.alloc.allocated == []
 
 
 def test_m04_translate_addr_follows_translate(env: Env) -> None:
@@ -446,9 +460,8 @@ def test_mp04_new_parent_gets_exactly_the_insert_flags(env: Env) -> None:
     env.mapper.map_to_with_table_flags(
         page4k(va), frame4k(0x6000_0000), P, flags, env.alloc
     ).ignore()
-    assert env.entry(va, 4) == 0x2000 | int(flags)
-    assert env.entry(va, 3) == 0x3000 | int(flags)
-    assert env.entry(va, 2) == 0x4000 | int(flags)
+    for level in range(env.levels, 1, -1):  # (the level-5 entry too, at 5 levels)
+        assert env.entry(va, level) == env.table(4 - level) | int(flags)
     assert env.entry(va, 1) == 0x6000_0000 | int(P)
 
 
@@ -476,15 +489,15 @@ def test_mp04_existing_parent_flags_are_ored_address_kept(env: Env) -> None:
     """MP-04.2: an existing parent gets the insert flags OR'ed in, address preserved; flags it
     has are kept (nothing is removed)."""
     env.map(page4k(0x1000), frame4k(0x9000), P | NX | F.BIT_9)
-    assert env.entry(0x1000, 4) == 0x2000 | int(P)
+    assert env.entry(0x1000, 4) == env.table(0) | int(P)
     env.mapper.map_to_with_table_flags(
         page4k(0x2000), frame4k(0xA000), P, P | W | U, env.alloc
     ).ignore()
-    for level, table in ((4, 0x2000), (3, 0x3000), (2, 0x4000)):
-        assert env.entry(0x2000, level) == table | int(P | W | U)
+    for level in range(env.levels, 1, -1):
+        assert env.entry(0x2000, level) == env.table(4 - level) | int(P | W | U)
     env.map(page4k(0x3000), frame4k(0xB000), P)
-    assert env.entry(0x3000, 4) == 0x2000 | int(P | W | U)
-    assert env.allocated() == [0x2000, 0x3000, 0x4000]
+    assert env.entry(0x3000, 4) == env.table(0) | int(P | W | U)
+    assert env.allocated() == env.tables(3)
 
 
 # -- MP-05 (verified) ---------------------------------------------------------------------------
@@ -517,12 +530,13 @@ def test_mp05_table_flags_without_present_panic_whenever_a_table_is_created(env:
 def test_mp05_non_present_parent_becomes_present_and_its_address_is_a_table(env: Env) -> None:
     """MP-05: an existing non-zero non-present parent that receives PRESENT through the OR is
     treated as a table at whatever address it stored, here physical 0."""
-    env.memory.write_u64(P4_PHYS, int(W))  # P4[0]: address 0, WRITABLE only
+    env.memory.write_u64(P4_PHYS, int(W))  # top[0]: address 0, WRITABLE only
     env.map(page4k(0x1000), frame4k(0x9000))
     assert env.memory.read_u64(P4_PHYS) == int(P | W)
-    # the level-3 table used is the frame at physical 0
+    # the table below the top one is the frame at physical 0 (so at 5 levels the level-4
+    # table is at 0, and its child the first allocated frame)
     assert env.memory.read_u64(0) == 0x2000 | int(P | W)
-    assert env.allocated() == [0x2000, 0x3000]
+    assert env.allocated() == [0x2000, 0x3000, 0x4000][: env.levels - 2]
     assert env.mapper.translate_addr(VirtAddr(0x1000)) == PhysAddr(0x9000)
 
 
@@ -553,11 +567,11 @@ def test_mp05_allocator_with_one_frame_no_rollback_then_clean_up(env: Env) -> No
 
 def test_mp05_allocation_failure_at_p1_keeps_upper_tables(env: Env) -> None:
     """MP-05 / FA-04: failure at the P1 level keeps the P3 and P2 created before it."""
-    two: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(0x2000, 0x4000)
+    two: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(0x2000, env.table(2))
     with pytest.raises(FrameAllocationFailed):
         env.mapper.map_to(page4k(0x1000), frame4k(0x9000), P | W, two)
-    assert env.entry(0x1000, 4) == 0x2000 | int(P | W)
-    assert env.entry(0x1000, 3) == 0x3000 | int(P | W)
+    assert env.entry(0x1000, 4) == env.table(0) | int(P | W)
+    assert env.entry(0x1000, 3) == env.table(1) | int(P | W)
     assert env.entry(0x1000, 2) == 0
 
 
@@ -571,13 +585,17 @@ def test_mp06_4k_allocation_order_and_flush_token(env: Env) -> None:
     tok = env.mapper.map_to(page, frame4k(0x7777_7000), P | W, env.alloc)
     assert isinstance(tok, MapperFlush) and tok.page() == page
     tok.ignore()
-    assert env.allocated() == [0x2000, 0x3000, 0x4000]
-    assert env.memory.read_u64(P4_PHYS + 8 * 0o123) == 0x2000 | int(P | W)
-    assert env.memory.read_u64(0x2000 + 8 * 0o456) == 0x3000 | int(P | W)
-    assert env.memory.read_u64(0x3000 + 8 * 0o701) == 0x4000 | int(P | W)
-    assert env.memory.read_u64(0x4000 + 8 * 0o234) == 0x7777_7000 | int(P | W)
+    assert env.allocated() == env.tables(3)
+    va = 0o123_456_701_234_0000
+    assert env.entry_pa(va, 4) == env.table(-1) + 8 * 0o123  # (table(-1): P4_PHYS at 4 levels)
+    assert env.entry(va, 4) == env.table(0) | int(P | W)
+    assert env.entry_pa(va, 3) == env.table(0) + 8 * 0o456
+    assert env.entry(va, 3) == env.table(1) | int(P | W)
+    assert env.entry(va, 2) == env.table(2) | int(P | W)
+    assert env.entry_pa(va, 1) == env.table(2) + 8 * 0o234
+    assert env.entry(va, 1) == 0x7777_7000 | int(P | W)
     env.map(page4k(0o123_456_701_235_0000), frame4k(0x1000))
-    assert len(env.alloc.allocated) == 3  # existing parents are reused
+    assert env.allocated() == env.tables(3)  # existing parents are reused
 
 
 def test_mp06_page_already_mapped_carries_requested_frame(env: Env) -> None:
@@ -612,7 +630,7 @@ def test_mp06_huge_page_flag_in_4k_leaf_panics(env: Env) -> None:
         Panic, match=r"^assertion failed: !flags.contains\(PageTableFlags::HUGE_PAGE\)"
     ):
         env.mapper.map_to(page4k(0x1000), frame4k(0xA000), P | W | H, env.alloc)
-    assert env.allocated() == [0x2000, 0x3000, 0x4000]
+    assert env.allocated() == env.tables(3)
     assert env.entry(0x1000, 1) == 0
 
 
@@ -620,7 +638,7 @@ def test_mp07_2m_map_adds_huge_and_uses_two_frames(env: Env) -> None:
     """MP-07 (verified) / FA-05: a 2MiB map creates P3 and P2 only and stores
     frame | flags | HUGE_PAGE."""
     env.map(page2m(0x20_0000), frame2m(0x4000_0000), P | W)
-    assert env.allocated() == [0x2000, 0x3000]
+    assert env.allocated() == env.tables(2)
     assert env.entry(0x20_0000, 2) == 0x4000_0000 | int(P | W | H)
     with pytest.raises(PageAlreadyMapped) as ei:
         env.mapper.map_to(page2m(0x20_0000), frame2m(0x6000_0000), P, env.alloc)
@@ -632,19 +650,19 @@ def test_mp07_2m_map_over_a_p1_table_is_already_mapped(env: Env) -> None:
     env.map(page4k(0x40_1000), frame4k(0xA000))
     with pytest.raises(PageAlreadyMapped):
         env.mapper.map_to(page2m(0x40_0000), frame2m(0x20_0000), P | W, env.alloc)
-    assert env.entry(0x40_0000, 2) == 0x4000 | int(P | W)
+    assert env.entry(0x40_0000, 2) == env.table(2) | int(P | W)
 
 
 def test_mp08_1g_map_consumes_one_frame(env: Env) -> None:
     """MP-08 (verified: one frame when the P4 entry is new) / FA-05."""
     env.map(page1g(0x80_0000_0000), frame1g(0x8000_0000), P | W)
-    assert env.allocated() == [0x2000]
+    assert env.allocated() == env.tables(1)
     assert env.entry(0x80_0000_0000, 3) == 0x8000_0000 | int(P | W | H)
     with pytest.raises(PageAlreadyMapped) as ei:
         env.mapper.map_to(page1g(0x80_0000_0000), frame1g(0x4000_0000), P, env.alloc)
     assert ei.value.frame == frame1g(0x4000_0000)
     env.map(page1g(0x80_4000_0000), frame1g(0xC000_0000), P)
-    assert env.allocated() == [0x2000]
+    assert env.allocated() == env.tables(1)
 
 
 def test_mp09_os_bit_only_leaf_blocks_mapping(env: Env) -> None:
@@ -708,7 +726,7 @@ def test_mp12_unmap_4k_returns_frame_and_token_keeps_tables(env: Env) -> None:
     assert isinstance(tok, MapperFlush) and tok.page() == page
     tok.ignore()
     assert env.entry(0x1000, 1) == 0
-    assert env.entry(0x1000, 2) == 0x4000 | int(P | W)
+    assert env.entry(0x1000, 2) == env.table(2) | int(P | W)
     with pytest.raises(PageNotMapped):
         env.mapper.unmap(page)
 
@@ -881,9 +899,9 @@ def test_mp19_set_flags_p4_entry_replaces_exactly(env: Env, size: str) -> None:
     tok = env.mapper.set_flags_p4_entry(page, P | F.BIT_62)
     assert isinstance(tok, MapperFlushAll)
     tok.ignore()
-    assert env.entry(0x4000_0000, 4) == 0x2000 | int(P | F.BIT_62)
+    assert env.entry(0x4000_0000, 4) == env.table(0) | int(P | F.BIT_62)
     env.mapper.set_flags_p4_entry(page, F(0)).ignore()
-    assert env.entry(0x4000_0000, 4) == 0x2000
+    assert env.entry(0x4000_0000, 4) == env.table(0)
 
 
 def test_mp20_set_flags_p3_entry(env: Env) -> None:
@@ -897,11 +915,11 @@ def test_mp20_set_flags_p3_entry(env: Env) -> None:
     with pytest.raises(PageNotMapped):
         env.mapper.set_flags_p3_entry(page4k(0x4000_0000), P)
     env.mapper.set_flags_p3_entry(page2m(0), P | U).ignore()
-    assert env.entry(0, 3) == 0x3000 | int(P | U)
+    assert env.entry(0, 3) == env.table(1) | int(P | U)
     env.mapper.set_flags_p3_entry(page4k(0x1000), P | W | NX).ignore()
-    assert env.entry(0, 3) == 0x3000 | int(P | W | NX)
+    assert env.entry(0, 3) == env.table(1) | int(P | W | NX)
     # a non-present P4 entry stops the walk
-    env.set_entry(0, 4, 0x2000 | int(W))
+    env.set_entry(0, 4, env.table(0) | int(W))
     with pytest.raises(PageNotMapped):
         env.mapper.set_flags_p3_entry(page4k(0x1000), P)
 
@@ -997,15 +1015,17 @@ def test_mp24_translate_page_1g(env: Env) -> None:
 
 def test_mp25_translate_p4(env: Env) -> None:
     """MP-25 (verified): P4 entry not present => NotMapped (also with HUGE_PAGE); PRESENT+HUGE
-    => panic 'level 4 entry has huge page bit set', in translate and translate_addr."""
+    => panic 'level 4 entry has huge page bit set', in translate and translate_addr. At 5
+    levels the same holds of the top entry, the level-5 one (L5-07)."""
+    top = env.levels
     assert isinstance(env.mapper.translate(VirtAddr(0x1000)), NotMapped)
     env.memory.write_u64(P4_PHYS, 0x2000 | int(W | H))
     assert isinstance(env.mapper.translate(VirtAddr(0x1000)), NotMapped)
     assert env.mapper.translate_addr(VirtAddr(0x1000)) is None
     env.memory.write_u64(P4_PHYS, 0x2000 | int(P | W | H))
-    with pytest.raises(Panic, match=r"^level 4 entry has huge page bit set"):
+    with pytest.raises(Panic, match=rf"^level {top} entry has huge page bit set"):
         env.mapper.translate(VirtAddr(0x1000))
-    with pytest.raises(Panic, match=r"^level 4 entry has huge page bit set"):
+    with pytest.raises(Panic, match=rf"^level {top} entry has huge page bit set"):
         env.mapper.translate_addr(VirtAddr(0x1000))
 
 
@@ -1128,19 +1148,26 @@ def _outcome(fn: Any) -> Any:
     return returned(v)
 
 
+@pytest.mark.parametrize("levels", [4, 5])
 @pytest.mark.parametrize("seed", range(8))
-def test_m01_mp_differential_mapped_vs_offset(seed: int) -> None:
+def test_m01_mp_differential_mapped_vs_offset(seed: int, levels: int) -> None:
     """M-01 / MP-01..MP-30: a random sequence of every Mapper operation (and raw entry edits)
     gives the same results, errors, panics and memory on MappedPageTable (shared engine) and
-    OffsetPageTable (with its fast paths for map_to and translate_addr)."""
+    OffsetPageTable (with its fast paths for map_to and translate_addr), at 4 and 5 levels
+    (L5-04: at 5 with 57-bit pages, some beyond 48 bits)."""
     rng = random.Random(seed)
-    envs = [make_env("mapped"), make_env("offset")]
+    envs = [make_env("mapped", levels=levels), make_env("offset", levels=levels)]
     vas = [
         0x1000 * rng.randrange(0, 8)
         + (1 << 21) * rng.randrange(0, 3)
         + (1 << 30) * rng.randrange(0, 3)
         for _ in range(24)
     ] + [0xFFFF_8000_0000_0000, 0xFFFF_FFFF_FFE0_0000]
+    if levels == 5:  # level-5 slots 1 and 256 (only 5-level paging reaches them)
+        vas += [(1 << 48) + 0x1000 * rng.randrange(0, 4) for _ in range(6)]
+        vas += [0xFF00_0000_0000_0000, 0xFF00_0000_4020_0000]
+    pages = PAGE_TYPES[levels]
+    addr_type = VirtAddr57 if levels == 5 else VirtAddr
     flag_bits = [P, W, U, NX, F.GLOBAL, F.BIT_9, F.BIT_11, H]
 
     def flags() -> F:
@@ -1150,20 +1177,22 @@ def test_m01_mp_differential_mapped_vs_offset(seed: int) -> None:
                 f |= b
         return f
 
+    frame_types: dict[str, type[PhysFrame[Any]]] = {
+        "4KiB": PhysFrame,
+        "2MiB": PhysFrame[Size2MiB],
+        "1GiB": PhysFrame[Size1GiB],
+    }
     seen: set[str] = set()
     for _ in range(300):
         op = rng.randrange(11)
         va = rng.choice(vas)
         size = rng.choice(["4KiB", "2MiB", "1GiB"])
-        pages: dict[str, type[Page[Any]]]
-        frames: dict[str, type[PhysFrame[Any]]]
-        pages = {"4KiB": Page, "2MiB": Page[Size2MiB], "1GiB": Page[Size1GiB]}
-        frames = {"4KiB": PhysFrame, "2MiB": PhysFrame[Size2MiB], "1GiB": PhysFrame[Size1GiB]}
-        pg, fr = pages[size], frames[size]
-        page = pg.containing_address(VirtAddr(va))
+        pg: type[Page[Any]] = pages[{"4KiB": Size4KiB, "2MiB": Size2MiB, "1GiB": Size1GiB}[size]]
+        fr = frame_types[size]
+        page = pg.containing_address(addr_type(va))
         frame = fr.containing_address(PhysAddr(rng.randrange(0, 1 << 40)))
         f1, f2 = flags(), flags()
-        level = rng.choice([1, 2, 3, 4])
+        level = rng.choice(range(1, levels + 1))
         raw_edit = (
             rng.choice([0, int(F.BIT_11), int(P | W)])
             | rng.choice([0x2000, 0x3000, 0x20_0000, 0])
@@ -1221,9 +1250,10 @@ def test_doc_6_5_map_to_with_table_flags_user_only(env: Env) -> None:
     assert e.entry(0x40_0000, 1) == 0x9000 | int(leaf)
 
 
-def test_doc_6_5_clean_up_lower_half(env: Env) -> None:
+def test_doc_6_5_clean_up_lower_half(env4: Env) -> None:
     """6.5 / C-10: the clean_up_addr_range doc-test: the lower half 0 ..= 0x7fff_ffff_ffff frees
-    the empty lower-half tables and keeps upper-half ones."""
+    the empty lower-half tables and keeps upper-half ones. (5 levels: test_la57.py, L5-10.)"""
+    env = env4
     env.map(page4k(0x1000), frame4k(0x9000))
     env.map(page4k(0xFFFF_8000_0000_0000), frame4k(0xA000))
     for va in (0x1000, 0xFFFF_8000_0000_0000):

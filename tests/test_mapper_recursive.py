@@ -76,7 +76,8 @@ from kvmpage.paging import (
     SoftPageFault,
     recursive_table_address,
 )
-from kvmpage.paging.walk import resolve
+from kvmpage.paging.page57 import PAGE_TYPES
+from kvmpage.paging.walk import resolve, resolve_below
 
 pytestmark = STRICT_FLUSH_TOKENS
 
@@ -87,14 +88,26 @@ def recursive_memory(r: int = R) -> PhysMemory:
     return memory
 
 
-def make_env(kind: str, r: int = R) -> Env:
+def make_env(kind: str, r: int = R, levels: int = 4) -> Env:
     """The same starting memory for all three kinds: the recursive entry is there for all, so
-    that a mapped and a recursive mapper see identical tables."""
-    return support.make_env(kind, recursive_memory(r), r=r)
+    that a mapped and a recursive mapper see identical tables (at 5 levels the table at P4_PHYS
+    is the level-5 one, and its entry r is the recursive one)."""
+    return support.make_env(kind, recursive_memory(r), r=r, levels=levels)
+
+
+@pytest.fixture(params=[4, 5], ids=["4-level", "5-level"])
+def env(request: pytest.FixtureRequest) -> Iterator[Env]:
+    """The recursive mapper at 4 levels and at 5 (the crate's rules hold one level deeper, with
+    five indices in every recursive address: L5-09)."""
+    e = make_env("recursive", levels=request.param)
+    yield e
+    e.memory.close()
 
 
 @pytest.fixture
-def env() -> Iterator[Env]:
+def env4() -> Iterator[Env]:
+    """The recursive mapper at 4 levels only: for the tests that pin the crate's recursive
+    addresses and frames (test_la57.py checks them at 5 levels)."""
     e = make_env("recursive")
     yield e
     e.memory.close()
@@ -196,9 +209,10 @@ def test_r02_new_unchecked_skips_checks_and_faults_later() -> None:
         m.map_to(page4k(0x1000), frame4k(0x9000), P | W, alloc)
 
 
-def test_r02_level_4_table_getter(env: Env) -> None:
+def test_r02_level_4_table_getter(env4: Env) -> None:
     """R-02: level_4_table() is the PML4 (found through (r,r,r,r)); it is a live view, which is
-    also the crate's level_4_table_mut()."""
+    also the crate's level_4_table_mut(). (level_5_table at 5 levels: L5-04, test_la57.py.)"""
+    env = env4
     l4 = env.mapper.level_4_table()
     assert isinstance(l4, PageTable) and l4.phys == P4_PHYS
     assert l4[R].raw == P4_PHYS | int(P | W)
@@ -219,9 +233,10 @@ def test_r03_table_addresses_r511() -> None:
     assert recursive_table_address(1) == VirtAddr(0x80_4020_1000)
 
 
-def test_r03_child_tables_resolve_to_the_created_frames(env: Env) -> None:
+def test_r03_child_tables_resolve_to_the_created_frames(env4: Env) -> None:
     """R-03 / R-04: P3 = (r,r,r,p4), P2 = (r,r,p4,p3), P1 = (r,p4,p3,p2) resolve through the
-    walk to the physical tables the mapper created."""
+    walk to the physical tables the mapper created. (Five indices at 5 levels: L5-09.)"""
+    env = env4
     va = 0o123_456_701_234_0000
     env.map(page4k(va), frame4k(0x7000_0000))
     p4, p3, p2 = idx(va, 4), idx(va, 3), idx(va, 2)
@@ -271,10 +286,10 @@ def test_r05_new_parents_are_present_writable_plus_insert(env: Env) -> None:
     env.mapper.map_to_with_table_flags(
         page4k(0x1000), frame4k(0x9000), P, U | NX, env.alloc
     ).ignore()
-    for level, t in ((4, 0x2000), (3, 0x3000), (2, 0x4000)):
-        assert env.entry(0x1000, level) == t | int(P | W | U | NX)
+    for level in range(env.levels, 1, -1):  # (the level-5 entry too, at 5 levels)
+        assert env.entry(0x1000, level) == env.table(4 - level) | int(P | W | U | NX)
     env.map(page4k(0x80_0000_0000), frame4k(0xA000), P)
-    assert env.entry(0x80_0000_0000, 4) == 0x5000 | int(P | W)
+    assert env.entry(0x80_0000_0000, 4) == env.table(3) | int(P | W)
 
 
 def test_r05_frame_allocation_failed_no_rollback(env: Env) -> None:
@@ -282,7 +297,7 @@ def test_r05_frame_allocation_failed_no_rollback(env: Env) -> None:
     one: PoolFrameAllocator[Size4KiB] = PoolFrameAllocator(0x2000, 0x3000)
     with pytest.raises(FrameAllocationFailed):
         env.mapper.map_to(page4k(0x1000), frame4k(0x9000), P | W, one)
-    assert env.entry(0x1000, 4) == 0x2000 | int(P | W)
+    assert env.entry(0x1000, env.levels) == 0x2000 | int(P | W)
     assert PageTable(env.memory, 0x2000).is_empty()
 
 
@@ -365,7 +380,7 @@ def test_r08_leaf_writes_like_mapped(env: Env) -> None:
     with pytest.raises(PageAlreadyMapped) as ej:
         env.mapper.map_to(page1g(0x4000_0000), frame1g(0xC000_0000), P, env.alloc)
     assert ej.value.frame == frame1g(0xC000_0000)
-    assert env.allocated() == [0x2000, 0x3000, 0x4000]
+    assert env.allocated() == env.tables(3)
 
 
 # -- R-09: unmap -------------------------------------------------------------------------------
@@ -513,11 +528,11 @@ def test_r12_set_flags_pn_entry(env: Env) -> None:
     tok = env.mapper.set_flags_p4_entry(page1g(0), P | F.BIT_62)
     assert isinstance(tok, MapperFlushAll)
     tok.ignore()
-    assert env.entry(0, 4) == 0x2000 | int(P | F.BIT_62)
+    assert env.entry(0, 4) == env.table(0) | int(P | F.BIT_62)
     env.mapper.set_flags_p3_entry(page2m(0), P | U).ignore()
-    assert env.entry(0, 3) == 0x3000 | int(P | U)
+    assert env.entry(0, 3) == env.table(1) | int(P | U)
     env.mapper.set_flags_p2_entry(page4k(0x1000), P | W | NX).ignore()
-    assert env.entry(0, 2) == 0x4000 | int(P | W | NX)
+    assert env.entry(0, 2) == env.table(2) | int(P | W | NX)
     with pytest.raises(PageNotMapped):
         env.mapper.set_flags_p2_entry(page4k(0x4000_0000), P)
 
@@ -579,10 +594,11 @@ def test_r15_translate_huge_and_panics(env: Env) -> None:
     env.set_entry(0x1000, 1, 0x9000 | int(P | H))
     with pytest.raises(Panic, match=r"^level 1 entry has huge page bit set"):
         env.mapper.translate(VirtAddr(0x1000))
-    env.memory.write_u64(P4_PHYS + 8 * 3, 0x5000 | int(W | H))
-    with pytest.raises(Panic, match=r"^level 4 entry has huge page bit set"):
+    top = env.levels  # (at 5 levels: the level-5 entry, L5-07)
+    env.set_entry(3 << 39, top, 0x5000 | int(W | H))
+    with pytest.raises(Panic, match=rf"^level {top} entry has huge page bit set"):
         env.mapper.translate(VirtAddr(3 << 39))
-    with pytest.raises(Panic, match=r"^level 4 entry has huge page bit set"):
+    with pytest.raises(Panic, match=rf"^level {top} entry has huge page bit set"):
         env.mapper.translate_addr(VirtAddr(3 << 39))
 
 
@@ -784,24 +800,30 @@ def _outcome(fn: Callable[[], Any]) -> Any:
     return returned(v)
 
 
+@pytest.mark.parametrize("levels", [4, 5])
 @pytest.mark.parametrize("seed", range(6))
-def test_r16_differential_recursive_agrees_with_mapped_elsewhere(seed: int) -> None:
+def test_r16_differential_recursive_agrees_with_mapped_elsewhere(seed: int, levels: int) -> None:
     """R-05..R-16 / 5.5: over random sequences of operations whose flags always carry
     PRESENT|WRITABLE (so R-05's automatic P|W and R-14's raw-vs-PRESENT make no difference) and
     never HUGE_PAGE in a 4KiB leaf, RecursivePageTable gives the same results and memory as
     MappedPageTable, except where a walk meets a huge parent in update_flags / translate_page /
     set_flags_pN_entry (R-10: mapped says ParentEntryHugePage; recursive follows into the huge
-    page's frame, which lies outside the memory here)."""
+    page's frame, which lies outside the memory here). At 5 levels too (L5-09), with pages
+    beyond 48 bits."""
     import random
 
     rng = random.Random(seed)
-    envs = [make_env("mapped"), make_env("recursive")]
+    envs = [make_env("mapped", levels=levels), make_env("recursive", levels=levels)]
     vas = [
         0x1000 * rng.randrange(0, 8)
         + (1 << 21) * rng.randrange(0, 3)
         + (1 << 30) * rng.randrange(0, 3)
         for _ in range(24)
     ] + [0xFFFF_8000_0000_0000, 0xFFFF_FFFF_FFE0_0000]
+    if levels == 5:  # level-5 slots 1 and 256 (only 5-level paging reaches them)
+        vas += [(1 << 48) + 0x1000 * rng.randrange(0, 4) for _ in range(6)]
+        vas += [0xFF00_0000_0000_0000, 0xFF00_0000_4020_0000]
+    family, addr_type = PAGE_TYPES[levels], envs[0].mapper.depth.addr_type
     extra = [U, NX, F.GLOBAL, F.BIT_9, F.BIT_11]
 
     def flags() -> F:
@@ -812,16 +834,16 @@ def test_r16_differential_recursive_agrees_with_mapped_elsewhere(seed: int) -> N
         return f
 
     sizes: dict[str, tuple[type[Page[Any]], type[PhysFrame[Any]]]] = {
-        "4KiB": (Page, PhysFrame),
-        "2MiB": (Page[Size2MiB], PhysFrame[Size2MiB]),
-        "1GiB": (Page[Size1GiB], PhysFrame[Size1GiB]),
+        "4KiB": (family[Size4KiB], PhysFrame),
+        "2MiB": (family[Size2MiB], PhysFrame[Size2MiB]),
+        "1GiB": (family[Size1GiB], PhysFrame[Size1GiB]),
     }
     skipped = 0
     for _ in range(300):
         op = rng.randrange(10)
         va = rng.choice(vas)
         pg, fr = sizes[rng.choice(list(sizes))]
-        page = pg.containing_address(VirtAddr(va))
+        page = pg.containing_address(addr_type(va))
         frame = fr.containing_address(PhysAddr(rng.randrange(1 << 30, 1 << 40)))
         f1, f2 = flags(), flags()
         results = []
@@ -844,28 +866,32 @@ def test_r16_differential_recursive_agrees_with_mapped_elsewhere(seed: int) -> N
     assert envs[0].alloc.deallocated == envs[1].alloc.deallocated
 
 
+@pytest.mark.parametrize("levels", [4, 5])
 @pytest.mark.parametrize("seed", range(4))
-def test_r04_software_walk_agrees_with_translate_on_present_mappings(seed: int) -> None:
+def test_r04_software_walk_agrees_with_translate_on_present_mappings(
+    seed: int, levels: int
+) -> None:
     """R-04: the MMU walk the recursive mapper relies on resolves every address of a hierarchy
     built with present flags exactly as translate_addr does, and faults (SoftPageFault) exactly
-    where translate_addr says None; pages of all three sizes, lower and upper half."""
+    where translate_addr says None; pages of all three sizes, lower and upper half; at 4 and 5
+    levels (L5-09: the walk starts at the level-5 table)."""
     import random
 
     rng = random.Random(seed)
-    e = make_env("recursive")
+    e = make_env("recursive", levels=levels)
+    family = PAGE_TYPES[levels]
+    addr_type: Any = e.mapper.depth.addr_type
     sizes: list[tuple[type[Page[Any]], type[PhysFrame[Any]]]] = [
-        (Page, PhysFrame),
-        (Page[Size2MiB], PhysFrame[Size2MiB]),
-        (Page[Size1GiB], PhysFrame[Size1GiB]),
+        (family[Size4KiB], PhysFrame),
+        (family[Size2MiB], PhysFrame[Size2MiB]),
+        (family[Size1GiB], PhysFrame[Size1GiB]),
     ]
     probes = []
     for _ in range(60):
         pg, fr = rng.choice(sizes)
-        va = VirtAddr.new_truncate(
-            rng.choice([0, 1, 2, 256, 300, 511]) << 39
-            | rng.randrange(0, 4) << 30
-            | rng.randrange(0, 4) << 21
-            | rng.randrange(0, 4) << 12
+        top = rng.choice([0, 1, 2, 256, 300, 511]) << (3 + 9 * levels)
+        va = addr_type.new_truncate(
+            top | rng.randrange(0, 4) << 30 | rng.randrange(0, 4) << 21 | rng.randrange(0, 4) << 12
         )
         frame = fr.containing_address(PhysAddr(rng.randrange(0, 1 << 45)))
         with contextlib.suppress(PageAlreadyMapped, ParentEntryHugePage):
@@ -874,10 +900,10 @@ def test_r04_software_walk_agrees_with_translate_on_present_mappings(seed: int) 
         probes.append(va.as_u64() + rng.randrange(0, 1 << 21))
     hits = 0
     for a in probes:
-        a = VirtAddr.new_truncate(a).as_u64()
-        expected = e.mapper.translate_addr(VirtAddr(a))
+        a = addr_type.new_truncate(a).as_u64()
+        expected = e.mapper.translate_addr(addr_type(a))
         try:
-            got: int | None = resolve(e.memory, P4_PHYS, a)
+            got: int | None = resolve_below(e.memory, P4_PHYS, a, levels)
         except SoftPageFault:
             got = None
         assert got == (None if expected is None else expected.as_u64()), hex(a)
@@ -914,10 +940,10 @@ def test_r04_soft_walk_faults_on_reserved_bits_of_a_misaligned_huge_leaf(env: En
     leaf (a misaligned huge address) as reserved, as hardware does, instead of aligning down."""
     va = 0x4000_0000
     env.map(page2m(va), frame2m(0x20_0000))
-    assert resolve(env.memory, P4_PHYS, va + 0x1234) == 0x20_1234
+    assert resolve_below(env.memory, P4_PHYS, va + 0x1234, env.levels) == 0x20_1234
     env.set_entry(va, 2, env.entry(va, 2) | 0x2000)
     with pytest.raises(SoftPageFault, match=r"reserved bits 0x2000 set"):
-        resolve(env.memory, P4_PHYS, va + 0x1234)
+        resolve_below(env.memory, P4_PHYS, va + 0x1234, env.levels)
 
 
 # -- cases from the crate's issues (checklist section 7, I-ids; the rest: test_mapper.py) ----------

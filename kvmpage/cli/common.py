@@ -78,17 +78,26 @@ def on_machine(
         (spec.cpu.nxe, "nx", "nxe"),
         (spec.cpu.smep, "smep", "smep"),
         (spec.cpu.smap, "smap", "smap"),
+        (spec.cpu.la57, "la57", "la57"),
     ):
         if wanted and not profile.supports(feature):
             evidence = profile.features.get(feature)
             why = f" ({evidence.evidence})" if evidence is not None else ""
             where = f"{spec.source}: [cpu], key {key!r}" if spec.source else "built-in layout"
             who = "this host" if oracle == "kvm" else f"the {oracle} oracle"
-            raise LayoutError(f"{where}: {who} cannot verify {feature.upper()}{why}")
+            hint = ""
+            if feature == "la57" and oracle == "kvm":  # a 5-level layout: say what does work
+                hint = (
+                    "; kvmpage verify --oracle tcg checks 5-level tables on QEMU's TCG MMU, "
+                    "kvmpage dump and walk --software-only show them"
+                )
+            raise LayoutError(f"{where}: {who} cannot verify {feature.upper()}{why}{hint}")
     progress.stage("starting the machine")
     check_memory(spec)
     slot = agent_slot_of(spec)
-    with open_machine(oracle, spec.memory_size, device=device, agent_slot=slot) as machine:
+    with open_machine(
+        oracle, spec.memory_size, device=device, agent_slot=slot, la57=spec.cpu.la57
+    ) as machine:
         spec = replace(spec, reserved_p4=spec.reserved_p4 | {machine.agent_slot})
         if spec.source:
             check_physical(spec, machine.reserved)

@@ -41,7 +41,9 @@ def _runs(built: BuiltLayout) -> tuple[list[Run], list[int]]:
     if spec.recursive_index is not None:
         skip.add(spec.recursive_index)
     leaves = Leaves.scan(built.memory, built.p4_phys, skip_p4=frozenset(skip), cpu=spec.cpu)
-    tables = table_frames(built.memory, built.p4_phys, skip_p4=frozenset(skip))
+    tables = table_frames(
+        built.memory, built.p4_phys, skip_p4=frozenset(skip), levels=spec.cpu.levels
+    )
     return runs_of(leaves), tables
 
 

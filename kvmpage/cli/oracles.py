@@ -57,13 +57,19 @@ def profile_of(oracle: str, device: str) -> HostProfile:
 
 
 def open_machine(
-    oracle: str, memory_size: int, *, device: str, agent_slot: int
+    oracle: str, memory_size: int, *, device: str, agent_slot: int, la57: bool = False
 ) -> AbstractContextManager[Machine | TcgMachine]:
-    """A new machine of ``oracle`` (``kvm`` or ``tcg``), to use in a ``with``."""
+    """A new machine of ``oracle`` (``kvm`` or ``tcg``), to use in a ``with``; ``la57``: with
+    5-level paging (CR4.LA57; the tcg oracle only: no KVM machine boots with it)."""
     if oracle == "tcg":
         from kvmpage.tcg import TcgMachine
 
-        return TcgMachine(memory_size, agent_slot=agent_slot)
+        return TcgMachine(memory_size, agent_slot=agent_slot, la57=la57)
+    if la57:
+        raise CliError(
+            "the KVM machine boots with 4-level paging: 5-level tables (CR4.LA57) are checked "
+            "with --oracle tcg"
+        )
     from kvmpage.machine import Machine
 
     return Machine(memory_size, device=device, agent_slot=agent_slot)

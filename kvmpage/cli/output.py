@@ -35,12 +35,13 @@ def header(built: BuiltLayout) -> str:
     tables = built.allocator.in_use()
     extra = f", recursive slot {spec.recursive_index}" if spec.recursive_index is not None else ""
     slot = min(spec.reserved_p4) if spec.reserved_p4 else 511
+    levels = spec.cpu.levels
     if spec.agent_slot_chosen and slot != 511:
-        extra += f", agent in level-4 slot {slot} (511 is the layout's)"
+        extra += f", agent in level-{levels} slot {slot} (511 is the layout's)"
     where = f" ({printable(spec.source)})" if spec.source else ""
     return (
         f"layout {spec.name!r}{where}: {spec.kind} mapper, {human_size(spec.memory_size)} "
-        f"physical memory, level-4 table at {built.p4_phys:#x}, {tables} table "
+        f"physical memory, level-{levels} table at {built.p4_phys:#x}, {tables} table "
         f"frame{'s' if tables != 1 else ''}{extra}"
     )
 
@@ -59,6 +60,7 @@ def cpu_line(cpu: CpuState) -> str:
     return (
         f"cpu: CR0.WP={int(cpu.wp)} CR4.SMEP={int(cpu.smep)} CR4.SMAP={int(cpu.smap)} "
         f"EFER.NXE={int(cpu.nxe)} RFLAGS.AC={int(cpu.ac)}"
+        + (" CR4.LA57=1 (5-level paging)" if cpu.la57 else "")
     )
 
 
@@ -85,6 +87,7 @@ def layout_json(built: BuiltLayout) -> dict[str, Any]:
             "smap": spec.cpu.smap,
             "nxe": spec.cpu.nxe,
             "ac": spec.cpu.ac,
+            "la57": spec.cpu.la57,
         },
     }
 

@@ -69,7 +69,8 @@ def cmd_verify_both(args: argparse.Namespace) -> int:
         layout = layout_json(built)
         names = MappingNames(built.spec).of_runs(runs)
         slot = built.spec.recursive_index
-        findings = audit([r for r in runs if slot is None or not in_slot(r, slot)])
+        levels = built.spec.cpu.levels
+        findings = audit([r for r in runs if slot is None or not in_slot(r, slot, levels)])
         dropped_gbpage = spec.name == BUILTIN and not spec.source and not gbpages
         spec = built.spec
     seconds = time.perf_counter() - t0
@@ -86,7 +87,7 @@ def cmd_verify_both(args: argparse.Namespace) -> int:
                     {
                         **run_json(r, n),
                         **v.to_json(),
-                        "recursive_slot": slot is not None and in_slot(r, slot),
+                        "recursive_slot": slot is not None and in_slot(r, slot, levels),
                     }
                     for r, v, n in zip(runs, verdicts, names, strict=True)
                 ],

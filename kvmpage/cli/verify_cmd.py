@@ -46,9 +46,9 @@ VERDICTS = {
 }
 
 
-def in_slot(run: Run, slot: int) -> bool:
-    """Whether ``run`` lies in level-4 slot ``slot`` (the recursive slot's own mappings)."""
-    return (run.virt >> 39) & 511 == slot
+def in_slot(run: Run, slot: int, levels: int = 4) -> bool:
+    """Whether ``run`` lies in top-level slot ``slot`` (the recursive slot's own mappings)."""
+    return (run.virt >> (3 + 9 * levels)) & 511 == slot
 
 
 def _text(
@@ -76,7 +76,8 @@ def _text(
     )
     lines = [head, f"host: {report.host}; {cpu_line(spec.cpu)}"]
     slot = spec.recursive_index
-    mine = [i for i, r in enumerate(runs) if slot is None or not in_slot(r, slot)]
+    levels = spec.cpu.levels
+    mine = [i for i, r in enumerate(runs) if slot is None or not in_slot(r, slot, levels)]
     lines += format_table(
         [runs[i] for i in mine],
         [names[i] for i in mine],
@@ -180,8 +181,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         names = MappingNames(built.spec).of_runs(runs)
         slot = built.spec.recursive_index
         skip = verifier.skip_p4 | ({slot} if slot is not None else set())
-        tables = table_frames(built.memory, built.p4_phys, skip_p4=frozenset(skip))
-        findings = audit([r for r in runs if slot is None or not in_slot(r, slot)], tables=tables)
+        levels = built.spec.cpu.levels
+        tables = table_frames(built.memory, built.p4_phys, skip_p4=frozenset(skip), levels=levels)
+        findings = audit(
+            [r for r in runs if slot is None or not in_slot(r, slot, levels)], tables=tables
+        )
         dropped_gbpage = (
             oracle == "kvm"
             and spec.name == BUILTIN
@@ -218,7 +222,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     {
                         **run_json(r, n),
                         **v.to_json(),
-                        "recursive_slot": slot is not None and in_slot(r, slot),
+                        "recursive_slot": slot is not None and in_slot(r, slot, levels),
                     }
                     for r, v, n in zip(runs, verdicts, names, strict=True)
                 ],

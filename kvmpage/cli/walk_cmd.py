@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kvmpage.addr import VirtAddr, is_canonical
+from kvmpage.addr import is_canonical
 from kvmpage.cli.common import EXIT_FAIL, EXIT_OK, CliError, load_spec, on_machine
 from kvmpage.cli.guard import printable
 from kvmpage.cli.output import MappingNames, cpu_line, emit_json, header, hexa, layout_json
@@ -44,8 +44,9 @@ class HardwareProbe:
     why: str = ""
 
 
-def in_agent_slot(va: int, slot: int) -> bool:
-    return is_canonical(va) and (va >> 39) & 511 == slot
+def in_agent_slot(va: int, slot: int, levels: int = 4) -> bool:
+    """Whether ``va`` is canonical and in the agent's slot of the top-level table."""
+    return is_canonical(va, levels) and (va >> (3 + 9 * levels)) & 511 == slot
 
 
 def parse_va(text: str) -> int:
@@ -136,7 +137,8 @@ def _translate_text(built: BuiltLayout, va: int) -> str:
     """The mapper's own answer (`Translate.translate`), compactly: a second software opinion."""
     from kvmpage.paging.mapper.translate import Mapped
 
-    result = built.mapper.translate(VirtAddr(va))
+    addr: Any = built.mapper.depth.addr_type(va)  # (a VirtAddr57 at 5 levels)
+    result = built.mapper.translate(addr)
     if isinstance(result, Mapped):
         frame = result.frame
         return (
@@ -187,8 +189,11 @@ def cmd_walk(args: argparse.Namespace) -> int:
             w, lines = _walk_lines(built, va)
             head, layout = header(built), layout_json(built)
             progress.stage("probing")
-            if in_agent_slot(va, machine.agent_slot):
-                note = f"(level-4 slot {machine.agent_slot} is the guest agent's: not probed)"
+            if in_agent_slot(va, machine.agent_slot, spec.cpu.levels):
+                note = (
+                    f"(level-{spec.cpu.levels} slot {machine.agent_slot} is the guest agent's: "
+                    "not probed)"
+                )
             else:
                 probes = hardware_probes(verifier, va)
                 if w.steps:  # canonical: ask KVM's own walker too (under the layout's CR3)

@@ -210,17 +210,13 @@ class Image:
 
     def tables(self, context: PagingContext | None = None) -> ImageTables:
         """The crate's `Translate` over the tables of ``context`` (a `MappedPageTable` reading
-        them where they are). Mapping operations are refused unless the image was opened with
-        ``writable=True``: then they change this process's private copy, never the file."""
+        them where they are, 4 or 5 levels as the context says). Mapping operations are refused
+        unless the image was opened with ``writable=True``: then they change this process's
+        private copy, never the file."""
         from kvmpage.image.tables import ImageTables
 
         ctx = context if context is not None else self.context()
         self._check_root(ctx)
-        if ctx.levels != 4:
-            raise ImageError(
-                self.path, "the mappers are 4-level (the crate's); use walk() and leaves() for "
-                "a 5-level image",
-            )  # fmt: skip
         return ImageTables(self, ctx)
 
     def __repr__(self) -> str:

@@ -5,14 +5,15 @@ It is a `MappedPageTable` that reads each table where it is in the image (`Physi
 mapping operations are refused with `ReadOnlyImageError` before anything happens, unless the
 image was opened with ``writable=True``: then `mapper` is that `MappedPageTable`, working on the
 process's private copy of the image (the file is never written), and what it builds can be
-verified on the CPU like a layout.
+verified on the CPU like a layout. A 5-level image (CR4.LA57) gets a 5-level mapper, which
+takes `VirtAddr57` and `Page57` as well as the 48-bit types.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kvmpage.addr import PhysAddr, VirtAddr
+from kvmpage.addr import AnyVirtAddr, PhysAddr
 from kvmpage.image.context import PagingContext
 from kvmpage.paging.mapper import MappedPageTable, PhysicalFrames, TranslateResult
 from kvmpage.paging.page import Page, PhysFrame
@@ -28,7 +29,8 @@ class ReadOnlyImageError(TypeError):
 
 _MUTATORS = (
     "map_to", "map_to_with_table_flags", "map_range", "identity_map", "unmap", "update_flags",
-    "set_flags_p4_entry", "set_flags_p3_entry", "set_flags_p2_entry", "clean_up",
+    "set_flags_p5_entry", "set_flags_p4_entry", "set_flags_p3_entry", "set_flags_p2_entry",
+    "clean_up",
     "clean_up_addr_range",
 )  # fmt: skip
 
@@ -40,7 +42,9 @@ class ImageTables:
         self.image = image
         self.context = context
         memory = image.memory
-        self._mapper = MappedPageTable(PageTable(memory, context.root), PhysicalFrames(memory))
+        self._mapper = MappedPageTable(
+            PageTable(memory, context.root), PhysicalFrames(memory), levels=context.levels
+        )
 
     @property
     def mapper(self) -> MappedPageTable:
@@ -49,11 +53,11 @@ class ImageTables:
             raise self._refused("mapper")
         return self._mapper
 
-    def translate(self, addr: VirtAddr) -> TranslateResult:
+    def translate(self, addr: AnyVirtAddr) -> TranslateResult:
         """The crate's ``Translate::translate``."""
         return self._mapper.translate(addr)
 
-    def translate_addr(self, addr: VirtAddr) -> PhysAddr | None:
+    def translate_addr(self, addr: AnyVirtAddr) -> PhysAddr | None:
         """The crate's ``Translate::translate_addr``."""
         return self._mapper.translate_addr(addr)
 

@@ -5,6 +5,10 @@ A `LayoutSpec` names the mapper kind (``offset``, ``mapped`` or ``recursive``), 
 `MappingSpec` entries (virtual start, page size, count, flags, physical start or "allocate").
 `build` turns it into real tables in a `PhysMemory` through the chosen mapper, checking every
 mapping first so that a bad layout fails with a clear `LayoutError` before anything is written.
+
+A layout whose CPU state has CR4.LA57 (``cpu.la57``) is a 5-level one: its addresses are
+canonical at 57 bits, its slots are those of the level-5 table, and its mapper is built with
+``levels=5`` (rules L5-12..L5-14).
 """
 
 from __future__ import annotations
@@ -14,12 +18,11 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from kvmpage.addr import VirtAddr
+from kvmpage.addr import canonicalize
 from kvmpage.memory import PhysMemory
 from kvmpage.paging import (
     MappedPageTable,
     OffsetPageTable,
-    Page,
     PageSize,
     PageTable,
     PageTableFlags,
@@ -34,6 +37,8 @@ from kvmpage.paging import (
     recursive_table_address,
 )
 from kvmpage.paging.access import CpuState
+from kvmpage.paging.mapper.depth import depth_arg
+from kvmpage.paging.page57 import PAGE_TYPES
 
 MapperKind = Literal["offset", "mapped", "recursive"]
 SIZE_BY_NAME: dict[str, type[PageSize]] = {"4KiB": Size4KiB, "2MiB": Size2MiB, "1GiB": Size1GiB}
@@ -82,11 +87,13 @@ class LayoutSpec:
     memory_size: int = 64 << 20
     phys_offset: int = 0xFFFF_8880_0000_0000
     recursive_index: int | None = None
-    #: Level-4 slots the layout may not use (the guest agent's slot on a machine).
+    #: Top-level slots (of the PML4, or the PML5 at 5 levels) the layout may not use (the guest
+    #: agent's slot on a machine).
     reserved_p4: frozenset[int] = frozenset()
     #: Physical memory below this is left alone by the allocator (agent, firmware...).
     alloc_start: int = 0x1000
-    #: The control-register state the layout is meant to run under (CR0.WP, SMEP, SMAP, NXE).
+    #: The control-register state the layout is meant to run under (CR0.WP, SMEP, SMAP, NXE;
+    #: CR4.LA57 makes it a 5-level layout).
     cpu: CpuState = field(default_factory=CpuState)
     #: The file the layout came from; empty for layouts written in Python.
     source: str = ""
@@ -160,10 +167,13 @@ def _check_one(spec: LayoutSpec, m: MappingSpec) -> int:
     """Check one mapping on its own; returns its last virtual byte (plain integer arithmetic:
     a layout may have tens of thousands of mappings)."""
     virt, size = m.virt, m.size.SIZE
-    if not _is_canonical(virt):
+    levels = spec.cpu.levels
+    hole = 1 << (9 * levels + 11)  # the first non-canonical address
+    if not _is_canonical(virt, levels):
+        top_bit = 9 * levels + 11
         raise LayoutError(
-            f"{m.where('virt')}: virtual start {virt:#x} is not canonical (bits 63..47 must "
-            "all equal bit 47)"
+            f"{m.where('virt')}: virtual start {virt:#x} is not canonical (bits 63..{top_bit} "
+            f"must all equal bit {top_bit})"
         )
     if virt % size:
         raise LayoutError(
@@ -172,7 +182,7 @@ def _check_one(spec: LayoutSpec, m: MappingSpec) -> int:
     if m.count <= 0:
         raise LayoutError(f"{m.where()}: count must be at least 1, got {m.count}")
     last = virt + m.length - 1
-    if last >= 1 << 64 or (virt < 1 << 47) != (last < 1 << 47) or not _is_canonical(last):
+    if last >= 1 << 64 or (virt < hole) != (last < hole) or not _is_canonical(last, levels):
         raise LayoutError(f"{m.where()}: runs past the end of its canonical half")
     if m.phys is not None:
         if m.phys % size:
@@ -187,13 +197,15 @@ def _check_one(spec: LayoutSpec, m: MappingSpec) -> int:
         raise LayoutError(f"{m.where('flags')}: flags must include PRESENT")
     if flags & _HUGE_PAGE:
         raise LayoutError(f"{m.where('flags')}: HUGE_PAGE is set by the page size, do not list it")
-    first_slot, last_slot = (virt >> 39) & 511, (last >> 39) & 511
+    shift = 3 + 9 * levels  # of the top-level index
+    first_slot, last_slot = (virt >> shift) & 511, (last >> shift) & 511
     if spec.reserved_p4 or spec.recursive_index is not None:
         for p4 in range(first_slot, last_slot + 1):
             if p4 in spec.reserved_p4:
                 raise LayoutError(
-                    f"{m.where('virt')}: touches level-4 slot {p4} "
-                    f"({_sign_extend(p4 << 39):#x}..+512G), which is reserved for the kvmpage "
+                    f"{m.where('virt')}: touches level-{levels} slot {p4} "
+                    f"({canonicalize(p4 << shift, levels):#x}..+{_SLOT_SPAN[levels]}), which "
+                    "is reserved for the kvmpage "
                     "guest agent (move the mapping, or give the agent another slot: "
                     "agent_slot = N at the top of a layout file)"
                 )
@@ -206,8 +218,12 @@ _PRESENT = int(PageTableFlags.PRESENT)
 _HUGE_PAGE = int(PageTableFlags.HUGE_PAGE)
 
 
-def _is_canonical(va: int) -> bool:
-    return 0 <= va < 1 << 47 or (1 << 64) - (1 << 47) <= va < 1 << 64
+def _is_canonical(va: int, levels: int = 4) -> bool:
+    return 0 <= va < 1 << 64 and canonicalize(va, levels) == va
+
+
+#: What one top-level entry spans, by paging levels.
+_SLOT_SPAN = {4: "512G", 5: "256T"}
 
 
 _check = check
@@ -245,10 +261,6 @@ def check_page_sizes(spec: LayoutSpec, *, gbpages: bool) -> None:
                 f"{m.where('page_size')}: this host cannot verify 1GiB pages (KVM faults on them "
                 'with a reserved-bit error); use "2M" or set max_page_size = "2M"'
             )
-
-
-def _sign_extend(va: int) -> int:
-    return va | (0xFFFF << 48) if va & (1 << 47) else va
 
 
 def build(
@@ -290,16 +302,17 @@ def _build(spec: LayoutSpec, memory: PhysMemory, alloc_end: int) -> BuiltLayout:
     )
     p4 = alloc.allocate_frame()
     if p4 is None:
-        raise LayoutError("physical memory has no room for the level-4 table")
+        raise LayoutError(f"physical memory has no room for the level-{spec.cpu.levels} table")
     table = PageTable(memory, p4._start)
     mapper = _make_mapper(spec, memory, table, p4)
     built = BuiltLayout(spec, memory, mapper, alloc, p4._start)
     types: dict[type[PageSize], tuple[Any, Any]] = {}
+    pages = PAGE_TYPES[spec.cpu.levels]  # Page, or Page57 at 5 levels
     for m in spec.mappings:
         phys = m.phys if m.phys is not None else _allocate_run(alloc, m)
         built.phys_of[m.name] = phys
         page_type, frame_type = types.get(m.size) or types.setdefault(
-            m.size, (cast(Any, Page)[m.size], cast(Any, PhysFrame)[m.size])
+            m.size, (pages[m.size], cast(Any, PhysFrame)[m.size])
         )
         # check() made sure of alignment, canonical form and range: no second validation
         first = page_type._make(m.virt)
@@ -308,9 +321,9 @@ def _build(spec: LayoutSpec, memory: PhysMemory, alloc_end: int) -> BuiltLayout:
             if m.count == 1:  # the same tables, a fraction of the cost per call
                 mapper.map_to(first, frame, m.flags, alloc).ignore()
             else:  # inclusive: the range may end with the last page of its half (2**47, 2**64)
-                last = page_type.from_start_address(VirtAddr(m.virt + m.length - m.size.SIZE))
-                pages = page_type.range_inclusive(first, last)
-                mapper.map_range(pages, frame, m.flags, alloc).ignore()
+                last = page_type._make(m.virt + m.length - m.size.SIZE)  # (checked, as first)
+                mapper.map_range(page_type.range_inclusive(first, last), frame, m.flags, alloc
+                                 ).ignore()  # fmt: skip
         except Exception as e:
             many = f"{m.count} pages from " if m.count > 1 else ""
             raise LayoutError(f"{m.where()}: {many}{first!r} -> {frame!r}: {e}") from e
@@ -320,18 +333,21 @@ def _build(spec: LayoutSpec, memory: PhysMemory, alloc_end: int) -> BuiltLayout:
 def _make_mapper(
     spec: LayoutSpec, memory: PhysMemory, table: PageTable, p4: PhysFrame[Size4KiB]
 ) -> TableMapper:
+    levels = spec.cpu.levels
     if spec.recursive_index is not None:
         table[spec.recursive_index] = p4._start | int(
             PageTableFlags.PRESENT | PageTableFlags.WRITABLE
         )
     if spec.kind == "offset":
-        return OffsetPageTable(table, VirtAddr(spec.phys_offset))
+        offset = depth_arg(levels).addr_type(spec.phys_offset)
+        return OffsetPageTable(table, offset, levels=levels)  # type: ignore[arg-type]
     if spec.kind == "mapped":
-        return MappedPageTable(table, PhysicalFrames(memory))
+        return MappedPageTable(table, PhysicalFrames(memory), levels=levels)
     if spec.kind == "recursive":
         if spec.recursive_index is None:
             raise LayoutError("a recursive layout needs a recursive_index")
-        return RecursivePageTable(memory, recursive_table_address(spec.recursive_index), p4)
+        table_addr = recursive_table_address(spec.recursive_index, levels=levels)
+        return RecursivePageTable(memory, table_addr, p4, levels=levels)
     raise LayoutError(f"unknown mapper kind {spec.kind!r} (offset, mapped or recursive)")
 
 

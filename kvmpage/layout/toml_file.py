@@ -64,7 +64,11 @@ FLAG_ALIASES = {
 }
 _TOP_KEYS = {"name", "memory", "max_page_size", "agent_slot", "mapper", "cpu", "mapping"}
 _MAPPER_KEYS = {"kind", "phys_offset", "recursive_index"}
-_CPU_KEYS = {"wp", "smep", "smap", "nxe", "ac"}
+_CPU_KEYS = {"wp", "smep", "smap", "nxe", "ac", "la57"}
+#: The default physical-memory offset: Linux's direct map, 4-level and 5-level.
+PHYS_OFFSETS = {4: 0xFFFF_8880_0000_0000, 5: 0xFF11_0000_0000_0000}
+#: The guest agent's top-level slot in a 5-level layout (`kvmpage.tcg.TcgMachine` keeps it).
+LA57_AGENT_SLOT = 511
 _MAPPING_KEYS = {"name", "virt", "phys", "page_size", "count", "length", "flags"}
 #: Flag lists already read (a layout of 60,000 mappings has a handful of distinct ones).
 _FLAGS_SEEN: dict[tuple[str, ...], PageTableFlags] = {}
@@ -202,32 +206,6 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
     if memory % (2 << 20) or memory < 4 << 20:
         raise top.error("memory", f"expected a multiple of 2M, at least 4M, got {memory:#x}")
     cap_size = top.page_size("max_page_size", "1G") or Size1GiB
-    named_slot = top.has("agent_slot")
-    agent_slot = top.integer("agent_slot", AGENT_SLOT)
-    if agent_slot > 511:
-        raise top.error("agent_slot", f"expected a level-4 index 0..511, got {agent_slot}")
-    mapper = _Reader(path, "[mapper]", _table(top, "mapper"), _MAPPER_KEYS)
-    kind: MapperKind = "offset"
-    kind_name = mapper.string("kind", "offset", ("offset", "mapped", "recursive"))
-    if kind_name == "mapped":
-        kind = "mapped"
-    elif kind_name == "recursive":
-        kind = "recursive"
-    phys_offset = mapper.integer("phys_offset", 0xFFFF_8880_0000_0000)
-    if not _canonical(phys_offset) or phys_offset % 4096:
-        raise mapper.error("phys_offset", f"expected a canonical, 4K-aligned address, got "
-                                          f"{phys_offset:#x}")  # fmt: skip
-    recursive: int | None = None
-    if mapper.has("recursive_index"):
-        recursive = mapper.integer("recursive_index")
-        if recursive > 511 or (named_slot and recursive == agent_slot):
-            raise mapper.error(
-                "recursive_index",
-                f"expected a level-4 index 0..511 other than the guest agent's {agent_slot}, "
-                f"got {recursive}",
-            )
-    elif kind == "recursive":
-        raise mapper.error("recursive_index", "missing: a recursive mapper needs its index")
     cpu_table = _Reader(path, "[cpu]", _table(top, "cpu"), _CPU_KEYS)
     cpu = CpuState(
         wp=cpu_table.boolean("wp", True),
@@ -235,7 +213,41 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
         smap=cpu_table.boolean("smap", False),
         nxe=cpu_table.boolean("nxe", True),
         ac=cpu_table.boolean("ac", False),
+        la57=cpu_table.boolean("la57", False),
     )
+    levels = cpu.levels
+    named_slot = top.has("agent_slot")
+    agent_slot = top.integer("agent_slot", AGENT_SLOT)
+    if agent_slot > 511:
+        raise top.error("agent_slot", f"expected a top-level index 0..511, got {agent_slot}")
+    if cpu.la57 and agent_slot != LA57_AGENT_SLOT:
+        raise top.error(
+            "agent_slot",
+            f"a 5-level layout ([cpu] la57 = true) keeps the guest agent in top-level slot "
+            f"{LA57_AGENT_SLOT}, got {agent_slot}",
+        )
+    mapper = _Reader(path, "[mapper]", _table(top, "mapper"), _MAPPER_KEYS)
+    kind: MapperKind = "offset"
+    kind_name = mapper.string("kind", "offset", ("offset", "mapped", "recursive"))
+    if kind_name == "mapped":
+        kind = "mapped"
+    elif kind_name == "recursive":
+        kind = "recursive"
+    phys_offset = mapper.integer("phys_offset", PHYS_OFFSETS[levels])
+    if not _canonical(phys_offset, levels) or phys_offset % 4096:
+        raise mapper.error("phys_offset", f"expected a canonical, 4K-aligned address, got "
+                                          f"{phys_offset:#x}")  # fmt: skip
+    recursive: int | None = None
+    if mapper.has("recursive_index"):
+        recursive = mapper.integer("recursive_index")
+        if recursive > 511 or ((named_slot or cpu.la57) and recursive == agent_slot):
+            raise mapper.error(
+                "recursive_index",
+                f"expected a top-level index 0..511 other than the guest agent's {agent_slot}, "
+                f"got {recursive}",
+            )
+    elif kind == "recursive":
+        raise mapper.error("recursive_index", "missing: a recursive mapper needs its index")
     raw_mappings = doc.get("mapping", [])
     if not isinstance(raw_mappings, list) or not all(isinstance(m, dict) for m in raw_mappings):
         raise top.error("mapping", "expected [[mapping]] tables")
@@ -243,7 +255,7 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
         raise top.error("mapping", "no [[mapping]] tables: a layout needs at least one mapping")
     mappings: list[MappingSpec] = []
     for i, raw in enumerate(raw_mappings, 1):
-        mappings.extend(_mapping(path, i, raw, cap_size))
+        mappings.extend(_mapping(path, i, raw, cap_size, levels))
     pages = sum(m.count for m in mappings)
     if pages > MAX_PAGES:
         raise top.error(
@@ -252,7 +264,7 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
             '(use page_size = "largest" or larger pages)',
         )
     if not named_slot:
-        agent_slot = choose_agent_slot(mappings, recursive, top)
+        agent_slot = choose_agent_slot(mappings, recursive, top, levels=levels)
     spec = LayoutSpec(
         name=top.string("name", default_name),
         mappings=tuple(mappings),
@@ -276,16 +288,33 @@ _AVOIDED_SLOTS = frozenset({256})
 
 
 def choose_agent_slot(
-    mappings: Sequence[MappingSpec], recursive: int | None, top: _Reader | None = None
+    mappings: Sequence[MappingSpec],
+    recursive: int | None,
+    top: _Reader | None = None,
+    *,
+    levels: int = 4,
 ) -> int:
-    """The guest agent's level-4 slot for a layout that names none: 511 when the layout leaves
+    """The guest agent's top-level slot for a layout that names none: 511 when the layout leaves
     it free, else the highest free slot of the kernel half, else the highest free one of the
-    user half (a higher-half kernel's -2 GiB image lives in 511)."""
+    user half (a higher-half kernel's -2 GiB image lives in 511). A 5-level layout has no
+    choice: the agent lives in slot 511 of the level-5 table (`LA57_AGENT_SLOT`)."""
     used: set[int] = set() if recursive is None else {recursive}
+    shift = 3 + 9 * levels
     for m in mappings:
-        last = canonicalize(m.virt + m.length - 1) if m.length else m.virt
-        used.update(range((m.virt >> 39) & 511, ((last >> 39) & 511) + 1))
+        last = canonicalize(m.virt + m.length - 1, levels) if m.length else m.virt
+        used.update(range((m.virt >> shift) & 511, ((last >> shift) & 511) + 1))
     order: list[int] = [*range(511, 255, -1), *range(255, -1, -1)]
+    if levels == 5:
+        if LA57_AGENT_SLOT not in used:
+            return LA57_AGENT_SLOT
+        message = (
+            f"a mapping uses top-level slot {LA57_AGENT_SLOT} (0xff80000000000000 and up, the "
+            "top 256 TiB, where every 48-bit kernel address lies at 5 levels): a 5-level layout "
+            "keeps it for the kvmpage guest agent; move the mapping"
+        )
+        if top is not None:
+            raise top.error("mapping", message)
+        raise LayoutError(message)
     for slot in order:
         if slot not in used and slot not in _AVOIDED_SLOTS:
             return slot
@@ -305,12 +334,15 @@ def _table(top: _Reader, key: str) -> Mapping[str, Any]:
     return value
 
 
-def _canonical(va: int) -> bool:
-    return va < 1 << 47 or (va >> 47) == 0x1FFFF
+def _canonical(va: int, levels: int = 4) -> bool:
+    return va < 1 << 64 and canonicalize(va, levels) == va
 
 
-def _mapping(path: str, i: int, table: Mapping[str, Any], cap: type[PageSize]) -> list[MappingSpec]:
-    """One ``[[mapping]]`` table as one `MappingSpec`, or several for ``page_size = "largest"``."""
+def _mapping(
+    path: str, i: int, table: Mapping[str, Any], cap: type[PageSize], levels: int = 4
+) -> list[MappingSpec]:
+    """One ``[[mapping]]`` table as one `MappingSpec`, or several for ``page_size = "largest"``
+    (``levels``: 5 in a layout with ``[cpu] la57 = true``, where addresses have 57 bits)."""
     name = table.get("name", f"mapping-{i}")
     where = f"[[mapping]] #{i}" + (f" ({name})" if isinstance(name, str) else "")
     r = _Reader(path, where, table, _MAPPING_KEYS)
@@ -319,8 +351,13 @@ def _mapping(path: str, i: int, table: Mapping[str, Any], cap: type[PageSize]) -
     virt = r.integer("virt")
     if virt >= 1 << 64:
         raise r.error("virt", f"expected a 64-bit address, got {virt:#x}")
-    if not _canonical(virt):
-        raise r.error("virt", f"{virt:#x} is not canonical (bits 63..47 must all equal bit 47)")
+    if not _canonical(virt, levels):
+        top_bit = 9 * levels + 11
+        raise r.error(
+            "virt",
+            f"{virt:#x} is not canonical (bits 63..{top_bit} must all equal bit {top_bit})"
+            + ("; it is canonical at 5 levels ([cpu] la57 = true)" if _canonical(virt, 5) else ""),
+        )
     phys = None if r.table.get("phys", "allocate") == "allocate" else r.integer("phys")
     size = r.page_size("page_size", "4K")
     flags = r.flags("flags")

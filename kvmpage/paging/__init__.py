@@ -28,6 +28,7 @@ from kvmpage.paging.page import (
     Size2MiB,
     Size4KiB,
 )
+from kvmpage.paging.page57 import Page57
 from kvmpage.paging.table import (
     FrameError,
     FrameNotPresent,
@@ -51,6 +52,7 @@ __all__ = [
     "FrameNotPresent",
     "HugeFrame",
     "Page",
+    "Page57",
     "PageOffset",
     "PageRange",
     "PageRangeInclusive",

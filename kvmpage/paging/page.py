@@ -9,9 +9,9 @@ comparing, subtracting or ranging them raises `TypeError`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
-from kvmpage.addr import U64_MAX, PhysAddr, VirtAddr, canonicalize
+from kvmpage.addr import U64_MAX, AnyVirtAddr, PhysAddr, VirtAddr, _VirtAddrBase, canonicalize
 from kvmpage.index import PageTableIndex, PageTableLevel
 from kvmpage.panic import Panic
 
@@ -183,10 +183,12 @@ class Page(_Unit[S]):
 
     __slots__ = ()
     _KIND = "Page"
-    _ADDR = VirtAddr
+    _ADDR: ClassVar[Any] = VirtAddr
+    #: paging levels whose canonical addresses these pages have (`Page57`: 5)
+    _LEVELS: ClassVar[int] = 4
 
     @classmethod
-    def from_start_address(cls, address: VirtAddr) -> Page[S]:
+    def from_start_address(cls, address: AnyVirtAddr) -> Self:
         """The page starting at ``address``; `AddressNotAligned` unless it is aligned (P-05)."""
         v = cls._addr_value(address)
         if v & (cls.SIZE - 1):
@@ -194,19 +196,19 @@ class Page(_Unit[S]):
         return cls._make(v)  # type: ignore[no-any-return]
 
     @classmethod
-    def from_start_address_unchecked(cls, address: VirtAddr) -> Page[S]:
+    def from_start_address_unchecked(cls, address: AnyVirtAddr) -> Self:
         """The page at ``address`` without the alignment check (the caller promises it)."""
         return cls._make(cls._addr_value(address))  # type: ignore[no-any-return]
 
     @classmethod
-    def containing_address(cls, address: VirtAddr) -> Page[S]:
+    def containing_address(cls, address: AnyVirtAddr) -> Self:
         """The page that contains ``address`` (P-06)."""
         v = cls._addr_value(address)
-        return cls._make(canonicalize(v & ~(cls.SIZE - 1)))  # type: ignore[no-any-return]
+        return cls._make(canonicalize(v & ~(cls.SIZE - 1), cls._LEVELS))  # type: ignore[no-any-return]
 
     def start_address(self) -> VirtAddr:
-        """The first address of the page."""
-        return VirtAddr._raw(self._start)
+        """The first address of the page (a `VirtAddr57` for a `Page57`)."""
+        return self._ADDR._raw(self._start)  # type: ignore[no-any-return]
 
     # -- indices (P-07, P-08) ---------------------------------------------------------
 
@@ -239,9 +241,10 @@ class Page(_Unit[S]):
         if cls.SIZE_TYPE is not size:
             raise TypeError(f"this constructor builds {size.DEBUG_STR} pages, not {cls.__name__}")
         v = 0
-        for shift, index in zip((39, 30, 21, 12), indices, strict=False):
+        top = 12 + 9 * (cls._LEVELS - 1)
+        for shift, index in zip(range(top, 11, -9), indices, strict=False):
             v |= int(index) << shift
-        return cls._make(canonicalize(v))
+        return cls._make(canonicalize(v, cls._LEVELS))
 
     @classmethod
     def from_page_table_indices(
@@ -287,7 +290,7 @@ class Page(_Unit[S]):
         n = count * start.SIZE
         if n > U64_MAX:
             return None
-        a = VirtAddr.forward_checked(start.start_address(), n)
+        a = _VirtAddrBase.forward_checked(start.start_address(), n)
         return None if a is None else type(start).containing_address(a)
 
     @staticmethod
@@ -296,14 +299,14 @@ class Page(_Unit[S]):
         n = count * start.SIZE
         if n > U64_MAX:
             return None
-        a = VirtAddr.backward_checked(start.start_address(), n)
+        a = _VirtAddrBase.backward_checked(start.start_address(), n)
         return None if a is None else type(start).containing_address(a)
 
     @staticmethod
     def steps_between(start: Page[S], end: Page[S]) -> tuple[int, int | None]:
         """Pages from ``start`` to ``end`` not counting the hole; ``(0, None)`` if reversed."""
         start._same(end)
-        lo, hi = VirtAddr.steps_between(start.start_address(), end.start_address())
+        lo, hi = _VirtAddrBase.steps_between(start.start_address(), end.start_address())
         return (lo // start.SIZE, None if hi is None else hi // start.SIZE)
 
     # -- ranges (P-12) ------------------------------------------------------------------
@@ -445,7 +448,8 @@ class PageRange(_Range[Page[S]]):
 
     def as_4kib_page_range(self) -> PageRange[Size4KiB]:
         """The same span as 4 KiB pages (P-18)."""
-        return PageRange(Page._make(self.start._start), Page._make(self.end._start))
+        page: Any = type(self.start)._SPECIALISED[Size4KiB]  # Page, or Page57 for 57-bit pages
+        return PageRange(page._make(self.start._start), page._make(self.end._start))
 
 
 class PageRangeInclusive(_Range[Page[S]]):

@@ -331,9 +331,9 @@ def _stop(raw: int, addr: int, level: int) -> int:
 
 
 def resolve_below(memory: PhysicalMemory, table: int, addr: int, level: int) -> int:
-    """Continue a walk of ``addr`` at ``level`` (4..1) in the table at ``table``; `resolve`
+    """Continue a walk of ``addr`` at ``level`` (5..1) in the table at ``table``; `resolve`
     when the upper levels are already known (the leading recursive indices of a recursive
-    address all lead back to the level-4 table)."""
+    address all lead back to the top-level table)."""
     if type(memory) is not PhysMemory or memory.has_holes:
         return _resolve_general(memory, table, addr, level)
     q = memory.words

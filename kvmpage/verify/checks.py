@@ -140,7 +140,7 @@ def check_accessed_dirty(
     """Every entry's A and D bits after the run against what the probes required."""
     memory = v.machine.memory
     pairs = list(zip(probes, expectations, strict=True))
-    ad = AccessedDirty.of(pairs)
+    ad = AccessedDirty.of(pairs, v.cpu.levels)
     after = {f: memory.words[f >> 3 : (f >> 3) + 512].tolist() for f in before}
     verified = bulk_path.check_accessed_dirty(chunks, ad, before, after)
     must = ad.must_a | ad.must_d
@@ -236,7 +236,9 @@ def check_translate(v: Verifier, report: Report, leaves: Sequence[Leaf], seed: i
     rng = random.Random(seed)
     sample = leaves if len(leaves) <= TRANSLATE_SAMPLE else rng.sample(leaves, TRANSLATE_SAMPLE)
     # KVM_TRANSLATE walks as an implicit supervisor read: SMAP applies whatever RFLAGS.AC
-    implicit = CpuState(wp=False, smep=False, smap=v.cpu.smap, ac=False, nxe=v.cpu.nxe)
+    implicit = CpuState(
+        wp=False, smep=False, smap=v.cpu.smap, ac=False, nxe=v.cpu.nxe, la57=v.cpu.la57
+    )
     predictor = Predictor(v.machine.memory, v.p4_phys, implicit, v.features)
     for leaf in sample:
         va = leaf.virt + (leaf.size >> 1) + 0x18

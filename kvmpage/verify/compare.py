@@ -98,19 +98,23 @@ def compare(probe: Probe, exp: Expectation, value: int | None, result: Result) -
 
 @dataclass
 class AccessedDirty:
-    """What the probes of a run require of the A and D bits, as sets of entry addresses."""
+    """What the probes of a run require of the A and D bits, as sets of entry addresses.
+
+    ``depth`` is the level of the first entry of every walk (4, or 5 under CR4.LA57): a walk's
+    entry of level ``n`` is its entry number ``depth - n``."""
 
     must_a: set[int]
     may_a: set[int]
     must_d: set[int]
     _last_parents: tuple[int, ...] | None = None
+    depth: int = 4
 
     @classmethod
-    def of(cls, pairs: Sequence[tuple[Probe, Expectation]]) -> AccessedDirty:
+    def of(cls, pairs: Sequence[tuple[Probe, Expectation]], depth: int = 4) -> AccessedDirty:
         must_a: set[int] = set()
         may_a: set[int] = set()
         must_d: set[int] = set()
-        ad = cls(must_a, may_a, must_d)
+        ad = cls(must_a, may_a, must_d, depth=depth)
         for _, exp in pairs:
             if exp.last_addr is not None:
                 ad.add_walk(exp.outcome, exp.parent_addrs, exp.last_addr)
@@ -127,21 +131,21 @@ class AccessedDirty:
             self.must_a.add(last_addr)
         elif o.a_must:
             addrs = (*parent_addrs, last_addr)
-            self.must_a.update(addrs[4 - level] for level in o.a_must)
+            self.must_a.update(addrs[self.depth - level] for level in o.a_must)
         if o.a_may:
             addrs = (*parent_addrs, last_addr)
-            self.may_a.update(addrs[4 - level] for level in o.a_may)
+            self.may_a.update(addrs[self.depth - level] for level in o.a_may)
         if o.d_must:
             addrs = (*parent_addrs, last_addr)
-            self.must_d.update(addrs[4 - level] for level in o.d_must)
+            self.must_d.update(addrs[self.depth - level] for level in o.d_must)
 
     def add_parents(self, o: Outcome, parent_addrs: tuple[int, ...]) -> None:
         """Add what a walk requires of the entries above its last one (at ``parent_addrs``,
-        level 4 first)."""
-        top = len(parent_addrs)
+        the top level first)."""
+        top, depth = len(parent_addrs), self.depth
         rules = ((o.a_must, self.must_a), (o.a_may, self.may_a), (o.d_must, self.must_d))
         for levels, into in rules:
-            into.update(parent_addrs[4 - level] for level in levels if 4 - level < top)
+            into.update(parent_addrs[depth - level] for level in levels if depth - level < top)
 
     def entries(self) -> set[int]:
         """Every entry some expectation speaks about."""

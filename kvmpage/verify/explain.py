@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from kvmpage.layout.walk import format_steps, format_walk, steps_of
 from kvmpage.machine import ProbeMachine
+from kvmpage.paging.arch import CpuState
 from kvmpage.verify.compare import describe_expectation
 from kvmpage.verify.predict import Expectation
 from kvmpage.verify.session import Session
@@ -20,12 +21,19 @@ class Explainer:
     """Both walks of an address, for the disagreements of one verification run."""
 
     def __init__(
-        self, machine: ProbeMachine, root: int, session: Session, detail_limit: int
+        self,
+        machine: ProbeMachine,
+        root: int,
+        session: Session,
+        detail_limit: int,
+        cpu: CpuState = CpuState(),  # noqa: B008 (frozen)
     ) -> None:
         self.machine = machine
         self.root = root
         self.session = session
         self.detail_limit = detail_limit
+        #: the CPU state the walks are shown under (its CR4.LA57: 4 or 5 levels)
+        self.cpu = cpu
         self.explained = 0  #: disagreements of the current run explained with their walks
 
     def walks(self, va: int, exp: Expectation | None = None) -> tuple[list[str], list[str]]:
@@ -43,12 +51,12 @@ class Explainer:
 
     def _software_walk(self, va: int, exp: Expectation) -> list[str]:
         lines = [f"walk of {va:#018x}"]
-        lines += format_steps(steps_of(va, exp.entries, exp.entry_addrs))
+        lines += format_steps(steps_of(va, exp.entries, exp.entry_addrs, self.cpu.levels), self.cpu)
         lines.append(f"  -> {describe_expectation(exp, None, va)}")
         return lines
 
     def _table_walk(self, va: int) -> list[str]:
-        return format_walk(self.machine.memory, self.root, va)
+        return format_walk(self.machine.memory, self.root, va, self.cpu)
 
     def hardware_walk(self, va: int) -> list[str]:
         """The tables in guest memory now, and KVM_TRANSLATE where the machine has it."""

@@ -75,9 +75,13 @@ class Predictor:
         self.features = features
         # address bits below MAXPHYADDR are not reserved: they never change the outcome
         self._ignore = ADDRESS_MASK & ((1 << min(features.maxphyaddr, 52)) - 1)
+        # A huge leaf's low address bits are reserved: keyed by how many entries lie above it,
+        # which depends on the depth (a 1 GiB leaf has the PML4 above it, and the PML5 too
+        # under LA57), else two leaves that differ in reserved bits would share an outcome.
+        extra = cpu.levels - 4
         self._huge_ignore = {
-            1: self._ignore & ~((1 << 30) - 1),
-            2: self._ignore & ~((1 << 21) - 1),
+            1 + extra: self._ignore & ~((1 << 30) - 1),
+            2 + extra: self._ignore & ~((1 << 21) - 1),
         }
         self._cache: dict[tuple[object, ...], Outcome] = {}
         self._parents: dict[tuple[int, ...], tuple[int, ...]] = {}
@@ -90,7 +94,7 @@ class Predictor:
         """The raw entries of the probe's walk and their addresses."""
         if probe.leaf is not None:
             return probe.leaf.entries, probe.leaf.entry_addrs
-        if not is_canonical(probe.va):
+        if not is_canonical(probe.va, self.cpu.levels):
             return (), ()
         page = probe.va >> 12  # every access to a page walks the same entries
         found = self._walks.get(page)
@@ -143,7 +147,7 @@ class Predictor:
             return None, []
         first = raws[0]
         keep = ~self._ignore
-        if not first & _PS or len(parents) not in (1, 2):
+        if not first & _PS or len(parents) not in self._huge_ignore:
             key = first & keep
             if same_shape or all(raw & keep == key for raw in raws):
                 outcome = self._outcome(parents, first, vas[0], _READ, 3)
@@ -166,7 +170,7 @@ class Predictor:
         if shape is None:
             shape = self._parents[parents] = tuple(raw & ~self._ignore for raw in parents)
         i = len(parents)
-        ignore = self._huge_ignore[i] if last & _PS and i in (1, 2) else self._ignore
+        ignore = self._huge_ignore.get(i, self._ignore) if last & _PS else self._ignore
         key = (shape, last & ~ignore, access, cpl)
         outcome = self._cache.get(key)
         if outcome is None:

@@ -164,8 +164,11 @@ def make_plan(
     *,
     excluded_p4: Iterable[int] = (),
     bulk: bool = False,
+    levels: int = 4,
 ) -> Plan:
     """The probes for ``leaves`` (ascending virtual order, as `kvmpage.paging.leaves.scan` yields).
+    ``excluded_p4``: slots of the top-level table (of the PML5 when ``levels`` is 5) not to
+    probe holes in.
 
     With ``bulk`` and ``leaves`` a `Leaves`, the pages of a large layout that only get a CPL3
     read go to `Plan.bulk` instead of becoming probes.
@@ -229,7 +232,7 @@ def make_plan(
             if cpl == 3 or options.cpl0
         )
     if options.holes:
-        holes = _holes(runs, find, frozenset(excluded_p4))
+        holes = _holes(runs, find, frozenset(excluded_p4), levels)
         if options.image_sample:  # one per 2 MiB region: those of one page table walk alike
             holes = list({va >> 21: va for va in reversed(holes)}.values())[::-1]
         for va in holes:
@@ -340,15 +343,20 @@ def _chosen(leaves: Sequence[Leaf], runs: Sequence[Run], options: PlanOptions) -
 
 
 def _holes(
-    runs: Sequence[Run], find: Callable[[int], Leaf | None], excluded_p4: frozenset[int]
+    runs: Sequence[Run],
+    find: Callable[[int], Leaf | None],
+    excluded_p4: frozenset[int],
+    levels: int = 4,
 ) -> list[int]:
-    """Unmapped 4 KiB pages right before and after each run of mappings."""
+    """Unmapped 4 KiB pages right before and after each run of mappings (``levels``: 4 or 5,
+    which decides the canonical form and which slot of the top-level table a page is in)."""
     holes: list[int] = []
+    top_shift = 3 + 9 * levels
     for run in runs:
         for va in (run.virt - 4096, run.virt_end):
             if not 0 <= va < 1 << 64:
                 continue
-            if canonicalize(va) != va or (va >> 39) & 511 in excluded_p4:
+            if canonicalize(va, levels) != va or (va >> top_shift) & 511 in excluded_p4:
                 continue  # non-canonical (#GP, not a hole) or a reserved slot
             if find(va) is None:
                 holes.append(va)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Protocol, runtime_checkable
 
-from kvmpage.addr import VirtAddr
+from kvmpage.addr import AnyVirtAddr
 from kvmpage.machine import Batch, BatchResults, ProbeMachine
 from kvmpage.machine.bridge import replay_through_agent
 from kvmpage.machine.protocol import Result
@@ -60,7 +60,7 @@ class MachineTlb:
         #: every flush ever requested, in order (for reports and tests)
         self.log: list[tuple[str, int]] = []
 
-    def invlpg(self, addr: VirtAddr) -> None:
+    def invlpg(self, addr: AnyVirtAddr) -> None:
         self.pending.append(("invlpg", addr.as_u64()))
         self.log.append(("invlpg", addr.as_u64()))
 
@@ -70,14 +70,21 @@ class MachineTlb:
 
 
 class Session:
-    """One address space (the PML4 at ``p4_phys``) running on ``machine``."""
+    """One address space (the top-level table at ``p4_phys``, a PML4, or a PML5 when
+    ``levels`` is 5) running on ``machine``."""
 
     def __init__(
-        self, machine: ProbeMachine, p4_phys: int, *, skip_p4: frozenset[int] = frozenset()
+        self,
+        machine: ProbeMachine,
+        p4_phys: int,
+        *,
+        skip_p4: frozenset[int] = frozenset(),
+        levels: int = 4,
     ) -> None:
         self.machine = machine
         self.memory = machine.memory
         self.p4_phys = p4_phys
+        self.levels = levels
         self.skip_p4 = skip_p4 | {machine.agent_slot}
         self.tlb = MachineTlb()
         machine.install_agent_slot(p4_phys)
@@ -238,7 +245,8 @@ class Session:
                 raise RuntimeError(f"the agent could not apply a table update or flush: {r}")
 
     def _snapshot(self) -> None:
-        for frame in table_frames(self.memory, self.p4_phys, skip_p4=self.skip_p4):
+        frames = table_frames(self.memory, self.p4_phys, skip_p4=self.skip_p4, levels=self.levels)
+        for frame in frames:
             self._walked[frame] = self.memory.read(frame, 4096)
         for frame in list(self._walked):
             self._walked[frame] = self.memory.read(frame, 4096)

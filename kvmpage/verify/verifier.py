@@ -103,7 +103,12 @@ class Verifier:
         self.profile = machine.host_profile()
         skip = {machine.agent_slot, *skip_top}
         if mapper is not None:
-            self.p4_phys = mapper.level_4_table().phys
+            if mapper.levels != cpu.levels:
+                raise ValueError(
+                    f"the mapper walks {mapper.levels} levels but the CPU state says "
+                    f"{cpu.levels} (CpuState(la57=...) must match the mapper's levels)"
+                )
+            self.p4_phys = mapper.top_level_table().phys
             if isinstance(mapper, RecursivePageTable):
                 skip.add(mapper.recursive_index)
         elif root is not None:
@@ -111,7 +116,7 @@ class Verifier:
         else:
             raise ValueError("a Verifier needs a mapper or the root of the tables (root=...)")
         self.skip_p4 = frozenset(skip)
-        self.session = Session(machine, self.p4_phys, skip_p4=self.skip_p4)
+        self.session = Session(machine, self.p4_phys, skip_p4=self.skip_p4, levels=cpu.levels)
         # a read that reaches no RAM is an MMIO exit: answered with the address's tag, it
         # proves the address the CPU reached like a tagged frame does
         machine.mmio_read_value = tag
@@ -122,7 +127,7 @@ class Verifier:
         )
         self._predictor_factory = predictor
         self.keep_results = keep_results
-        self.explain = Explainer(machine, self.p4_phys, self.session, detail_limit)
+        self.explain = Explainer(machine, self.p4_phys, self.session, detail_limit, cpu)
         #: (probe, expectation, result, verdict) of the last run, when ``keep_results``
         self.last_results: list[tuple[Probe, Expectation, Result, Verdict]] = []
         #: (address, oracle, agreed) of every check of the last run: each probe, then each
@@ -155,10 +160,12 @@ class Verifier:
         if leaves.faults:  # entries the CPU faults on: their first page must fault
             faulting = tuple(dict.fromkeys(f.virt for f in leaves.faults[:FAULTS_PROBED]))
             options = replace(options, extra=(*options.extra, *faulting))
-        plan = make_plan(leaves, options, excluded_p4=self.skip_p4, bulk=bulk)
+        plan = make_plan(
+            leaves, options, excluded_p4=self.skip_p4, bulk=bulk, levels=self.cpu.levels
+        )
         report.coverage = plan.coverage
         self._note_unverified(report, leaves)
-        frames = table_frames(memory, self.p4_phys, skip_p4=self.skip_p4)
+        frames = table_frames(memory, self.p4_phys, skip_p4=self.skip_p4, levels=self.cpu.levels)
         targets = self._targets(set(frames) | self.session.walked_frames())
         # an oracle without a TLB cannot show a stale translation: leave such probes out
         stale = None if self.machine.models_tlb else self.session.unflushed()
@@ -218,7 +225,9 @@ class Verifier:
     def _targets(self, protected: set[int] | None = None) -> Targets:
         memory = self.machine.memory
         if protected is None:
-            protected = set(table_frames(memory, self.p4_phys, skip_p4=self.skip_p4))
+            protected = set(
+                table_frames(memory, self.p4_phys, skip_p4=self.skip_p4, levels=self.cpu.levels)
+            )
             protected |= self.session.walked_frames()
         return Targets(memory, self.machine.reserved[0], protected, self.profile.cpl3_blocked_slots)
 

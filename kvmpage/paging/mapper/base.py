@@ -3,9 +3,14 @@
 The crate's mappers differ only in how they reach a child table (through a physical-to-virtual
 mapping, or through the recursive virtual address) and in a handful of checks (rules R-05..R-16).
 `TableMapper` implements every operation once over raw 64-bit entries and asks its subclass two
-questions: where is the level-4 table, and where is the child table of a given entry. Where they
-check differently, the class's ``RULES`` (`kvmpage.paging.mapper.rules`) says how, one named
+questions: where is the top-level table, and where is the child table of a given entry. Where
+they check differently, the class's ``RULES`` (`kvmpage.paging.mapper.rules`) says how, one named
 method per rule.
+
+Each mapper walks 4 levels from a PML4 (the crate's only depth, the default) or, with
+``levels=5``, 5 levels from a PML5 (CR4.LA57; not in the crate, rules L5-04..L5-11): its
+`kvmpage.paging.mapper.depth.Depth` says which pages and addresses it takes and which levels
+it walks. Everything else is the same code at both depths.
 
 Tables are handled as ``(words, base)`` pairs: ``words`` is the memory as u64 words and
 ``base`` the word index of the table's entry 0. That keeps the walks free of object churn.
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
-from kvmpage.addr import PhysAddr, VirtAddr
+from kvmpage.addr import AnyVirtAddr, PhysAddr
 from kvmpage.memory import PhysicalMemory
 from kvmpage.paging.frame_alloc import FrameAllocator, FrameDeallocator
 from kvmpage.paging.mapper.checks import (
@@ -27,6 +32,7 @@ from kvmpage.paging.mapper.checks import (
     page_arg,
 )
 from kvmpage.paging.mapper.cleanup import clean
+from kvmpage.paging.mapper.depth import DEPTH4, FRAME_OF_LEVEL, Depth
 from kvmpage.paging.mapper.errors import (
     FrameAllocationFailed,
     InvalidFrameAddress,
@@ -43,16 +49,7 @@ from kvmpage.paging.mapper.translate import (
     NotMapped,
     TranslateResult,
 )
-from kvmpage.paging.page import (
-    Page,
-    PageRange,
-    PageRangeInclusive,
-    PageSize,
-    PhysFrame,
-    Size1GiB,
-    Size2MiB,
-    Size4KiB,
-)
+from kvmpage.paging.page import Page, PageRange, PageRangeInclusive, PageSize, PhysFrame, Size4KiB
 from kvmpage.paging.table import ADDRESS_MASK, PageTable, PageTableFlags
 from kvmpage.panic import Panic
 
@@ -80,55 +77,28 @@ Table = tuple[memoryview, int]
 
 S = TypeVar("S", bound=PageSize)
 
-_LEAF_LEVEL: dict[type[PageSize], int] = {Size4KiB: 1, Size2MiB: 2, Size1GiB: 3}
-_FRAME_OF_LEVEL: dict[int, Any] = {
-    1: PhysFrame,
-    2: PhysFrame[Size2MiB],
-    3: PhysFrame[Size1GiB],
-}
-_PAGE_OF_LEVEL: dict[int, Any] = {1: Page, 2: Page[Size2MiB], 3: Page[Size1GiB]}
-_PAIR_LEVEL: dict[tuple[type, type], int] = {
-    (_PAGE_OF_LEVEL[level], _FRAME_OF_LEVEL[level]): level for level in (1, 2, 3)
-}
+_FRAME_OF_LEVEL = FRAME_OF_LEVEL
 
 
 def _index(va: int, level: int) -> int:
     return (va >> (3 + 9 * level)) & 511
 
 
-def _leaf_level(page: Any) -> int:
-    """The level of the entry that maps ``page`` (checked to be a `Page`)."""
-    page_arg(page)
-    return _LEAF_LEVEL[page.SIZE_TYPE]
-
-
-def _pair_level(page: Any, frame: Any) -> int:
-    """`_leaf_level`, and ``frame`` must be a `PhysFrame` of the same size (never None)."""
-    if type(page) is Page and type(frame) is PhysFrame:  # the common case, first
-        return 1
-    level = _PAIR_LEVEL.get((type(page), type(frame)))
-    if level is None:  # not a matching pair: say what is wrong
-        page_arg(page)
-        frame_arg(page, frame)
-        return _LEAF_LEVEL[page.SIZE_TYPE]
-    return level
-
-
 class Translate(Protocol):
     """The crate's ``Translate`` trait (M-04)."""
 
-    def translate(self, addr: VirtAddr) -> TranslateResult: ...
+    def translate(self, addr: AnyVirtAddr) -> TranslateResult: ...
 
-    def translate_addr(self, addr: VirtAddr) -> PhysAddr | None: ...
+    def translate_addr(self, addr: AnyVirtAddr) -> PhysAddr | None: ...
 
 
 class TableMapper:
     """`Mapper` for all three page sizes, `Translate` and `CleanUp`, over raw table entries.
 
-    Subclasses provide `_p4` and `_child` (and `_child_of` where `_child` does not depend on
+    Subclasses provide `_top` and `_child` (and `_child_of` where `_child` does not depend on
     the entry's value alone); everything else is shared. Every method accepts a page
-    of any size (``Page``, ``Page[Size2MiB]``, ``Page[Size1GiB]``) and dispatches on it, like the
-    crate's ``Mapper<S>`` implementations.
+    of any size (``Page``, ``Page[Size2MiB]``, ``Page[Size1GiB]``; at 5 levels ``Page57`` ones
+    too) and dispatches on it, like the crate's ``Mapper<S>`` implementations.
     """
 
     #: The checks this mapper makes on parent and leaf entries (`RecursiveRules` for the
@@ -137,14 +107,21 @@ class TableMapper:
 
     memory: PhysicalMemory
     tlb: Tlb
+    #: what the paging depth decides (`kvmpage.paging.mapper.depth`)
+    depth: Depth = DEPTH4
+    #: 4 (PML4) or 5 (PML5): the tables a walk reads
+    levels: int = 4
 
-    def __init__(self, memory: PhysicalMemory, tlb: Tlb | None) -> None:
+    def __init__(self, memory: PhysicalMemory, tlb: Tlb | None, depth: Depth = DEPTH4) -> None:
         self.memory = memory
         self.tlb = tlb if tlb is not None else RecordingTlb()
+        self.depth = depth
+        self.levels = depth.levels
 
     # -- hooks ----------------------------------------------------------------------------
 
-    def _p4(self) -> Table:
+    def _top(self) -> Table:
+        """The top-level table: the PML4, or the PML5 of a 5-level mapper."""
         raise NotImplementedError
 
     def _child(self, raw: int, va: int, child_level: int) -> Table:
@@ -184,10 +161,31 @@ class TableMapper:
         self.RULES.check_walked_parent(raw, loose)
         return self._child(raw, va, level - 1)
 
+    def _leaf_level(self, page: Any) -> int:
+        """The level of the entry that maps ``page`` (a page this mapper takes, else
+        `TypeError`)."""
+        level = self.depth.leaf_levels.get(type(page))
+        if level is None:
+            page_arg(page)
+            self.depth.refuse_page(page)
+            raise TypeError(f"expected a Page, got {type(page).__name__}")
+        return level
+
+    def _pair_level(self, page: Any, frame: Any) -> int:
+        """`_leaf_level`, and ``frame`` must be a `PhysFrame` of the same size (never None)."""
+        if type(page) is Page and type(frame) is PhysFrame:  # the common case, first
+            return 1
+        level = self.depth.pair_levels.get((type(page), type(frame)))
+        if level is None:  # not a matching pair: say what is wrong
+            page_arg(page)
+            frame_arg(page, frame)
+            return self._leaf_level(page)
+        return level
+
     def _walk_to(self, va: int, level: int, loose: bool) -> Table:
         """The table of ``level`` on the walk of ``va`` (no creation)."""
-        t = self._p4()
-        for lvl in range(4, level, -1):
+        t = self._top()
+        for lvl in range(self.levels, level, -1):
             t = self._descend(t, va, lvl, loose)
         return t
 
@@ -267,10 +265,10 @@ class TableMapper:
     ) -> MapperFlush[S]:
         """`map_to_with_table_flags` once the flags and the allocator are checked (subclasses
         put their fast paths here)."""
-        level = _pair_level(page, frame)
+        level = self._pair_level(page, frame)
         va = page._start
-        t = self._p4()
-        for lvl in range(4, level, -1):
+        t = self._top()
+        for lvl in range(self.levels, level, -1):
             t = self._create_next_table(t, va, lvl, insert, frame_allocator)
         q, b = t
         i = b + _index(va, level)
@@ -289,7 +287,7 @@ class TableMapper:
 
         Tables are never freed here (see `clean_up`).
         """
-        level = _leaf_level(page)
+        level = self._leaf_level(page)
         va = page._start
         q, b = self._walk_to(va, level, loose=False)
         i = b + _index(va, level)
@@ -310,7 +308,7 @@ class TableMapper:
 
     def update_flags(self, page: Page[S], flags: int) -> MapperFlush[S]:
         """Replace the leaf's flags (huge leaves keep HUGE_PAGE); parents untouched (#534)."""
-        level = _leaf_level(page)
+        level = self._leaf_level(page)
         f = flags_arg(flags)
         va = page._start
         q, b = self._walk_to(va, level, loose=True)
@@ -324,7 +322,7 @@ class TableMapper:
         return MapperFlush(page, self.tlb)
 
     def _set_flags_at(self, page: Page[Any], table_level: int, flags: int) -> MapperFlushAll:
-        level = _leaf_level(page)
+        level = self._leaf_level(page)
         f = flags_arg(flags)
         if level >= table_level:
             raise ParentEntryHugePage()
@@ -336,6 +334,13 @@ class TableMapper:
             raise PageNotMapped()
         q[i] = (raw & ADDRESS_MASK) | f
         return MapperFlushAll(self.tlb)
+
+    def set_flags_p5_entry(self, page: Page[Any], flags: int) -> MapperFlushAll:
+        """Replace the flags of the level-5 entry above ``page`` exactly, like MP-19 one level
+        up (L5-08); a 5-level mapper only (`TypeError` on a 4-level one)."""
+        if self.levels != 5:
+            raise TypeError("set_flags_p5_entry needs a 5-level mapper (levels=5)")
+        return self._set_flags_at(page, 5, flags)
 
     def set_flags_p4_entry(self, page: Page[Any], flags: int) -> MapperFlushAll:
         """Replace the flags of the level-4 entry above ``page`` exactly (MP-19)."""
@@ -351,7 +356,7 @@ class TableMapper:
 
     def translate_page(self, page: Page[S]) -> PhysFrame[S]:
         """The frame the leaf entry of ``page`` holds; flags are not looked at (MP-22..MP-24)."""
-        level = _leaf_level(page)
+        level = self._leaf_level(page)
         va = page._start
         q, b = self._walk_to(va, level, loose=True)
         raw = q[b + _index(va, level)]
@@ -365,11 +370,13 @@ class TableMapper:
     def identity_map(
         self, frame: PhysFrame[S], flags: int, frame_allocator: FrameAllocator[Any]
     ) -> MapperFlush[S]:
-        """Map ``frame`` at the equal virtual address; panics above 2**47 (M-03)."""
+        """Map ``frame`` at the equal virtual address; panics above 2**47 (M-03). A 5-level
+        mapper maps a `Page57`, and never panics: a frame lies below 2**52 (L5-05)."""
         if not isinstance(frame, PhysFrame):
             raise TypeError(f"expected a PhysFrame, got {type(frame).__name__}")
-        page_type: Any = cast(Any, Page)[frame.SIZE_TYPE]
-        page = page_type.containing_address(VirtAddr(frame._start))
+        depth = self.depth
+        page_type: Any = depth.page_of_level[cast(Any, frame.SIZE_TYPE).LEVEL]
+        page = page_type.containing_address(depth.addr_type(frame._start))
         return self.map_to(page, frame, flags, frame_allocator)
 
     # -- bulk mapping (not in the crate) --------------------------------------------------
@@ -390,10 +397,11 @@ class TableMapper:
 
     # -- Translate ------------------------------------------------------------------------
 
-    def translate(self, addr: VirtAddr) -> TranslateResult:
+    def translate(self, addr: AnyVirtAddr) -> TranslateResult:
         """Walk ``addr``: `Mapped` (with the leaf's flags only), `NotMapped` or
-        `InvalidFrameAddress` (MP-25..MP-30, R-14..R-16)."""
-        found = self._translate_raw(_va(addr))
+        `InvalidFrameAddress` (MP-25..MP-30, R-14..R-16). A 5-level mapper also takes a
+        `VirtAddr57` (L5-06)."""
+        found = self._translate_raw(self.depth.check_addr(addr))
         if found is None:
             return NotMapped()
         level, raw, va = found
@@ -404,9 +412,9 @@ class TableMapper:
         frame = _FRAME_OF_LEVEL[level]._make(addr_field & ~(span - 1))
         return Mapped(MappedFrame(frame), va & (span - 1), PageTableFlags(raw & ~ADDRESS_MASK))
 
-    def translate_addr(self, addr: VirtAddr) -> PhysAddr | None:
+    def translate_addr(self, addr: AnyVirtAddr) -> PhysAddr | None:
         """The physical address ``addr`` maps to, or None (M-04)."""
-        found = self._translate_raw(_va(addr))
+        found = self._translate_raw(self.depth.check_addr(addr))
         if found is None:
             return None
         level, raw, va = found
@@ -416,8 +424,8 @@ class TableMapper:
     def _translate_raw(self, va: int) -> tuple[int, int, int] | None:
         """(leaf level, leaf raw entry, va) or None for NotMapped; panics as the crate."""
         rules = self.RULES
-        t = self._p4()
-        for level in (4, 3, 2, 1):
+        t = self._top()
+        for level in self.depth.walk:
             q, b = t
             raw = q[b + _index(va, level)]
             if level == 1:
@@ -428,8 +436,8 @@ class TableMapper:
             if rules.translate_stops_at(raw, level):
                 return None
             if raw & HUGE_PAGE:
-                if level == 4:
-                    raise Panic("level 4 entry has huge page bit set")
+                if level >= 4:  # (PS is reserved at levels 4 and 5: L5-07)
+                    raise Panic(f"level {level} entry has huge page bit set")
                 return (level, raw, va)
             t = self._child(raw, va, level - 1)
         raise AssertionError("unreachable")
@@ -439,32 +447,47 @@ class TableMapper:
     def clean_up(self, frame_deallocator: FrameDeallocator[Any]) -> None:
         """Free every empty page table of the whole address space (C-01)."""
         deallocator_arg(frame_deallocator)
-        clean(self, self._p4(), 4, 0, 0xFFFF_FFFF_FFFF_F000, frame_deallocator)
+        clean(self, self._top(), self.levels, 0, 0xFFFF_FFFF_FFFF_F000, frame_deallocator)
 
     def clean_up_addr_range(
         self, range: PageRangeInclusive[Size4KiB], frame_deallocator: FrameDeallocator[Any]
     ) -> None:
         """Free the empty page tables reachable from entries covering ``range`` (C-02..C-12).
 
-        The level-4 table itself, leaf frames, huge mappings and non-present entries are kept.
+        The top-level table itself, leaf frames, huge mappings and non-present entries are kept.
         """
-        if not isinstance(range, PageRangeInclusive) or type(range.start) is not Page:
+        if (
+            not isinstance(range, PageRangeInclusive)
+            or self.depth.leaf_levels.get(type(range.start)) != 1
+        ):
+            self.depth.refuse_page(getattr(range, "start", None))
             raise TypeError("clean_up_addr_range takes a PageRangeInclusive of 4 KiB pages")
         deallocator_arg(frame_deallocator)
-        clean(self, self._p4(), 4, range.start._start, range.end._start, frame_deallocator)
+        clean(self, self._top(), self.levels, range.start._start, range.end._start,
+              frame_deallocator)  # fmt: skip
 
     # -- inspection -----------------------------------------------------------------------
 
+    def top_level_table(self) -> PageTable:
+        """The top-level table as a `PageTable` view: the PML4, or the PML5 at 5 levels."""
+        return PageTable(self.memory, self._top()[1] << 3)
+
     def level_4_table(self) -> PageTable:
-        """The level-4 table as a `PageTable` view."""
-        return PageTable(self.memory, self._p4()[1] << 3)
+        """The level-4 table as a `PageTable` view; a 5-level mapper has one per level-5
+        entry, so it raises `TypeError` there (use `top_level_table` / `level_5_table`)."""
+        if self.levels != 4:
+            raise TypeError(
+                "a 5-level mapper's top table is its level-5 table: use level_5_table() or "
+                "top_level_table()"
+            )
+        return self.top_level_table()
+
+    def level_5_table(self) -> PageTable:
+        """The level-5 table of a 5-level mapper (`TypeError` on a 4-level one)."""
+        if self.levels != 5:
+            raise TypeError("a 4-level mapper has no level-5 table: use level_4_table()")
+        return self.top_level_table()
 
 
 _ZERO_TABLE = memoryview(bytes(4096)).cast("Q")
 _ZERO_BYTES = bytes(4096)
-
-
-def _va(addr: VirtAddr) -> int:
-    if type(addr) is not VirtAddr:
-        raise TypeError(f"expected a VirtAddr, got {type(addr).__name__}")
-    return addr._v

@@ -1,10 +1,14 @@
-"""`CleanUp`: freeing the page tables that became empty (C-01..C-12), shared by the mappers."""
+"""`CleanUp`: freeing the page tables that became empty (C-01..C-12), shared by the mappers.
+
+The same recursion at 4 and 5 levels (L5-10): a level-4 table that becomes empty is freed like
+any other, and only the top-level table is always kept.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kvmpage.addr import VirtAddr, canonicalize
+from kvmpage.addr import canonicalize
 from kvmpage.paging.frame_alloc import FrameDeallocator
 from kvmpage.paging.page import PhysFrame
 from kvmpage.paging.table import ADDRESS_MASK
@@ -28,17 +32,22 @@ def clean(
     end: int,
     dealloc: FrameDeallocator[Any],
 ) -> bool:
+    """Free the empty tables below ``table`` (of ``level``) that cover ``start..=end``; whether
+    ``table`` is empty afterwards (its caller then frees it)."""
     if start > end:
         return False
     q, b = table
     if level > 1:
+        levels = mapper.levels
         span = 1 << (12 + 9 * (level - 1))
-        base = canonicalize(start & ~((span << 9) - 1))
+        base = canonicalize(start & ~((span << 9) - 1), levels)
         for i in range(_index(start, level), _index(end, level) + 1):
             raw = q[b + i]
             if not raw & PRESENT or raw & HUGE_PAGE or mapper._skip_in_clean_up(level, i):
                 continue
-            sub = VirtAddr.forward(VirtAddr._raw(base), i * span)._v  # jumps the hole (#468)
+            # the entry's first address: in the top table this jumps the hole (#468), as the
+            # crate's VirtAddr::forward does; below it, base + i * span is canonical already
+            sub = canonicalize(base + i * span, levels)
             sub_start = max(sub, start)
             sub_end = min(sub + span - 1 & ~0xFFF, end)
             child = mapper._child(raw, sub_start, level - 1)

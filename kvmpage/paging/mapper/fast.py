@@ -40,21 +40,23 @@ def map_4k_fast(
     f: int,
     insert: int,
     allocator: FrameAllocator[Any],
-    root: int,
-    end: int,
     new_flags: int | None,
-    q: memoryview,
+    where: tuple[int, int, memoryview, tuple[int, ...]],
 ) -> MapperFlush[S] | None:
     """The common case of `map_to_with_table_flags` for a 4 KiB page, inlined.
 
-    From the PML4 at ``root``, each parent either exists (present, not huge, carrying the
-    ``insert`` flags, below ``end``) or is empty and gets a new table with ``new_flags``
-    (None: do not create), exactly as `_create_next_table` would. Returns None as soon as
-    anything is unusual, having changed only what the general path would have changed
-    too, so the caller hands over to it and the result is the same.
+    ``where`` is (root, end, q, shifts): the top-level table's physical address, the bound
+    below which a table frame is usable, the memory as u64 words, and the index shifts of the
+    parent levels ((39, 30, 21) below a PML4, (48, 39, 30, 21) below a PML5). From the root,
+    each parent either exists (present, not huge, carrying the ``insert`` flags, below
+    ``end``) or is empty and gets a new table with ``new_flags`` (None: do not create),
+    exactly as `_create_next_table` would. Returns None as soon as anything is unusual,
+    having changed only what the general path would have changed too, so the caller hands
+    over to it and the result is the same.
     """
-    va, t = page._start, root
-    for shift in (39, 30, 21):  # levels 4, 3, 2
+    t, end, q, shifts = where
+    va = page._start
+    for shift in shifts:  # levels 4, 3, 2 (5 first at 5 levels)
         i = (t >> 3) + ((va >> shift) & 511)
         e = q[i]
         if e == 0 and new_flags is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Generic, Protocol, TypeVar
 
-from kvmpage.addr import VirtAddr
+from kvmpage.addr import AnyVirtAddr, VirtAddr
 
 S = TypeVar("S")
 
@@ -22,7 +22,8 @@ class UnusedFlushWarning(UserWarning):
 
 
 class Tlb(Protocol):
-    """Where flushes go."""
+    """Where flushes go. A 5-level mapper's tokens pass a `VirtAddr57` to `invlpg` (the page's
+    own address type); a `Tlb` for such a mapper takes both (`RecordingTlb` does)."""
 
     def invlpg(self, addr: VirtAddr) -> None:
         """Invalidate the translation of the page containing ``addr``."""
@@ -35,10 +36,11 @@ class RecordingTlb:
     """A software TLB stand-in: records every flush, in order, for inspection and tests."""
 
     def __init__(self) -> None:
-        #: ``("invlpg", VirtAddr)`` and ``("flush_all", None)`` records.
-        self.log: list[tuple[str, VirtAddr | None]] = []
+        #: ``("invlpg", VirtAddr)`` (a `VirtAddr57` from a 5-level mapper) and
+        #: ``("flush_all", None)`` records.
+        self.log: list[tuple[str, AnyVirtAddr | None]] = []
 
-    def invlpg(self, addr: VirtAddr) -> None:
+    def invlpg(self, addr: AnyVirtAddr) -> None:
         self.log.append(("invlpg", addr))
 
     def flush_all(self) -> None:
@@ -46,11 +48,15 @@ class RecordingTlb:
 
 
 class _Token:
-    __slots__ = ("_tlb", "_used")
+    """What both tokens share: the `Tlb` the flush goes to, and whether it was used.
 
-    def __init__(self, tlb: Tlb) -> None:
-        self._tlb = tlb
-        self._used = False
+    A token is made by every successful mapping operation, so its life is kept short: the
+    constructors and `ignore` set and test the slots directly (one call each, no ``super()``).
+    """
+
+    __slots__ = ("_tlb", "_used")
+    _tlb: Tlb
+    _used: bool
 
     def _consume(self) -> None:
         if self._used:
@@ -59,7 +65,9 @@ class _Token:
 
     def ignore(self) -> None:
         """Drop the token on purpose: the caller takes care of the TLB."""
-        self._consume()
+        if self._used:
+            raise RuntimeError(f"{type(self).__name__} was already flushed or ignored")
+        self._used = True
 
     def __del__(self) -> None:
         if not self._used:
@@ -76,7 +84,8 @@ class MapperFlush(_Token, Generic[S]):
     __slots__ = ("_page",)
 
     def __init__(self, page: Any, tlb: Tlb | None = None) -> None:
-        super().__init__(tlb if tlb is not None else RecordingTlb())
+        self._used = False
+        self._tlb = tlb if tlb is not None else RecordingTlb()
         self._page = page
 
     def page(self) -> Any:
@@ -98,7 +107,8 @@ class MapperFlushAll(_Token):
     __slots__ = ()
 
     def __init__(self, tlb: Tlb | None = None) -> None:
-        super().__init__(tlb if tlb is not None else RecordingTlb())
+        self._used = False
+        self._tlb = tlb if tlb is not None else RecordingTlb()
 
     def flush_all(self) -> None:
         """Reload CR3."""

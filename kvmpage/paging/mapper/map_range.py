@@ -18,7 +18,6 @@ from kvmpage.paging.frame_alloc import FrameAllocator
 from kvmpage.paging.mapper.base import (
     _FRAME_OF_LEVEL,
     _HUGE_FLAG_ASSERTION,
-    _PAGE_OF_LEVEL,
     _PARENT_FLAG_MASK,
     _ZERO_BYTES,
     ADDRESS_MASK,
@@ -26,7 +25,6 @@ from kvmpage.paging.mapper.base import (
     S,
     Table,
     _index,
-    _pair_level,
 )
 from kvmpage.paging.mapper.checks import allocator_arg, flags_arg, range_arg
 from kvmpage.paging.mapper.errors import PageAlreadyMapped
@@ -77,9 +75,9 @@ def map_range(
       No flush token is returned then.
     - **Arguments are checked even for an empty range**: a page and frame of different
       sizes (`TypeError`), flags outside u64, parent flags with bits in the address field,
-      a range across the non-canonical hole, frames past 2**52 (`ValueError`). Every page
-      of the range is mapped, including the last page below the hole, where iterating the
-      range would panic (P-17).
+      a range across the non-canonical hole (at 2**47, or 2**56 at 5 levels), frames past
+      2**52 (`ValueError`). Every page of the range is mapped, including the last page below
+      the hole, where iterating the range would panic (P-17).
     - **One `MapperFlushAll`** for the whole range, also for an empty one (reloading CR3
       then is merely unnecessary).
 
@@ -89,7 +87,7 @@ def map_range(
     the loop would see it, so it is correct but not fast.
     """
     range_arg(pages)
-    level = _pair_level(pages.start, first_frame)
+    level = mapper._pair_level(pages.start, first_frame)
     f = flags_arg(flags)
     insert = (
         f & _PARENT_FLAG_MASK
@@ -100,9 +98,11 @@ def map_range(
     n = pages.len()
     step = pages.start.SIZE
     va0 = pages.start._start
-    if va0 < 1 << 47 < va0 + n * step:
+    hole = mapper.depth.hole
+    if va0 < hole < va0 + n * step:
         raise ValueError(
-            f"the range of {n} pages from {va0:#x} crosses the non-canonical hole at 2**47"
+            f"the range of {n} pages from {va0:#x} crosses the non-canonical hole at "
+            f"2**{hole.bit_length() - 1}"
         )
     frame0 = first_frame._start
     if frame0 + n * step > 1 << 52:
@@ -145,18 +145,19 @@ def _check_range(
     """
     mapper._prepare_range_walk()
     step = 1 << (3 + 9 * level)
-    p4 = mapper._p4()
+    top = mapper._top()
+    levels = mapper.levels
     # table (memory, word index) -> its place in the tree (level, va >> (3 + 9 * (level + 1)))
-    places: dict[tuple[int, int], tuple[int, int]] = {(id(p4[0]), p4[1]): (4, 0)}
-    cached: list[tuple[int, Table | None] | None] = [None] * 4  # by level: (place, table)
+    places: dict[tuple[int, int], tuple[int, int]] = {(id(top[0]), top[1]): (levels, 0)}
+    cached: list[tuple[int, Table | None] | None] = [None] * levels  # by level: (place, table)
     huge_flag_panics = level == 1 and f & HUGE_PAGE
     k = 0
     while k < n:
         va = va0 + k * step
         leaf = _index(va, level)
         count = 1 if huge_flag_panics else min(n - k, 512 - leaf)
-        t: Table | None = p4
-        for lvl in range(4, level, -1):
+        t: Table | None = top
+        for lvl in range(levels, level, -1):
             place = va >> (3 + 9 * lvl)  # which table of level lvl - 1 this is
             hit = cached[lvl - 1]
             if hit is not None and hit[0] == place:
@@ -196,11 +197,11 @@ def _check_range_slowly(
     leaf_bits = f | HUGE_PAGE if level > 1 else f
     written: dict[tuple[int, int], int] = {}  # (id(memory view), word) -> value
     created: dict[tuple[int, int], Table] = {}  # the same keys -> the new table
-    p4 = mapper._p4()
+    top = mapper._top()
     for k in range(n):
         va = va0 + k * step
-        q, b = p4
-        for lvl in range(4, level, -1):
+        q, b = top
+        for lvl in range(mapper.levels, level, -1):
             key = (id(q), b + _index(va, lvl))
             raw = written.get(key)
             if raw is None:
@@ -247,15 +248,16 @@ def _write_range(
             va = va0 + done * step
             leaf = _index(va, level)
             count = min(n - done, 512 - leaf)
-            t = mapper._p4()
+            t = mapper._top()
             above = [(id(t[0]), t[1])]
-            for lvl in range(4, level, -1):
+            for lvl in range(mapper.levels, level, -1):
                 t = mapper._create_next_table(t, va, lvl, insert, allocator)
                 above.append((id(t[0]), t[1]))
             q, b = t
             a = b + leaf
             if above[-1] in above[:-1] or q[a : a + count].tobytes() != _ZERO_BYTES[: 8 * count]:
-                page_type, frame_type = _PAGE_OF_LEVEL[level], _FRAME_OF_LEVEL[level]
+                page_type = mapper.depth.page_of_level[level]
+                frame_type = _FRAME_OF_LEVEL[level]
                 for _ in range(count):
                     mapper._map(
                         page_type._make(va0 + done * step),

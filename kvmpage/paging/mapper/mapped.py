@@ -1,7 +1,8 @@
 """`MappedPageTable`: a mapper that reaches every table through a `PageTableFrameMapping`.
 
 In the crate the mapping turns a table's physical frame into a pointer (MP-01); here it turns it
-into a `PageTable` view, usually of the same `PhysMemory` that holds the level-4 table.
+into a `PageTable` view, usually of the same `PhysMemory` that holds the level-4 table. With
+``levels=5`` the table given is a level-5 table and the mapper walks five levels (L5-04).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Protocol
 from kvmpage.memory import PhysicalMemory
 from kvmpage.paging.mapper.base import ADDRESS_MASK, Table, TableMapper
 from kvmpage.paging.mapper.checks import table_arg, tlb_arg
+from kvmpage.paging.mapper.depth import depth_arg
 from kvmpage.paging.mapper.flush import Tlb
 from kvmpage.paging.page import PhysFrame, Size4KiB
 from kvmpage.paging.table import PageTable
@@ -48,16 +50,19 @@ class MappedPageTable(TableMapper):
         page_table_frame_mapping: PageTableFrameMapping,
         *,
         tlb: Tlb | None = None,
+        levels: int = 4,
     ) -> None:
-        """``level_4_table``: the active (or to-be-active) PML4; ``tlb``: where flushes go."""
+        """``level_4_table``: the active (or to-be-active) PML4, or with ``levels=5`` the PML5;
+        ``tlb``: where flushes go."""
         table_arg(level_4_table)
+        depth = depth_arg(levels)
         if not callable(getattr(page_table_frame_mapping, "frame_to_pointer", None)):
             raise TypeError(
                 "page_table_frame_mapping must have a frame_to_pointer() method, got "
                 f"{type(page_table_frame_mapping).__name__}"
             )
         tlb_arg(tlb)
-        super().__init__(level_4_table.memory, tlb)
+        super().__init__(level_4_table.memory, tlb, depth)
         self._l4 = level_4_table
         self._l4_table: Table = (level_4_table._q, level_4_table._base)
         self._mapping = page_table_frame_mapping
@@ -66,10 +71,10 @@ class MappedPageTable(TableMapper):
         """The frame-to-table mapping this mapper uses."""
         return self._mapping
 
-    def level_4_table(self) -> PageTable:
+    def top_level_table(self) -> PageTable:
         return self._l4
 
-    def _p4(self) -> Table:
+    def _top(self) -> Table:
         return self._l4_table
 
     def _child(self, raw: int, va: int, child_level: int) -> Table:

@@ -2,7 +2,10 @@
 
 Level-4 entry ``r`` points back at the level-4 table itself, so the tables are visible at fixed
 virtual addresses: the PML4 at (r, r, r, r), the level-3 table of a page at (r, r, r, p4), its
-level-2 table at (r, r, p4, p3) and its level-1 table at (r, p4, p3, p2) (R-03). Like the crate,
+level-2 table at (r, r, p4, p3) and its level-1 table at (r, p4, p3, p2) (R-03). At 5 levels
+(``levels=5``, not in the crate, L5-09) entry ``r`` of the PML5 points back at the PML5 and the
+addresses have five indices: the PML5 at (r, r, r, r, r), the level-4 table of a page at
+(r, r, r, r, p5), ..., its level-1 table at (r, p5, p4, p3, p2). Like the crate,
 this mapper never follows a table's physical address: it computes those virtual addresses and
 resolves them with a software walk of the active tables (``cr3``), as the MMU would. So every
 quirk of the crate comes out the same way: a parent that is not present makes the access fault
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvmpage.addr import PhysAddr, VirtAddr, canonicalize
+from kvmpage.addr import AnyVirtAddr, PhysAddr, VirtAddr, _VirtAddrBase, canonicalize
 from kvmpage.index import PageTableIndex
 from kvmpage.memory import PhysMemory, PhysMemoryError
 from kvmpage.paging.frame_alloc import FrameAllocator
@@ -27,6 +30,7 @@ from kvmpage.paging.mapper.base import (
     TableMapper,
 )
 from kvmpage.paging.mapper.checks import cr3_arg, index_arg, memory_arg, tlb_arg
+from kvmpage.paging.mapper.depth import Depth, depth_arg
 from kvmpage.paging.mapper.errors import (
     NotActive,
     NotRecursive,
@@ -35,21 +39,26 @@ from kvmpage.paging.mapper.fast import map_4k_fast
 from kvmpage.paging.mapper.flush import MapperFlush, Tlb
 from kvmpage.paging.mapper.rules import RECURSIVE_RULES
 from kvmpage.paging.page import Page, PhysFrame, Size4KiB
-from kvmpage.paging.walk import SoftPageFault, resolve, resolve_below
+from kvmpage.paging.walk import SoftPageFault, resolve_below
 
 
-def recursive_table_address(r: int, *indices: int) -> VirtAddr:
-    """The virtual address (r, ..., indices) padded on the left with ``r`` to four indices.
+def recursive_table_address(r: int, *indices: int, levels: int = 4) -> VirtAddr:
+    """The virtual address (r, ..., indices) padded on the left with ``r`` to ``levels``
+    indices: a `VirtAddr` at 4 levels, a `VirtAddr57` at 5 (L5-09).
 
-    ``r`` and up to three ``indices``, each an int in 0..511 (`TypeError` / `ValueError`
-    otherwise: 512 or -1 used to give a wrong address silently)."""
-    if len(indices) > 3:
-        raise TypeError(f"recursive_table_address takes r and 3 indices at most, not {indices}")
+    ``r`` and up to ``levels - 1`` ``indices``, each an int in 0..511 (`TypeError` /
+    `ValueError` otherwise: 512 or -1 used to give a wrong address silently)."""
+    depth = depth_arg(levels)
+    if len(indices) > levels - 1:
+        raise TypeError(
+            f"recursive_table_address takes r and {levels - 1} indices at most, not {indices}"
+        )
     r = index_arg(r, "r")
     indices = tuple(index_arg(i, f"index {n}") for n, i in enumerate(indices, 1))
-    idx = (r,) * (4 - len(indices)) + indices
-    v = (idx[0] << 39) | (idx[1] << 30) | (idx[2] << 21) | (idx[3] << 12)
-    return VirtAddr._raw(canonicalize(v))
+    v = 0
+    for i in (r,) * (levels - len(indices)) + indices:
+        v = (v << 9) | i
+    return depth.addr_type._raw(canonicalize(v << 12, levels))  # type: ignore[return-value]
 
 
 class RecursivePageTable(TableMapper):
@@ -61,6 +70,9 @@ class RecursivePageTable(TableMapper):
     itself; here you pass the value the CPU would hold. Where the crate would hold a reference
     that cannot exist (``table_addr`` does not resolve under ``cr3``, or resolves outside the
     memory), the result is `NotActive` too.
+
+    With ``levels=5`` the CR3 frame holds a PML5 and ``table_addr`` is (r, r, r, r, r), a
+    `VirtAddr57` (or a `VirtAddr`, widened; L5-09).
     """
 
     RULES = RECURSIVE_RULES
@@ -68,48 +80,47 @@ class RecursivePageTable(TableMapper):
     def __init__(
         self,
         memory: PhysMemory,
-        table_addr: VirtAddr,
+        table_addr: AnyVirtAddr,
         cr3: PhysFrame[Size4KiB],
         *,
         tlb: Tlb | None = None,
+        levels: int = 4,
     ) -> None:
         memory_arg(memory)
-        if type(table_addr) is not VirtAddr:
-            raise TypeError(f"table_addr must be a VirtAddr, got {table_addr!r}")
+        depth = depth_arg(levels)
+        va = depth.check_addr(table_addr, "table_addr")
         cr3_arg(cr3)
         tlb_arg(tlb)
-        page: Page[Size4KiB] = Page.containing_address(table_addr)
-        r = int(page.p4_index())
+        r = (va >> depth.top_shift) & 511
         if not (
-            int(page.p3_index()) == r
-            and int(page.p2_index()) == r
-            and int(page.p1_index()) == r
-            and table_addr._v & 0xFFF == 0  # a table reference is always page aligned
+            all((va >> (3 + 9 * level)) & 511 == r for level in depth.walk)
+            and va & 0xFFF == 0  # a table reference is always page aligned
         ):
             raise NotRecursive()
         # The table the crate would dereference is whatever the MMU finds at table_addr. If the
         # walk faults or leaves the memory, no table at table_addr can hold a recursive entry
         # pointing at CR3 (e.g. entry r holds the table's virtual address, issue #209).
         try:
-            table_phys = resolve(memory, cr3._start, page._start)
+            table_phys = resolve_below(memory, cr3._start, va, levels)
             raw = memory.read_u64(table_phys + 8 * r)
         except (SoftPageFault, PhysMemoryError) as fault:
             raise NotActive(f"{table_addr!r} does not resolve under CR3: {fault}") from None
         if not raw & PRESENT or raw & HUGE_PAGE or raw & ADDRESS_MASK != cr3._start:
             raise NotActive(f"entry {r} is {raw:#x}, CR3 frame is {cr3._start:#x}")
-        self._init(memory, r, cr3, tlb)
+        self._init(memory, r, cr3, tlb, depth)
 
     @classmethod
     def new(
         cls,
         memory: PhysMemory,
-        table_addr: VirtAddr,
+        table_addr: AnyVirtAddr,
         cr3: PhysFrame[Size4KiB],
         *,
         tlb: Tlb | None = None,
+        levels: int = 4,
     ) -> RecursivePageTable:
         """Same as the constructor (the crate's name)."""
-        return cls(memory, table_addr, cr3, tlb=tlb)
+        return cls(memory, table_addr, cr3, tlb=tlb, levels=levels)
 
     @classmethod
     def new_unchecked(
@@ -119,76 +130,80 @@ class RecursivePageTable(TableMapper):
         cr3: PhysFrame[Size4KiB],
         *,
         tlb: Tlb | None = None,
+        levels: int = 4,
     ) -> RecursivePageTable:
         """No checks of the tables (R-02): the caller promises entry ``recursive_index`` is the
         recursive one. The arguments' types are checked all the same."""
         memory_arg(memory)
         cr3_arg(cr3)
         tlb_arg(tlb)
+        depth = depth_arg(levels)
         if isinstance(recursive_index, bool):
             raise TypeError("recursive_index must be an int or a PageTableIndex, got a bool")
         self = object.__new__(cls)
-        self._init(memory, int(PageTableIndex(recursive_index)), cr3, tlb)
+        self._init(memory, int(PageTableIndex(recursive_index)), cr3, tlb, depth)
         return self
 
     memory: PhysMemory
 
-    def _init(self, memory: PhysMemory, r: int, cr3: PhysFrame[Size4KiB], tlb: Tlb | None) -> None:
+    def _init(
+        self, memory: PhysMemory, r: int, cr3: PhysFrame[Size4KiB], tlb: Tlb | None, depth: Depth
+    ) -> None:
         if not isinstance(memory, PhysMemory):
             raise TypeError(
                 "a RecursivePageTable needs its tables in a flat PhysMemory, got "
                 f"{type(memory).__name__} (use a MappedPageTable over a memory image)"
             )
-        TableMapper.__init__(self, memory, tlb)
+        TableMapper.__init__(self, memory, tlb, depth)
         self.recursive_index = r
         self.cr3 = cr3
         # (r, r, ..., r) prefixes of the recursive addresses, by the level of the table reached
-        self._r_prefix = {level: sum(r << (9 * k) for k in range(level)) for level in (1, 2, 3, 4)}
+        self._r_prefix = {
+            level: sum(r << (9 * k) for k in range(level)) for level in range(1, depth.levels + 1)
+        }
+        self._fast_page: type = depth.page_of_level[1]
+        self._fast_addr: type | None = VirtAddr if depth.levels == 4 else None
 
-    def table_address(self) -> VirtAddr:
-        """The virtual address of the PML4: (r, r, r, r)."""
-        return recursive_table_address(self.recursive_index)
+    def table_address(self) -> _VirtAddrBase:
+        """The virtual address of the top-level table: (r, r, r, r), or (r, r, r, r, r) as a
+        `VirtAddr57` at 5 levels."""
+        return recursive_table_address(self.recursive_index, levels=self.levels)
 
     def _words_at(self, va: int) -> Table:
         """The table at the (recursive) virtual address ``va``, found as the MMU would."""
-        memory, p4 = self.memory, self.cr3._start
+        memory, top = self.memory, self.cr3._start
         r = self.recursive_index
-        level = 4
-        if p4 + 4096 <= memory.size:
-            entry = memory.words[(p4 >> 3) + r]
-            if entry & 0x81 == 1 and entry & 0x000F_FFFF_FFFF_F000 == p4:
+        level = self.levels
+        if top + 4096 <= memory.size:
+            entry = memory.words[(top >> 3) + r]
+            if entry & 0x81 == 1 and entry & 0x000F_FFFF_FFFF_F000 == top:
                 # entry r leads back to this table at every level: skip the leading r indices
                 while level and (va >> (3 + 9 * level)) & 511 == r:
                     level -= 1
-        if level == 4:
-            phys = resolve(memory, p4, va)
-        elif level == 0:
-            phys = p4 | (va & 0xFFF)
-        else:
-            phys = resolve_below(memory, p4, va, level)
+        phys = top | (va & 0xFFF) if level == 0 else resolve_below(memory, top, va, level)
         if phys + 4096 > self.memory.size:
             self.memory.check(phys, 4096)
         return (self.memory.words, phys >> 3)
 
-    def _p4(self) -> Table:
-        return self._words_at(canonicalize(self._r_prefix[4] << 12))
+    def _top(self) -> Table:
+        return self._words_at(canonicalize(self._r_prefix[self.levels] << 12, self.levels))
 
     def _table_va(self, va: int, level: int) -> int:
         """The recursive address of the table of ``level`` on the walk of ``va``."""
         # (r x level, then va's top indices)
-        used = 9 * (4 - level)
+        used = 9 * (self.levels - level)
         indices = (va >> (12 + 9 * level)) & ((1 << used) - 1)
-        return canonicalize(((self._r_prefix[level] << used) | indices) << 12)
+        return canonicalize(((self._r_prefix[level] << used) | indices) << 12, self.levels)
 
     def _child(self, raw: int, va: int, child_level: int) -> Table:
         return self._words_at(self._table_va(va, child_level))
 
     def _prepare_range_walk(self) -> None:
-        self._p4()  # where map_to faults first, if it does
+        self._top()  # where map_to faults first, if it does
         if not self._self_mapped():
             raise ValueError(
-                f"map_range needs entry {self.recursive_index} of the level-4 table at "
-                f"{self.cr3._start:#x} to point back at it"
+                f"map_range needs entry {self.recursive_index} of the level-{self.levels} table "
+                f"at {self.cr3._start:#x} to point back at it"
             )
 
     def _child_of(self, raw: int, va: int, child_level: int) -> Table:
@@ -206,7 +221,7 @@ class RecursivePageTable(TableMapper):
         return (self.memory.words, phys >> 3)
 
     def _skip_in_clean_up(self, level: int, index: int) -> bool:
-        return level == 4 and index == self.recursive_index  # C-11
+        return level == self.levels and index == self.recursive_index  # C-11
 
     # -- fast paths -----------------------------------------------------------------------
     # When entry r of the active PML4 points back at it (present, PS clear), every recursive
@@ -222,8 +237,8 @@ class RecursivePageTable(TableMapper):
         entry = self.memory.words[(p4 >> 3) + self.recursive_index]
         return entry & 0x81 == 1 and entry & _MASK == p4
 
-    def translate_addr(self, addr: VirtAddr) -> PhysAddr | None:
-        if type(addr) is not VirtAddr or not self._self_mapped():
+    def translate_addr(self, addr: AnyVirtAddr) -> PhysAddr | None:
+        if type(addr) is not self._fast_addr or not self._self_mapped():  # (5 levels: general)
             return super().translate_addr(addr)
         va, q, limit = addr._v, self.memory.words, self.memory.size - 4096
         raw = q[(self.cr3._start >> 3) + ((va >> 39) & 511)]
@@ -266,15 +281,15 @@ class RecursivePageTable(TableMapper):
         # (R-05).
         q, limit, t = self.memory.words, self.memory.size - 4096, self.cr3._start
         if (
-            type(page) is Page
+            (type(page) is Page or type(page) is self._fast_page)
             and type(frame) is PhysFrame
             and not (f | insert) & HUGE_PAGE
             and t <= limit
             and q[(t >> 3) + self.recursive_index] & (_MASK | 0x81) == t | 1  # self-mapped
         ):
             done = map_4k_fast(
-                self, page, frame, f, insert, frame_allocator, t, limit + 1,
-                insert | PRESENT | WRITABLE, q,
+                self, page, frame, f, insert, frame_allocator, insert | PRESENT | WRITABLE,
+                (t, limit + 1, q, self.depth.parent_shifts),
             )  # fmt: skip
             if done is not None:
                 return done
