@@ -18,7 +18,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from kvmpage.addr import canonicalize
+from kvmpage.addr import canonicalize, is_canonical
 from kvmpage.memory import PhysMemory
 from kvmpage.paging import (
     MappedPageTable,
@@ -169,7 +169,7 @@ def _check_one(spec: LayoutSpec, m: MappingSpec) -> int:
     virt, size = m.virt, m.size.SIZE
     levels = spec.cpu.levels
     hole = 1 << (9 * levels + 11)  # the first non-canonical address
-    if not _is_canonical(virt, levels):
+    if not is_canonical(virt, levels):
         top_bit = 9 * levels + 11
         raise LayoutError(
             f"{m.where('virt')}: virtual start {virt:#x} is not canonical (bits 63..{top_bit} "
@@ -182,7 +182,7 @@ def _check_one(spec: LayoutSpec, m: MappingSpec) -> int:
     if m.count <= 0:
         raise LayoutError(f"{m.where()}: count must be at least 1, got {m.count}")
     last = virt + m.length - 1
-    if last >= 1 << 64 or (virt < hole) != (last < hole) or not _is_canonical(last, levels):
+    if last >= 1 << 64 or (virt < hole) != (last < hole) or not is_canonical(last, levels):
         raise LayoutError(f"{m.where()}: runs past the end of its canonical half")
     if m.phys is not None:
         if m.phys % size:
@@ -216,10 +216,6 @@ def _check_one(spec: LayoutSpec, m: MappingSpec) -> int:
 
 _PRESENT = int(PageTableFlags.PRESENT)
 _HUGE_PAGE = int(PageTableFlags.HUGE_PAGE)
-
-
-def _is_canonical(va: int, levels: int = 4) -> bool:
-    return 0 <= va < 1 << 64 and canonicalize(va, levels) == va
 
 
 #: What one top-level entry spans, by paging levels.

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kvmpage.addr import canonicalize
+from kvmpage.addr import canonicalize, is_canonical
 from kvmpage.layout import fasttoml
 from kvmpage.layout.spec import (
     MAX_PAGES,
@@ -234,7 +234,7 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
     elif kind_name == "recursive":
         kind = "recursive"
     phys_offset = mapper.integer("phys_offset", PHYS_OFFSETS[levels])
-    if not _canonical(phys_offset, levels) or phys_offset % 4096:
+    if not is_canonical(phys_offset, levels) or phys_offset % 4096:
         raise mapper.error("phys_offset", f"expected a canonical, 4K-aligned address, got "
                                           f"{phys_offset:#x}")  # fmt: skip
     recursive: int | None = None
@@ -334,10 +334,6 @@ def _table(top: _Reader, key: str) -> Mapping[str, Any]:
     return value
 
 
-def _canonical(va: int, levels: int = 4) -> bool:
-    return va < 1 << 64 and canonicalize(va, levels) == va
-
-
 def _mapping(
     path: str, i: int, table: Mapping[str, Any], cap: type[PageSize], levels: int = 4
 ) -> list[MappingSpec]:
@@ -351,12 +347,14 @@ def _mapping(
     virt = r.integer("virt")
     if virt >= 1 << 64:
         raise r.error("virt", f"expected a 64-bit address, got {virt:#x}")
-    if not _canonical(virt, levels):
+    if not is_canonical(virt, levels):
         top_bit = 9 * levels + 11
         raise r.error(
             "virt",
             f"{virt:#x} is not canonical (bits 63..{top_bit} must all equal bit {top_bit})"
-            + ("; it is canonical at 5 levels ([cpu] la57 = true)" if _canonical(virt, 5) else ""),
+            + (
+                "; it is canonical at 5 levels ([cpu] la57 = true)" if is_canonical(virt, 5) else ""
+            ),
         )
     phys = None if r.table.get("phys", "allocate") == "allocate" else r.integer("phys")
     size = r.page_size("page_size", "4K")

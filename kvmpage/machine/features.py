@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from kvmpage.addr import canonicalize
 from kvmpage.kvm.host import FeatureResult, Support
 from kvmpage.machine import pte
 from kvmpage.machine.interface import ProbeMachine
@@ -116,7 +117,7 @@ def blocked_slots(m: ProbeMachine, candidates: Iterable[int]) -> set[int]:
     page = frames.alloc()
     mem.write_u64(page, TAG)
     slots = [s for s in candidates if s != m.agent_slot]
-    vas = {s: ((0xFFFF << 48) if s >= 256 else 0) | (s << 39) for s in slots}
+    vas = {s: canonicalize(s << 39) for s in slots}
     for va in vas.values():
         space.map(va, page, pte.P | pte.W | pte.U)
     m.install_agent_slot(space.p4)
