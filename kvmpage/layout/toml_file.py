@@ -65,9 +65,9 @@ FLAG_ALIASES = {
 _TOP_KEYS = {"name", "memory", "max_page_size", "agent_slot", "mapper", "cpu", "mapping"}
 _MAPPER_KEYS = {"kind", "phys_offset", "recursive_index"}
 _CPU_KEYS = {"wp", "smep", "smap", "nxe", "ac", "la57"}
-#: The default physical-memory offset: Linux's direct map, 4-level and 5-level.
+#: The default physical-memory offset: Linux's direct map, 4-level and 5-level (L5-14).
 PHYS_OFFSETS = {4: 0xFFFF_8880_0000_0000, 5: 0xFF11_0000_0000_0000}
-#: The guest agent's top-level slot in a 5-level layout (`kvmpage.tcg.TcgMachine` keeps it).
+#: The guest agent's top-level slot in a 5-level layout (`kvmpage.tcg.TcgMachine` keeps it; L5-13).
 LA57_AGENT_SLOT = 511
 _MAPPING_KEYS = {"name", "virt", "phys", "page_size", "count", "length", "flags"}
 #: Flag lists already read (a layout of 60,000 mappings has a handful of distinct ones).
