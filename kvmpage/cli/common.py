@@ -63,17 +63,6 @@ def on_machine(
 
     progress.stage("probing the host's paging features")
     profile = host_profile(device) if oracle == "kvm" else profile_of(oracle, device)
-    if gbpages is None:
-        gbpages = profile.supports("1gib-pages")
-    if not spec.source:
-        spec = builtin_layout(gbpages=gbpages) if spec.name == BUILTIN else spec
-    else:
-        try:
-            check_page_sizes(spec, gbpages=gbpages)
-        except LayoutError as e:
-            if oracle == "tcg" or tcg_problem() is not None:
-                raise
-            raise LayoutError(f"{e} (--oracle tcg can verify them)") from e
     for wanted, feature, key in (
         (spec.cpu.nxe, "nx", "nxe"),
         (spec.cpu.smep, "smep", "smep"),
@@ -92,6 +81,17 @@ def on_machine(
                     "kvmpage dump and walk --software-only show them"
                 )
             raise LayoutError(f"{where}: {who} cannot verify {feature.upper()}{why}{hint}")
+    if gbpages is None:
+        gbpages = profile.supports("1gib-pages")
+    if not spec.source:
+        spec = builtin_layout(gbpages=gbpages) if spec.name == BUILTIN else spec
+    else:
+        try:
+            check_page_sizes(spec, gbpages=gbpages)
+        except LayoutError as e:
+            if oracle == "tcg" or tcg_problem() is not None:
+                raise
+            raise LayoutError(f"{e} (--oracle tcg can verify them)") from e
     progress.stage("starting the machine")
     check_memory(spec)
     slot = agent_slot_of(spec)
