@@ -10,16 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kvmpage.paging.arch import ADDRESS_MASK
 from kvmpage.paging.frame_alloc import FrameAllocator
+from kvmpage.paging.mapper.entries import ADDRESS_MASK, ZERO_TABLE
 from kvmpage.paging.mapper.errors import FrameAllocationFailed, PageAlreadyMapped
 from kvmpage.paging.mapper.flush import MapperFlush
 from kvmpage.paging.page import Page, PhysFrame
 
 if TYPE_CHECKING:
     from kvmpage.paging.mapper.base import S, TableMapper
-
-_ZERO_TABLE = memoryview(bytes(4096)).cast("Q")
 
 
 class _Given:
@@ -70,7 +68,7 @@ def map_4k_fast(
                 raise AssertionError("unreachable: the general path raises here")
             t = new._start
             q[i] = t | new_flags
-            q[t >> 3 : (t >> 3) + 512] = _ZERO_TABLE
+            q[t >> 3 : (t >> 3) + 512] = ZERO_TABLE
             continue
         t = e & ADDRESS_MASK
         if e & 0x81 != 1 or e & insert != insert or t >= end:

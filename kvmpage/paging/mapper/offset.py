@@ -14,9 +14,9 @@ from typing import Any
 from kvmpage.addr import AnyVirtAddr, PhysAddr, VirtAddr, _VirtAddrBase
 from kvmpage.memory import PhysicalMemory, PhysMemory, PhysMemoryError
 from kvmpage.paging.frame_alloc import FrameAllocator
-from kvmpage.paging.mapper.base import ADDRESS_MASK, S, Table
 from kvmpage.paging.mapper.checks import table_arg
 from kvmpage.paging.mapper.depth import DEPTH4, Depth, depth_arg
+from kvmpage.paging.mapper.entries import ADDRESS_MASK, S, Table
 from kvmpage.paging.mapper.fast import map_4k_fast
 from kvmpage.paging.mapper.flush import MapperFlush, Tlb
 from kvmpage.paging.mapper.mapped import MappedPageTable

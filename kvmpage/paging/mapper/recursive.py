@@ -20,17 +20,10 @@ from kvmpage.addr import AnyVirtAddr, PhysAddr, VirtAddr, _VirtAddrBase, canonic
 from kvmpage.index import PageTableIndex
 from kvmpage.memory import PhysMemory, PhysMemoryError
 from kvmpage.paging.frame_alloc import FrameAllocator
-from kvmpage.paging.mapper.base import (
-    ADDRESS_MASK,
-    HUGE_PAGE,
-    PRESENT,
-    WRITABLE,
-    S,
-    Table,
-    TableMapper,
-)
+from kvmpage.paging.mapper.base import TableMapper
 from kvmpage.paging.mapper.checks import cr3_arg, index_arg, memory_arg, tlb_arg
 from kvmpage.paging.mapper.depth import Depth, depth_arg
+from kvmpage.paging.mapper.entries import ADDRESS_MASK, HUGE_PAGE, PRESENT, WRITABLE, S, Table
 from kvmpage.paging.mapper.errors import (
     NotActive,
     NotRecursive,
