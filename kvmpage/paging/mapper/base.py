@@ -27,6 +27,7 @@ from kvmpage.memory import PhysicalMemory
 from kvmpage.paging.frame_alloc import FrameAllocator, FrameDeallocator
 from kvmpage.paging.mapper.checks import (
     ALLOCATORS,
+    BAD_FLAG_BITS,
     allocator_arg,
     deallocator_arg,
     flags_arg,
@@ -231,7 +232,10 @@ class TableMapper:
         requested frame), and nothing is rolled back, like the crate (MP-05): what each error
         leaves behind is listed in docs/divergences.md.
         """
-        f = flags_arg(flags)
+        if type(flags) is PageTableFlags and not flags._value_ & BAD_FLAG_BITS:
+            f: int = flags._value_  # what `flags_arg` returns, without its call (a hot path)
+        else:
+            f = flags_arg(flags)
         if type(frame_allocator) not in ALLOCATORS:
             allocator_arg(frame_allocator)
         return self._map(page, frame, f, f & PARENT_FLAG_MASK, frame_allocator)
