@@ -177,14 +177,15 @@ def bare_walk(n: int) -> float:
     q = memory._q
     root = mapper.level_4_table().phys >> 3
     vas = [base + i * 4096 + 0x123 for i in range(n)]
+    mask = ADDRESS_MASK
 
     def walk(i: int) -> int:
         va = vas[i]
         e = q[root + ((va >> 39) & 511)]
-        e = q[((e & 0xFFFFFFFFFF000) >> 3) + ((va >> 30) & 511)]
-        e = q[((e & 0xFFFFFFFFFF000) >> 3) + ((va >> 21) & 511)]
-        e = q[((e & 0xFFFFFFFFFF000) >> 3) + ((va >> 12) & 511)]
-        return (e & 0xFFFFFFFFFF000) | (va & 0xFFF)
+        e = q[((e & mask) >> 3) + ((va >> 30) & 511)]
+        e = q[((e & mask) >> 3) + ((va >> 21) & 511)]
+        e = q[((e & mask) >> 3) + ((va >> 12) & 511)]
+        return (e & mask) | (va & 0xFFF)
 
     result = per_op(walk, n, 5)
     memory.close()

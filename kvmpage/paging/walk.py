@@ -322,11 +322,11 @@ def _stop(raw: int, addr: int, level: int) -> int:
     if level == 3:
         if raw & 0x3FFF_E000:
             raise SoftPageFault(addr, 3, f"has reserved bits {raw & 0x3FFF_E000:#x} set")
-        return (raw & 0x000F_FFFF_C000_0000) | (addr & 0x3FFF_FFFF)
+        return leaf_frame(raw, 3) | (addr & 0x3FFF_FFFF)
     if level == 2:
         if raw & 0x1F_E000:
             raise SoftPageFault(addr, 2, f"has reserved bits {raw & 0x1F_E000:#x} set")
-        return (raw & 0x000F_FFFF_FFE0_0000) | (addr & 0x1F_FFFF)
+        return leaf_frame(raw, 2) | (addr & 0x1F_FFFF)
     raise SoftPageFault(addr, level, "has reserved bits 0x80 set")
 
 

@@ -14,17 +14,20 @@ it walks. Everything else is the same code at both depths.
 
 Tables are handled as ``(words, base)`` pairs: ``words`` is the memory as u64 words and
 ``base`` the word index of the table's entry 0. That keeps the walks free of object churn.
+The entry bits and helpers this module shares with `map_range` and the fast paths are in
+`kvmpage.paging.mapper.entries`.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Protocol, cast
 
 from kvmpage.addr import AnyVirtAddr, PhysAddr
 from kvmpage.memory import PhysicalMemory
 from kvmpage.paging.frame_alloc import FrameAllocator, FrameDeallocator
 from kvmpage.paging.mapper.checks import (
     ALLOCATORS,
+    BAD_FLAG_BITS,
     allocator_arg,
     deallocator_arg,
     flags_arg,
@@ -32,7 +35,20 @@ from kvmpage.paging.mapper.checks import (
     page_arg,
 )
 from kvmpage.paging.mapper.cleanup import clean
-from kvmpage.paging.mapper.depth import DEPTH4, FRAME_OF_LEVEL, Depth
+from kvmpage.paging.mapper.depth import DEPTH4, Depth
+from kvmpage.paging.mapper.entries import (
+    ADDRESS_MASK,
+    FRAME_OF_LEVEL,
+    HUGE_FLAG_ASSERTION,
+    HUGE_PAGE,
+    PARENT_FLAG_MASK,
+    PRESENT,
+    WRITABLE,
+    ZERO_TABLE,
+    S,
+    Table,
+    index,
+)
 from kvmpage.paging.mapper.errors import (
     FrameAllocationFailed,
     InvalidFrameAddress,
@@ -41,6 +57,7 @@ from kvmpage.paging.mapper.errors import (
     ParentEntryHugePage,
 )
 from kvmpage.paging.mapper.flush import MapperFlush, MapperFlushAll, RecordingTlb, Tlb
+from kvmpage.paging.mapper.map_range import map_range
 from kvmpage.paging.mapper.rules import MAPPED_RULES, TableRules
 from kvmpage.paging.mapper.translate import (
     InvalidFrameAddressResult,
@@ -49,17 +66,9 @@ from kvmpage.paging.mapper.translate import (
     NotMapped,
     TranslateResult,
 )
-from kvmpage.paging.page import Page, PageRange, PageRangeInclusive, PageSize, PhysFrame, Size4KiB
-from kvmpage.paging.table import ADDRESS_MASK, PageTable, PageTableFlags
+from kvmpage.paging.page import Page, PageRange, PageRangeInclusive, PhysFrame, Size4KiB
+from kvmpage.paging.table import PageTable, PageTableFlags
 from kvmpage.panic import Panic
-
-PRESENT = 1
-WRITABLE = 2
-USER_ACCESSIBLE = 4
-HUGE_PAGE = 1 << 7
-_U64 = (1 << 64) - 1
-_PARENT_FLAG_MASK = PRESENT | WRITABLE | USER_ACCESSIBLE
-_HUGE_FLAG_ASSERTION = "assertion failed: !flags.contains(PageTableFlags::HUGE_PAGE)"
 
 __all__ = [
     "ADDRESS_MASK",
@@ -71,17 +80,6 @@ __all__ = [
     "TableMapper",
     "Translate",
 ]
-
-Table = tuple[memoryview, int]
-"""A table as (memory as u64 words, word index of entry 0)."""
-
-S = TypeVar("S", bound=PageSize)
-
-_FRAME_OF_LEVEL = FRAME_OF_LEVEL
-
-
-def _index(va: int, level: int) -> int:
-    return (va >> (3 + 9 * level)) & 511
 
 
 class Translate(Protocol):
@@ -157,7 +155,7 @@ class TableMapper:
         ParentEntryHugePage. Loose (recursive update/translate_page, R-10): only raw == 0 fails.
         """
         q, b = table
-        raw = q[b + _index(va, level)]
+        raw = q[b + index(va, level)]
         self.RULES.check_walked_parent(raw, loose)
         return self._child(raw, va, level - 1)
 
@@ -194,7 +192,7 @@ class TableMapper:
     ) -> Table:
         """The crate's ``create_next_table`` (MP-04, R-05, R-06)."""
         q, b = table
-        i = b + _index(va, level)
+        i = b + index(va, level)
         raw = q[i]
         created = False
         if raw == 0:
@@ -206,7 +204,7 @@ class TableMapper:
             self._check_new_table(frame._start)
             new_flags = self.RULES.new_parent_flags(insert)
             if new_flags & HUGE_PAGE:
-                raise Panic(_HUGE_FLAG_ASSERTION)
+                raise Panic(HUGE_FLAG_ASSERTION)
             q[i] = raw = frame._start | new_flags
             created = True
         elif insert and raw & insert != insert:
@@ -215,7 +213,7 @@ class TableMapper:
         child = self._child(raw, va, level - 1)
         if created:
             cq, cb = child
-            cq[cb : cb + 512] = _ZERO_TABLE
+            cq[cb : cb + 512] = ZERO_TABLE
         return child
 
     def _check_parent(self, raw: int) -> None:
@@ -234,10 +232,13 @@ class TableMapper:
         requested frame), and nothing is rolled back, like the crate (MP-05): what each error
         leaves behind is listed in docs/divergences.md.
         """
-        f = flags_arg(flags)
+        if type(flags) is PageTableFlags and not flags._value_ & BAD_FLAG_BITS:
+            f: int = flags._value_  # what `flags_arg` returns, without its call (a hot path)
+        else:
+            f = flags_arg(flags)
         if type(frame_allocator) not in ALLOCATORS:
             allocator_arg(frame_allocator)
-        return self._map(page, frame, f, f & _PARENT_FLAG_MASK, frame_allocator)
+        return self._map(page, frame, f, f & PARENT_FLAG_MASK, frame_allocator)
 
     def map_to_with_table_flags(
         self,
@@ -271,12 +272,12 @@ class TableMapper:
         for lvl in range(self.levels, level, -1):
             t = self._create_next_table(t, va, lvl, insert, frame_allocator)
         q, b = t
-        i = b + _index(va, level)
+        i = b + index(va, level)
         if q[i] != 0:
             raise PageAlreadyMapped(frame)
         if level == 1:
             if f & HUGE_PAGE:
-                raise Panic(_HUGE_FLAG_ASSERTION)
+                raise Panic(HUGE_FLAG_ASSERTION)
             q[i] = frame._start | f
         else:
             q[i] = frame._start | f | HUGE_PAGE
@@ -290,7 +291,7 @@ class TableMapper:
         level = self._leaf_level(page)
         va = page._start
         q, b = self._walk_to(va, level, loose=False)
-        i = b + _index(va, level)
+        i = b + index(va, level)
         raw = q[i]
         if not raw & PRESENT:
             raise PageNotMapped()
@@ -304,7 +305,7 @@ class TableMapper:
             if addr & ((1 << (12 + 9 * (level - 1))) - 1):
                 raise InvalidFrameAddress(PhysAddr._raw(addr))
         q[i] = 0
-        return _FRAME_OF_LEVEL[level]._make(addr), MapperFlush(page, self.tlb)
+        return FRAME_OF_LEVEL[level]._make(addr), MapperFlush(page, self.tlb)
 
     def update_flags(self, page: Page[S], flags: int) -> MapperFlush[S]:
         """Replace the leaf's flags (huge leaves keep HUGE_PAGE); parents untouched (#534)."""
@@ -312,7 +313,7 @@ class TableMapper:
         f = flags_arg(flags)
         va = page._start
         q, b = self._walk_to(va, level, loose=True)
-        i = b + _index(va, level)
+        i = b + index(va, level)
         raw = q[i]
         if raw == 0:
             raise PageNotMapped()
@@ -328,7 +329,7 @@ class TableMapper:
             raise ParentEntryHugePage()
         va = page._start
         q, b = self._walk_to(va, table_level, loose=True)
-        i = b + _index(va, table_level)
+        i = b + index(va, table_level)
         raw = q[i]
         if raw == 0:
             raise PageNotMapped()
@@ -359,13 +360,13 @@ class TableMapper:
         level = self._leaf_level(page)
         va = page._start
         q, b = self._walk_to(va, level, loose=True)
-        raw = q[b + _index(va, level)]
+        raw = q[b + index(va, level)]
         if raw == 0:
             raise PageNotMapped()
         addr = raw & ADDRESS_MASK
         if addr & ((1 << (12 + 9 * (level - 1))) - 1):
             raise InvalidFrameAddress(PhysAddr._raw(addr))
-        return _FRAME_OF_LEVEL[level]._make(addr)  # type: ignore[no-any-return]
+        return FRAME_OF_LEVEL[level]._make(addr)  # type: ignore[no-any-return]
 
     def identity_map(
         self, frame: PhysFrame[S], flags: int, frame_allocator: FrameAllocator[Any]
@@ -391,8 +392,6 @@ class TableMapper:
     ) -> MapperFlushAll:
         """Map page k of ``pages`` to ``first_frame + k``: the tables of a `map_to` loop, in one
         call (`kvmpage.paging.mapper.map_range.map_range` says exactly how it differs)."""
-        from kvmpage.paging.mapper.map_range import map_range
-
         return map_range(self, pages, first_frame, flags, frame_allocator, parent_table_flags)
 
     # -- Translate ------------------------------------------------------------------------
@@ -409,7 +408,7 @@ class TableMapper:
         span = 1 << (12 + 9 * (level - 1))
         if level == 1 and addr_field & 0xFFF:  # cannot happen: the field is 4 KiB aligned
             return InvalidFrameAddressResult(PhysAddr._raw(addr_field))
-        frame = _FRAME_OF_LEVEL[level]._make(addr_field & ~(span - 1))
+        frame = FRAME_OF_LEVEL[level]._make(addr_field & ~(span - 1))
         return Mapped(MappedFrame(frame), va & (span - 1), PageTableFlags(raw & ~ADDRESS_MASK))
 
     def translate_addr(self, addr: AnyVirtAddr) -> PhysAddr | None:
@@ -427,7 +426,7 @@ class TableMapper:
         t = self._top()
         for level in self.depth.walk:
             q, b = t
-            raw = q[b + _index(va, level)]
+            raw = q[b + index(va, level)]
             if level == 1:
                 if raw == 0:
                     return None
@@ -487,7 +486,3 @@ class TableMapper:
         if self.levels != 5:
             raise TypeError("a 4-level mapper has no level-5 table: use level_4_table()")
         return self.top_level_table()
-
-
-_ZERO_TABLE = memoryview(bytes(4096)).cast("Q")
-_ZERO_BYTES = bytes(4096)

@@ -10,18 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from kvmpage.addr import canonicalize
 from kvmpage.paging.frame_alloc import FrameDeallocator
+from kvmpage.paging.mapper.entries import ADDRESS_MASK, HUGE_PAGE, PRESENT, Table
+from kvmpage.paging.mapper.entries import index as _index
 from kvmpage.paging.page import PhysFrame
-from kvmpage.paging.table import ADDRESS_MASK
 
 if TYPE_CHECKING:
-    from kvmpage.paging.mapper.base import Table, TableMapper
-
-PRESENT = 1
-HUGE_PAGE = 0x80
-
-
-def _index(va: int, level: int) -> int:
-    return (va >> (3 + 9 * level)) & 511
+    from kvmpage.paging.mapper.base import TableMapper
 
 
 def clean(

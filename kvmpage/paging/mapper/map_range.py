@@ -15,18 +15,18 @@ from array import array
 from typing import TYPE_CHECKING, Any
 
 from kvmpage.paging.frame_alloc import FrameAllocator
-from kvmpage.paging.mapper.base import (
-    _FRAME_OF_LEVEL,
-    _HUGE_FLAG_ASSERTION,
-    _PARENT_FLAG_MASK,
-    _ZERO_BYTES,
+from kvmpage.paging.mapper.checks import allocator_arg, flags_arg, range_arg
+from kvmpage.paging.mapper.entries import (
     ADDRESS_MASK,
+    FRAME_OF_LEVEL,
+    HUGE_FLAG_ASSERTION,
     HUGE_PAGE,
+    PARENT_FLAG_MASK,
+    ZERO_BYTES,
     S,
     Table,
-    _index,
+    index,
 )
-from kvmpage.paging.mapper.checks import allocator_arg, flags_arg, range_arg
 from kvmpage.paging.mapper.errors import PageAlreadyMapped
 from kvmpage.paging.mapper.flush import MapperFlushAll
 from kvmpage.paging.page import PageRange, PageRangeInclusive, PhysFrame
@@ -90,7 +90,7 @@ def map_range(
     level = mapper._pair_level(pages.start, first_frame)
     f = flags_arg(flags)
     insert = (
-        f & _PARENT_FLAG_MASK
+        f & PARENT_FLAG_MASK
         if parent_table_flags is None
         else flags_arg(parent_table_flags, "parent_table_flags")
     )
@@ -122,7 +122,7 @@ def _parent_as_map_to_leaves_it(mapper: TableMapper, raw: int, insert: int) -> i
     if raw == 0:
         raw = mapper.RULES.new_parent_flags(insert)
         if raw & HUGE_PAGE:
-            raise Panic(_HUGE_FLAG_ASSERTION)
+            raise Panic(HUGE_FLAG_ASSERTION)
     elif insert and raw & insert != insert:
         raw |= insert
     mapper._check_parent(raw)
@@ -154,7 +154,7 @@ def _check_range(
     k = 0
     while k < n:
         va = va0 + k * step
-        leaf = _index(va, level)
+        leaf = index(va, level)
         count = 1 if huge_flag_panics else min(n - k, 512 - leaf)
         t: Table | None = top
         for lvl in range(levels, level, -1):
@@ -165,7 +165,7 @@ def _check_range(
             else:
                 assert t is not None
                 q, b = t
-                raw = q[b + _index(va, lvl)]
+                raw = q[b + index(va, lvl)]
                 entry = _parent_as_map_to_leaves_it(mapper, raw, insert)
                 t = None if raw == 0 else mapper._child_of(entry, va, lvl - 1)
                 if t is not None:
@@ -179,11 +179,11 @@ def _check_range(
         if t is not None:
             q, b = t
             a = b + leaf
-            if q[a : a + count].tobytes() != _ZERO_BYTES[: 8 * count]:
+            if q[a : a + count].tobytes() != ZERO_BYTES[: 8 * count]:
                 j = next(j for j in range(count) if q[a + j])
-                raise PageAlreadyMapped(_FRAME_OF_LEVEL[level]._make(frame0 + (k + j) * step))
+                raise PageAlreadyMapped(FRAME_OF_LEVEL[level]._make(frame0 + (k + j) * step))
         if huge_flag_panics:
-            raise Panic(_HUGE_FLAG_ASSERTION)
+            raise Panic(HUGE_FLAG_ASSERTION)
         k += count
 
 
@@ -202,7 +202,7 @@ def _check_range_slowly(
         va = va0 + k * step
         q, b = top
         for lvl in range(mapper.levels, level, -1):
-            key = (id(q), b + _index(va, lvl))
+            key = (id(q), b + index(va, lvl))
             raw = written.get(key)
             if raw is None:
                 raw = q[key[1]]
@@ -211,12 +211,12 @@ def _check_range_slowly(
                 created[key] = (memoryview(bytearray(4096)).cast("Q"), 0)
             written[key] = entry
             q, b = created[key] if key in created else mapper._child_of(entry, va, lvl - 1)
-        key = (id(q), b + _index(va, level))
+        key = (id(q), b + index(va, level))
         raw = written.get(key)
         if (q[key[1]] if raw is None else raw) != 0:
-            raise PageAlreadyMapped(_FRAME_OF_LEVEL[level]._make(frame0 + k * step))
+            raise PageAlreadyMapped(FRAME_OF_LEVEL[level]._make(frame0 + k * step))
         if level == 1 and f & HUGE_PAGE:
-            raise Panic(_HUGE_FLAG_ASSERTION)
+            raise Panic(HUGE_FLAG_ASSERTION)
         written[key] = (frame0 + k * step) | leaf_bits
 
 
@@ -246,7 +246,7 @@ def _write_range(
     try:
         while done < n:
             va = va0 + done * step
-            leaf = _index(va, level)
+            leaf = index(va, level)
             count = min(n - done, 512 - leaf)
             t = mapper._top()
             above = [(id(t[0]), t[1])]
@@ -255,9 +255,9 @@ def _write_range(
                 above.append((id(t[0]), t[1]))
             q, b = t
             a = b + leaf
-            if above[-1] in above[:-1] or q[a : a + count].tobytes() != _ZERO_BYTES[: 8 * count]:
+            if above[-1] in above[:-1] or q[a : a + count].tobytes() != ZERO_BYTES[: 8 * count]:
                 page_type = mapper.depth.page_of_level[level]
-                frame_type = _FRAME_OF_LEVEL[level]
+                frame_type = FRAME_OF_LEVEL[level]
                 for _ in range(count):
                     mapper._map(
                         page_type._make(va0 + done * step),
@@ -290,6 +290,6 @@ def _ramp(first: int, step: int, count: int) -> memoryview:
     faster than an array filled from a range, whose words of 2**63 and up (NO_EXECUTE) are slow.
     """
     order = sys.byteorder  # the words are native, like the memory's "Q" view
-    firsts = first.to_bytes(8, order) * count + _ZERO_BYTES[: 8 * (512 - count)]
+    firsts = first.to_bytes(8, order) * count + ZERO_BYTES[: 8 * (512 - count)]
     lanes = _LANE_OFFSETS[step] + int.from_bytes(firsts, order)
     return memoryview(lanes.to_bytes(4096, order)).cast("Q")[:count]

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from kvmpage.memory import PhysicalMemory
-from kvmpage.paging.mapper.base import ADDRESS_MASK, Table, TableMapper
+from kvmpage.paging.mapper.base import TableMapper
 from kvmpage.paging.mapper.checks import table_arg, tlb_arg
 from kvmpage.paging.mapper.depth import depth_arg
+from kvmpage.paging.mapper.entries import ADDRESS_MASK, Table
 from kvmpage.paging.mapper.flush import Tlb
 from kvmpage.paging.page import PhysFrame, Size4KiB
 from kvmpage.paging.table import PageTable

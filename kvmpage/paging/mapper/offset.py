@@ -9,18 +9,15 @@ and the sum follows the 57-bit rules of `VirtAddr57` (an offset given as a `Virt
 
 from __future__ import annotations
 
-from typing import Any
-
-from kvmpage.addr import AnyVirtAddr, PhysAddr, VirtAddr, _VirtAddrBase
+from kvmpage.addr import AnyVirtAddr, _VirtAddrBase
 from kvmpage.memory import PhysicalMemory, PhysMemory, PhysMemoryError
-from kvmpage.paging.frame_alloc import FrameAllocator
-from kvmpage.paging.mapper.base import ADDRESS_MASK, S, Table
 from kvmpage.paging.mapper.checks import table_arg
 from kvmpage.paging.mapper.depth import DEPTH4, Depth, depth_arg
-from kvmpage.paging.mapper.fast import map_4k_fast
-from kvmpage.paging.mapper.flush import MapperFlush, Tlb
+from kvmpage.paging.mapper.entries import ADDRESS_MASK, PRESENT, Table
+from kvmpage.paging.mapper.fast import FastMapper
+from kvmpage.paging.mapper.flush import Tlb
 from kvmpage.paging.mapper.mapped import MappedPageTable
-from kvmpage.paging.page import Page, PhysFrame, Size4KiB
+from kvmpage.paging.page import PhysFrame, Size4KiB
 from kvmpage.paging.table import PageTable
 
 
@@ -66,7 +63,7 @@ class PhysOffset:
         return self.memory.frame_words(phys)  # (a hole raises AbsentMemoryError)
 
 
-class OffsetPageTable(MappedPageTable):
+class OffsetPageTable(MappedPageTable, FastMapper):
     """A `MappedPageTable` whose mapping is a fixed ``phys_offset`` (MP-02)."""
 
     def __init__(
@@ -83,13 +80,12 @@ class OffsetPageTable(MappedPageTable):
         mapping = PhysOffset(level_4_table.memory, phys_offset, depth_arg(levels))
         super().__init__(level_4_table, mapping, tlb=tlb, levels=levels)
         self._offset_mapping = mapping
-        # the inlined paths below: the 4 KiB page type they take besides Page, the address
-        # type of the inlined translate_addr (4 levels only), and where the tables are
-        self._fast_page: type = self.depth.page_of_level[1]
-        self._fast_addr: type | None = VirtAddr if levels == 4 else None
-        self._fast_where = (
-            self._l4_table[1] << 3, mapping._safe_below, mapping.memory.words,
-            self.depth.parent_shifts,
+        # the inlined map_to and translate_addr (`FastMapper`): every table is in the level-4
+        # table's memory, and one below _safe_below (in words: phys >> 3 below the rounded-up
+        # _safe_below / 8) can be read there without the checks of table_words
+        self._set_fast_paths(
+            mapping.memory.words, self._l4_table[1], (mapping._safe_below + 7) >> 3, (0, 0, 0),
+            stop=PRESENT, leaf_bad=0,
         )  # fmt: skip
 
     def phys_offset(self) -> AnyVirtAddr:
@@ -101,64 +97,3 @@ class OffsetPageTable(MappedPageTable):
 
     def _check_new_table(self, phys: int) -> None:
         self.memory.check(phys, 4096)  # all tables live in the level-4 table's memory
-
-    # -- fast paths -----------------------------------------------------------------------
-    # The two hottest operations, inlined for the common case. Each falls back to the shared
-    # engine as soon as anything is unusual, and writes nothing before it is sure not to.
-
-    def translate_addr(self, addr: AnyVirtAddr) -> PhysAddr | None:
-        if type(addr) is not self._fast_addr:  # (4 levels only: 5 take the shared engine)
-            return super().translate_addr(addr)
-        va = addr._v
-        q = self._offset_mapping.memory.words
-        limit = self._offset_mapping._safe_below
-        e = q[self._l4_table[1] + ((va >> 39) & 511)]
-        if not e & 1:
-            return None
-        t = e & 0x000F_FFFF_FFFF_F000
-        if e & 0x80 or t >= limit:
-            return super().translate_addr(addr)
-        e = q[(t >> 3) + ((va >> 30) & 511)]
-        if not e & 1:
-            return None
-        if e & 0x80:
-            return PhysAddr._raw((e & 0x000F_FFFF_C000_0000) | (va & 0x3FFF_FFFF))
-        t = e & 0x000F_FFFF_FFFF_F000
-        if t >= limit:
-            return super().translate_addr(addr)
-        e = q[(t >> 3) + ((va >> 21) & 511)]
-        if not e & 1:
-            return None
-        if e & 0x80:
-            return PhysAddr._raw((e & 0x000F_FFFF_FFE0_0000) | (va & 0x1F_FFFF))
-        t = e & 0x000F_FFFF_FFFF_F000
-        if t >= limit:
-            return super().translate_addr(addr)
-        e = q[(t >> 3) + ((va >> 12) & 511)]
-        if e == 0:
-            return None
-        return PhysAddr._raw((e & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF))
-
-    def _map(
-        self,
-        page: Page[S],
-        frame: PhysFrame[S],
-        f: int,
-        insert: int,
-        frame_allocator: FrameAllocator[Any],
-    ) -> MapperFlush[S]:
-        # Fast path for a 4 KiB page (`_map_4k_fast`; the flags and the allocator are checked
-        # already); new parents need PRESENT and not HUGE_PAGE in the insert flags, else the
-        # general path (and its panics) decides.
-        if (
-            (type(page) is Page or type(page) is self._fast_page)
-            and type(frame) is PhysFrame
-            and not f & 0x80
-        ):
-            done = map_4k_fast(
-                self, page, frame, f, insert, frame_allocator,
-                insert if insert & 0x81 == 1 else None, self._fast_where,
-            )  # fmt: skip
-            if done is not None:
-                return done
-        return super()._map(page, frame, f, insert, frame_allocator)

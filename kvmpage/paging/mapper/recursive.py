@@ -14,32 +14,23 @@ quirk of the crate comes out the same way: a parent that is not present makes th
 
 from __future__ import annotations
 
-from typing import Any
-
-from kvmpage.addr import AnyVirtAddr, PhysAddr, VirtAddr, _VirtAddrBase, canonicalize
+from kvmpage.addr import AnyVirtAddr, VirtAddr, _VirtAddrBase, canonicalize
 from kvmpage.index import PageTableIndex
 from kvmpage.memory import PhysMemory, PhysMemoryError
-from kvmpage.paging.frame_alloc import FrameAllocator
-from kvmpage.paging.mapper.base import (
-    ADDRESS_MASK,
-    HUGE_PAGE,
-    PRESENT,
-    WRITABLE,
-    S,
-    Table,
-    TableMapper,
-)
+from kvmpage.paging.mapper.base import TableMapper
 from kvmpage.paging.mapper.checks import cr3_arg, index_arg, memory_arg, tlb_arg
 from kvmpage.paging.mapper.depth import Depth, depth_arg
+from kvmpage.paging.mapper.entries import ADDRESS_MASK, HUGE_PAGE, PRESENT, Table
 from kvmpage.paging.mapper.errors import (
     NotActive,
     NotRecursive,
 )
-from kvmpage.paging.mapper.fast import map_4k_fast
-from kvmpage.paging.mapper.flush import MapperFlush, Tlb
+from kvmpage.paging.mapper.fast import FastMapper
+from kvmpage.paging.mapper.flush import Tlb
 from kvmpage.paging.mapper.rules import RECURSIVE_RULES
-from kvmpage.paging.page import Page, PhysFrame, Size4KiB
+from kvmpage.paging.page import PhysFrame, Size4KiB
 from kvmpage.paging.walk import SoftPageFault, resolve_below
+from kvmpage.x86 import U64_MASK
 
 
 def recursive_table_address(r: int, *indices: int, levels: int = 4) -> VirtAddr:
@@ -61,7 +52,7 @@ def recursive_table_address(r: int, *indices: int, levels: int = 4) -> VirtAddr:
     return depth.addr_type._raw(canonicalize(v << 12, levels))  # type: ignore[return-value]
 
 
-class RecursivePageTable(TableMapper):
+class RecursivePageTable(FastMapper):
     """Mapper over a recursively mapped PML4 whose active copy is the CR3 frame ``cr3``.
 
     ``RecursivePageTable(memory, table_addr, cr3)`` is the crate's ``new``: ``table_addr`` is the
@@ -161,8 +152,16 @@ class RecursivePageTable(TableMapper):
         self._r_prefix = {
             level: sum(r << (9 * k) for k in range(level)) for level in range(1, depth.levels + 1)
         }
-        self._fast_page: type = depth.page_of_level[1]
-        self._fast_addr: type | None = VirtAddr if depth.levels == 4 else None
+        # The inlined map_to and translate_addr (`FastMapper`) run while entry r points back
+        # at the top-level table (present, PS clear; never when that table is not inside
+        # memory): its word and its value then.
+        top, words = cr3._start, memory.words
+        self._self_word = (top >> 3) + r if top + 4096 <= memory.size else 0
+        self._self_entry = top | PRESENT if top + 4096 <= memory.size else -1
+        self._set_fast_paths(
+            words, top >> 3, (memory.size >> 3) - 511, (self._self_word, _SELF_MASK,
+            self._self_entry), stop=U64_MASK, leaf_bad=HUGE_PAGE,
+        )  # fmt: skip
 
     def table_address(self) -> _VirtAddrBase:
         """The virtual address of the top-level table: (r, r, r, r), or (r, r, r, r, r) as a
@@ -174,12 +173,10 @@ class RecursivePageTable(TableMapper):
         memory, top = self.memory, self.cr3._start
         r = self.recursive_index
         level = self.levels
-        if top + 4096 <= memory.size:
-            entry = memory.words[(top >> 3) + r]
-            if entry & 0x81 == 1 and entry & 0x000F_FFFF_FFFF_F000 == top:
-                # entry r leads back to this table at every level: skip the leading r indices
-                while level and (va >> (3 + 9 * level)) & 511 == r:
-                    level -= 1
+        if self._self_mapped():
+            # entry r leads back to this table at every level: skip the leading r indices
+            while level and (va >> (3 + 9 * level)) & 511 == r:
+                level -= 1
         phys = top | (va & 0xFFF) if level == 0 else resolve_below(memory, top, va, level)
         if phys + 4096 > self.memory.size:
             self.memory.check(phys, 4096)
@@ -224,76 +221,17 @@ class RecursivePageTable(TableMapper):
         return level == self.levels and index == self.recursive_index  # C-11
 
     # -- fast paths -----------------------------------------------------------------------
-    # When entry r of the active PML4 points back at it (present, PS clear), every recursive
-    # address resolves level by level through the tables themselves: the table of a page at
-    # (r, r, r, p4) is the frame of PML4[p4], and so on down. The two hottest operations use
-    # that directly, and hand over to the shared engine as soon as anything is unusual (a
-    # missing or huge parent on the recursive path, memory bounds), so results are the same.
+    # When entry r of the active top-level table points back at it (present, PS clear), every
+    # recursive address resolves level by level through the tables themselves: the level-3
+    # table of a page at (r, r, r, p4) is the frame of PML4[p4], and so on down (one level
+    # more below a PML5). The inlined map_to and translate_addr (`FastMapper`) rely on that,
+    # guarded by `_self_word` / `_self_entry`, and hand over to the shared engine as soon as
+    # anything is unusual (a missing or huge parent on the recursive path, memory bounds).
 
     def _self_mapped(self) -> bool:
-        p4 = self.cr3._start
-        if p4 + 4096 > self.memory.size:
-            return False
-        entry = self.memory.words[(p4 >> 3) + self.recursive_index]
-        return entry & 0x81 == 1 and entry & _MASK == p4
-
-    def translate_addr(self, addr: AnyVirtAddr) -> PhysAddr | None:
-        if type(addr) is not self._fast_addr or not self._self_mapped():  # (5 levels: general)
-            return super().translate_addr(addr)
-        va, q, limit = addr._v, self.memory.words, self.memory.size - 4096
-        raw = q[(self.cr3._start >> 3) + ((va >> 39) & 511)]
-        if raw == 0:
-            return None  # R-14: raw == 0, not PRESENT, decides
-        if raw & 0x81 != 1 or raw & _MASK > limit:
-            return super().translate_addr(addr)  # huge PML4E panics; a fault on the way
-        raw = q[((raw & _MASK) >> 3) + ((va >> 30) & 511)]
-        if raw == 0:
-            return None
-        if raw & HUGE_PAGE:
-            return PhysAddr._raw((raw & 0x000F_FFFF_C000_0000) | (va & 0x3FFF_FFFF))
-        if not raw & PRESENT or raw & _MASK > limit:
-            return super().translate_addr(addr)
-        raw = q[((raw & _MASK) >> 3) + ((va >> 21) & 511)]
-        if raw == 0:
-            return None
-        if raw & HUGE_PAGE:
-            return PhysAddr._raw((raw & 0x000F_FFFF_FFE0_0000) | (va & 0x1F_FFFF))
-        if not raw & PRESENT or raw & _MASK > limit:
-            return super().translate_addr(addr)
-        raw = q[((raw & _MASK) >> 3) + ((va >> 12) & 511)]
-        if raw == 0:
-            return None
-        if raw & HUGE_PAGE:
-            return super().translate_addr(addr)  # R-15: panics
-        return PhysAddr._raw((raw & _MASK) | (va & 0xFFF))
-
-    def _map(
-        self,
-        page: Page[S],
-        frame: PhysFrame[S],
-        f: int,
-        insert: int,
-        frame_allocator: FrameAllocator[Any],
-    ) -> MapperFlush[S]:
-        # Fast path for a 4 KiB page (`_map_4k_fast`; the flags and the allocator are checked
-        # already) while entry r points back at the PML4: then each table's recursive address
-        # resolves to the frame its parent names. New parents get PRESENT | WRITABLE as well
-        # (R-05).
-        q, limit, t = self.memory.words, self.memory.size - 4096, self.cr3._start
-        if (
-            (type(page) is Page or type(page) is self._fast_page)
-            and type(frame) is PhysFrame
-            and not (f | insert) & HUGE_PAGE
-            and t <= limit
-            and q[(t >> 3) + self.recursive_index] & (_MASK | 0x81) == t | 1  # self-mapped
-        ):
-            done = map_4k_fast(
-                self, page, frame, f, insert, frame_allocator, insert | PRESENT | WRITABLE,
-                (t, limit + 1, q, self.depth.parent_shifts),
-            )  # fmt: skip
-            if done is not None:
-                return done
-        return super()._map(page, frame, f, insert, frame_allocator)
+        """Whether entry r of the top-level table points back at it (present, PS clear)."""
+        return self.memory.words[self._self_word] & _SELF_MASK == self._self_entry
 
 
-_MASK = ADDRESS_MASK
+#: The bits of entry r compared with ``_self_entry``: its address, PRESENT and PS.
+_SELF_MASK = ADDRESS_MASK | PRESENT | HUGE_PAGE
