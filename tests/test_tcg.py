@@ -230,44 +230,6 @@ def test_five_level_paging_can_be_switched_on(machine: TcgMachine) -> None:
             m.run(b)
 
 
-def test_a_memory_images_guest_agent_slot_and_ram_holes() -> None:
-    """What a memory image's guest needs (kvmpage.verify.image_guest): the agent in a level-5
-    slot other than 511 (a 5-level Linux uses 511 itself), and RAM with a hole that answers like
-    KVM's MMIO exits: a read sees ``mmio_read_value``, a write is logged and dropped."""
-    ram = [(0, 0x20_0000), (0x40_0000, 0x80_0000)]
-    with TcgMachine(16 << 20, la57=True, agent_slot=3, ram=ram) as m:
-        assert m.agent_slot == 3 and m.placement.base == 0x0003_FF80_0000_0000
-        m.mmio_read_value = lambda gpa: TAG | gpa
-        mem = m.memory
-        hole = 0x30_0000
-        assert not mem.contains(hole) and mem.contains(0x40_0000)
-        frames = pte.FrameBump(mem, 0x10_0000, 0x20_0000)
-        root = frames.alloc()
-        space = pte.SimpleSpace(mem, frames)
-        page = frames.alloc()
-        mem.write_u64(page, TAG | page)
-        va = 0xFFFF_FFFF_8000_0000  # level-5 slot 511, level-4 slot 511
-        space.map(va & ((1 << 48) - 1), page, pte.P | pte.W)
-        space.map((va + 0x1000) & ((1 << 48) - 1), hole, pte.P | pte.W)
-        mem.write_u64(root + 8 * 511, space.p4 | pte.P | pte.W | pte.U)
-        m.install_agent_slot(root)
-        b = Batch()
-        b.load_cr3(root)
-        ram_read = b.read(va, cpl=0)
-        hole_write = b.write(va + 0x1008, 5, cpl=0)
-        hole_read = b.read(va + 0x1000, cpl=0)
-        res = m.run(b)
-        assert res[ram_read].value == TAG | page
-        assert res[hole_read].value == TAG | hole and res[hole_write].ok
-        assert any(gpa == hole + 8 and write for gpa, _, write, _ in m.mmio_log)
-        b = Batch()
-        b.read(0x0003_0000_0000_0000)  # the agent's level-5 slot
-        with pytest.raises(AgentSlotConflict):
-            m.run(b)
-    with pytest.raises(ValueError, match="below the agent"):
-        TcgMachine(16 << 20, ram=[(0, 16 << 20)])
-
-
 def test_the_profile_was_tried_in_a_tcg_guest() -> None:
     p = tcg_profile()
     assert p.kind.value == "tcg" and p.cpl3_oracle == p.cpl0_oracle == "tcg"
