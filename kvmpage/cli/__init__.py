@@ -50,14 +50,6 @@ def _run(args: argparse.Namespace) -> int:
             from kvmpage.cli.image_verify import cmd_verify_image
 
             args.all_leaves = args.all_leaves or args.all  # --all: every leaf, as --all-leaves
-            if args.oracle != "kvm":  # refused rather than run on KVM under another name
-                from kvmpage.cli.errors import CliError
-
-                raise CliError(
-                    f"--oracle {args.oracle} with --image is not available yet: an image's "
-                    "tables verify on KVM (--oracle kvm); dump --image and walk --image show "
-                    "the software walk"
-                )
             return cmd_verify_image(args)
         _layout_only(args, "all_leaves")
         if args.oracle == "both":

@@ -30,7 +30,7 @@ from kvmpage.cli.walk_cmd import (
 )
 from kvmpage.layout.walk import walk_lines
 from kvmpage.verify import Verifier
-from kvmpage.verify.image_guest import CannotVerify, image_on_machine
+from kvmpage.verify.image_guest import CannotVerify, image_on_machine, kvm_oracle, plan_guest
 
 
 def cmd_walk_image(args: argparse.Namespace) -> int:
@@ -58,9 +58,10 @@ def cmd_walk_image(args: argparse.Namespace) -> int:
                 view = scan_view(image, ctx)
                 used = [(r.phys, r.phys + r.size) for r in view.runs]
                 try:
-                    with image_on_machine(
-                        image, ctx, device=args.device, skip_top=self_slots(image, ctx), used=used
-                    ) as guest:
+                    kvm = kvm_oracle(args.device)
+                    plan = plan_guest(image, ctx, [kvm.profile], skip_top=self_slots(image, ctx),
+                                      used=used)  # fmt: skip
+                    with image_on_machine(image, ctx, plan, kvm) as guest:
                         if in_agent_slot(va, guest.agent_slot):
                             note = f"(top-level slot {guest.agent_slot} is the guest agent's)"
                         else:

@@ -41,6 +41,7 @@ examples:
   kvmpage verify --cpl3-only --seed 7 big.toml
   kvmpage verify --oracle tcg             QEMU's TCG MMU instead of KVM (1 GiB pages, no /dev/kvm)
   kvmpage verify --oracle both            KVM and TCG side by side; a difference is a finding
+  kvmpage verify --image guest.elf --oracle tcg   a memory image's own tables on TCG (5-level too)
 
 exit status: 0 every probe that ran agreed (the output says what did not run), 1 any
 disagreement, or with --strict anything not verified or an audit finding, 2 could not run
@@ -154,9 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         parents=[_common()],
         help="build a layout on KVM and check every mapping against the CPU",
-        description="Build LAYOUT's tables in a KVM guest, read, write and execute through "
-        "every mapping (and the holes next to them) at CPL3 and CPL0, compare with the "
-        "software's prediction, and print the mappings with a verdict per oracle.",
+        description="Build LAYOUT's tables (or copy a memory image's, --image) into a guest on "
+        "KVM (or QEMU's TCG MMU, --oracle), read, write and execute through every mapping (and "
+        "the holes next to them) at CPL3 and CPL0, compare with the software's prediction, and "
+        "print the mappings with a verdict per oracle.",
         epilog=_VERIFY_EXAMPLES,
         formatter_class=fmt,
     )
@@ -188,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("kvm", "tcg", "both"),
         default="kvm",
         help="what checks the tables: kvm (the CPU, /dev/kvm; default), tcg (QEMU's TCG MMU "
-        "through Unicorn, no /dev/kvm needed: pip install 'kvmpage[tcg]'), or both, side by side",
+        "through Unicorn, no /dev/kvm needed: pip install 'kvmpage[tcg]'), or both, side by "
+        "side; with --image too (a 5-level image runs on tcg only where KVM has no LA57: both "
+        "then says KVM did not run)",
     )
     add_image_args(v)
     v.add_argument(

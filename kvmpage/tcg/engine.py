@@ -84,8 +84,8 @@ class Snapshot:
 class Engine:
     """One x86-64 CPU of QEMU's TCG (`CPU_MODEL`), with physical memory and hooks.
 
-    ``ram`` is host memory at ``host_address`` (``size`` bytes) mapped at guest-physical 0;
-    `mmio` answers the guest-physical addresses above it. Nothing is delivered through the
+    `map_ram` maps host memory into guest-physical ranges (zero-copy); `map_mmio` has the
+    other ranges answered by host callbacks. Nothing is delivered through the
     guest's IDT: `on_exception` gets ``vector`` for every exception, and `error_code` reads the
     error code of the last one.
     """
@@ -102,9 +102,10 @@ class Engine:
 
     # -- memory ----------------------------------------------------------------------------
 
-    def map_ram(self, size: int, host_address: int) -> None:
-        """Guest-physical ``[0, size)`` is the host memory at ``host_address`` (zero-copy)."""
-        self.uc.mem_map_ptr(0, size, self._uc_mod.UC_PROT_ALL, host_address)
+    def map_ram(self, start: int, size: int, host_address: int) -> None:
+        """Guest-physical ``[start, start + size)`` is the host memory at ``host_address``
+        (zero-copy)."""
+        self.uc.mem_map_ptr(start, size, self._uc_mod.UC_PROT_ALL, host_address)
 
     def map_mmio(
         self,

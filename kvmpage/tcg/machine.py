@@ -23,7 +23,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Self
 
@@ -52,6 +52,7 @@ from kvmpage.machine.protocol import (
 from kvmpage.machine.watchdog import WATCHDOG
 from kvmpage.tcg.engine import MSR_EFER, Engine, ExceptionState, unicorn_version
 from kvmpage.tcg.errors import TcgError
+from kvmpage.tcg.placement import Placement57, map_guest_memory
 from kvmpage.tcg.profile import probe_tcg
 from kvmpage.tcg.stub import stub_image
 from kvmpage.x86 import CR4_LA57, EFER_LMA, EFER_LME, EFER_NXE
@@ -69,7 +70,8 @@ _END_RECORD = bytes(RECORD_SIZE)
 _SERVICES = frozenset(int(op) for op in Op if op >= Op.INVLPG)
 _RING0_PROBES = frozenset(int(op) for op in PROBE_OPS)
 _RING3_PROBES = frozenset(int(op) | OP_CPL3 for op in PROBE_OPS)
-#: in a 5-level guest the agent keeps the root's last slot (its 4-level tables below it)
+#: in a 5-level guest the agent keeps a slot of the user's level-5 root (by default the last),
+#: and the last slot of its own level-4 table below it
 _LA57_SLOT = 511
 _P5_OFF = 0x1F000  # the agent's own level-5 root, the last frame before its code area
 
@@ -99,8 +101,13 @@ class TcgMachine(AgentGuest):
     (QEMU's own translation would set A bits): ``translate_oracle`` is None.
 
     ``la57``: CR4.LA57 on (5-level paging); the user's root must then be a level-5 table, and the
-    agent keeps its last slot (511), which points at the agent's own level-4 table. The hook for
-    5-level layouts: build the root, `install_agent_slot` it, `Batch.load_cr3` it.
+    agent keeps its slot ``agent_slot`` (default 511), which points at the agent's own level-4
+    table. The hook for 5-level layouts: build the root, `install_agent_slot` it,
+    `Batch.load_cr3` it.
+
+    ``ram``: the ranges below the agent's reserved memory that are RAM (4 KiB aligned), as the
+    KVM machine's: the rest are holes, answered like addresses above RAM (MMIO: a read sees
+    `mmio_read_value`, a write is logged and dropped). Default: everything below the agent.
     """
 
     cpl0_oracle = ORACLE
@@ -118,16 +125,28 @@ class TcgMachine(AgentGuest):
         agent_slot: int = L.DEFAULT_AGENT_SLOT,
         timeout: float | None = DEFAULT_TIMEOUT,
         la57: bool = False,
+        ram: Sequence[tuple[int, int]] | None = None,
     ) -> None:
-        if la57 and agent_slot != _LA57_SLOT:
-            raise ValueError(f"a 5-level TCG machine keeps the agent in slot {_LA57_SLOT}")
         self.engine = Engine()
         self.la57 = la57
         self.timeout = timeout
-        self.placement = agent.Placement(memory_size, capacity, agent_slot, nx=True)
+        if la57:
+            self.placement: agent.Placement = Placement57(
+                memory_size, capacity, _LA57_SLOT, nx=True, top=agent_slot
+            )
+        else:
+            self.placement = agent.Placement(memory_size, capacity, agent_slot, nx=True)
         self.placement.validate()
+        present = None
+        if ram is not None:
+            low = self.placement.reserved[0]
+            if any(end > low for _, end in ram):
+                raise ValueError(
+                    f"RAM ranges must end below the agent's reserved memory at {low:#x}"
+                )
+            present = [*ram, self.placement.reserved]
         self.stub = stub_image()
-        self._memory: GuestMemory | None = GuestMemory(memory_size)
+        self._memory: GuestMemory | None = GuestMemory(memory_size, present=present)
         self.memory: GuestMemory = self._memory
         #: probes that reached no RAM: (guest-physical address, size, write, value)
         self.mmio_log: deque[tuple[int, int, bool, int]] = deque(maxlen=4096)
@@ -169,7 +188,9 @@ class TcgMachine(AgentGuest):
     @property
     def agent_slot(self) -> int:
         """The top-level slot of a user root that the agent reserves."""
-        return _LA57_SLOT if self.la57 else self.placement.slot
+        if isinstance(self.placement, Placement57):
+            return self.placement.top
+        return self.placement.slot
 
     @property
     def agent_p4(self) -> int:
@@ -194,11 +215,10 @@ class TcgMachine(AgentGuest):
             mem.zero(at, L.PAGE)
             mem.write(at, stub.code)
         if self.la57:
-            mem.write_u64(self.agent_p4 + 8 * _LA57_SLOT, self.agent_slot_entry)
+            mem.write_u64(self.agent_p4 + 8 * self.agent_slot, self.agent_slot_entry)
         self._kcode = pl.va(L.CODE_OFF)
         self._ucode = pl.va(L.CODE_OFF + agent.agent_image().user_code)
-        engine.map_ram(mem.size, mem.host_address)
-        engine.map_mmio(mem.size, PHYS_LIMIT - mem.size, self._mmio_read, self._mmio_write)
+        map_guest_memory(engine, mem, PHYS_LIMIT, self._mmio_read, self._mmio_write)
         engine.set_descriptor_tables(
             (pl.va(L.GDT_OFF), 8 * L.GDT_ENTRIES - 1), (pl.va(L.IDT_OFF), 16 * 32 - 1)
         )
