@@ -270,6 +270,11 @@ def test_cli_verifies_the_la57_example_on_tcg(capsys: pytest.CaptureFixture[str]
     giant = [r for r in doc["runs"] if r["page_size"] == 1 << 30]
     assert giant and all(r["verdict"] == "agree" for r in giant)
     assert any(int(r["virt"], 16) >> 48 not in (0, 0xFFFF) for r in doc["runs"])
+    # the kernel image at -2 GiB is in level-5 slot 511, so the agent took 510 (L5-13)
+    kernel = [r for r in doc["runs"] if r["virt"] == "0xffffffff80000000"]
+    assert kernel and kernel[0]["verdict"] == "agree"
+    assert main(["verify", "--oracle", "tcg", layout]) == 0
+    assert "agent in level-5 slot 510 (511 is the layout's)" in capsys.readouterr().out
 
 
 def test_cli_la57_wrong_prediction_exits_1(

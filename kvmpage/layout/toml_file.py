@@ -67,8 +67,6 @@ _MAPPER_KEYS = {"kind", "phys_offset", "recursive_index"}
 _CPU_KEYS = {"wp", "smep", "smap", "nxe", "ac", "la57"}
 #: The default physical-memory offset: Linux's direct map, 4-level and 5-level (L5-14).
 PHYS_OFFSETS = {4: 0xFFFF_8880_0000_0000, 5: 0xFF11_0000_0000_0000}
-#: The guest agent's top-level slot in a 5-level layout (`kvmpage.tcg.TcgMachine` keeps it; L5-13).
-LA57_AGENT_SLOT = 511
 _MAPPING_KEYS = {"name", "virt", "phys", "page_size", "count", "length", "flags"}
 #: Flag lists already read (a layout of 60,000 mappings has a handful of distinct ones).
 _FLAGS_SEEN: dict[tuple[str, ...], PageTableFlags] = {}
@@ -220,12 +218,6 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
     agent_slot = top.integer("agent_slot", AGENT_SLOT)
     if agent_slot > 511:
         raise top.error("agent_slot", f"expected a top-level index 0..511, got {agent_slot}")
-    if cpu.la57 and agent_slot != LA57_AGENT_SLOT:
-        raise top.error(
-            "agent_slot",
-            f"a 5-level layout ([cpu] la57 = true) keeps the guest agent in top-level slot "
-            f"{LA57_AGENT_SLOT}, got {agent_slot}",
-        )
     mapper = _Reader(path, "[mapper]", _table(top, "mapper"), _MAPPER_KEYS)
     kind: MapperKind = "offset"
     kind_name = mapper.string("kind", "offset", ("offset", "mapped", "recursive"))
@@ -240,7 +232,7 @@ def parse_layout(text: str, path: str = "<layout>", *, default_name: str = "layo
     recursive: int | None = None
     if mapper.has("recursive_index"):
         recursive = mapper.integer("recursive_index")
-        if recursive > 511 or ((named_slot or cpu.la57) and recursive == agent_slot):
+        if recursive > 511 or (named_slot and recursive == agent_slot):
             raise mapper.error(
                 "recursive_index",
                 f"expected a top-level index 0..511 other than the guest agent's {agent_slot}, "
@@ -296,31 +288,22 @@ def choose_agent_slot(
 ) -> int:
     """The guest agent's top-level slot for a layout that names none: 511 when the layout leaves
     it free, else the highest free slot of the kernel half, else the highest free one of the
-    user half (a higher-half kernel's -2 GiB image lives in 511). A 5-level layout has no
-    choice: the agent lives in slot 511 of the level-5 table (`LA57_AGENT_SLOT`)."""
+    user half (a higher-half kernel's -2 GiB image lives in 511). At 5 levels the slots are
+    the level-5 table's (L5-13): a 5-level Linux keeps its kernel image, modules and fixmap in
+    slot 511, where every 48-bit kernel address lies, so the agent moves below it."""
     used: set[int] = set() if recursive is None else {recursive}
     shift = 3 + 9 * levels
     for m in mappings:
         last = canonicalize(m.virt + m.length - 1, levels) if m.length else m.virt
         used.update(range((m.virt >> shift) & 511, ((last >> shift) & 511) + 1))
     order: list[int] = [*range(511, 255, -1), *range(255, -1, -1)]
-    if levels == 5:
-        if LA57_AGENT_SLOT not in used:
-            return LA57_AGENT_SLOT
-        message = (
-            f"a mapping uses top-level slot {LA57_AGENT_SLOT} (0xff80000000000000 and up, the "
-            "top 256 TiB, where every 48-bit kernel address lies at 5 levels): a 5-level layout "
-            "keeps it for the kvmpage guest agent; move the mapping"
-        )
-        if top is not None:
-            raise top.error("mapping", message)
-        raise LayoutError(message)
+    avoided = _AVOIDED_SLOTS if levels == 4 else frozenset()  # (TCG runs 5 levels: no PVM)
     for slot in order:
-        if slot not in used and slot not in _AVOIDED_SLOTS:
+        if slot not in used and slot not in avoided:
             return slot
     message = (
-        "every level-4 slot is used by the mappings (or the recursive slot): the kvmpage guest "
-        "agent needs one free slot for its code and data; leave one free"
+        f"every level-{levels} slot is used by the mappings (or the recursive slot): the kvmpage "
+        "guest agent needs one free slot for its code and data; leave one free"
     )
     if top is not None:
         raise top.error("mapping", message)
