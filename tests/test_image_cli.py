@@ -208,3 +208,18 @@ def test_strict_on_an_image_fails_on_what_was_not_verified(
     assert any("probes not run" in gap for gap in doc["not_verified"])
     code, out, _ = run(capsys, "verify", "--image", str(elf), "--strict")
     assert code == 1 and "NOT EVERYTHING WAS VERIFIED" in out and "coverage: " in out
+
+
+@pytest.mark.parametrize("oracle", ["kvm", "tcg"])
+def test_an_image_that_maps_nothing_is_not_a_pass(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path, oracle: str
+) -> None:
+    """Empty tables give no probe: exit 2 with the reason, as for a layout, never exit 0."""
+    raw = tmp_path / "zero.raw"
+    raw.write_bytes(bytes(1 << 20))
+    argv = ("verify", "--image", str(raw), "--cr3", "0x1000", "--oracle", oracle)
+    code, doc = run_json(capsys, *argv)
+    assert code == 2 and not doc["report"]["oracles"]
+    assert doc["error"] == "no probe ran: nothing was verified"
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and "NOTHING VERIFIED" in out and "no probe ran" in err

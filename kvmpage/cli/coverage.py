@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kvmpage.cli.errors import EXIT_ERROR, EXIT_FAIL, EXIT_OK
 from kvmpage.cli.output import audit_summary
 from kvmpage.layout.audit import Finding
 from kvmpage.verify import Report
@@ -76,3 +77,15 @@ def not_verified(
     if findings:
         out.append(audit_summary(findings).split(";")[0])
     return out
+
+
+def exit_status(report: Report, *, strict: bool, gaps: Sequence[str]) -> tuple[int, str | None]:
+    """The exit status of a verification and, when it could not verify anything, the error:
+    1 on a disagreement; 2 when no probe ran (``KVM_TRANSLATE`` alone is no check: never a
+    pass); with ``strict``, 1 when anything was left unverified (``gaps``); else 0."""
+    if not report.ok:
+        return EXIT_FAIL, None
+    probes = sum(c.probes for oracle, c in report.oracles.items() if oracle != "kvm-translate")
+    if probes == 0:
+        return EXIT_ERROR, "no probe ran: nothing was verified"
+    return (EXIT_FAIL if strict and gaps else EXIT_OK), None

@@ -17,14 +17,15 @@ runs with a verdict per oracle, the disagreements in full, what was not verified
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from kvmpage.cli import common
-from kvmpage.cli.coverage import not_verified
-from kvmpage.cli.errors import EXIT_FAIL, EXIT_OK, CliError
+from kvmpage.cli.coverage import exit_status, not_verified
+from kvmpage.cli.errors import EXIT_FAIL, CliError
 from kvmpage.cli.image_dump import ImageView, scan_view
 from kvmpage.cli.image_source import (
     context_json,
@@ -240,9 +241,7 @@ def _print(
         gbpage_leaves=sum(len(g.indices) for g in leaves.groups if g.level == 3),
     )  # fmt: skip
     gaps += [f"oracle {name} not run: {why}" for name, why in out.not_run.items()]
-    code = EXIT_OK if report.ok else EXIT_FAIL
-    if report.ok and args.strict and gaps:
-        code = EXIT_FAIL
+    code, error = exit_status(report, strict=args.strict, gaps=gaps)
     if args.json:
         emit_json(
             {
@@ -266,8 +265,11 @@ def _print(
                 "strict": args.strict,
                 "not_verified": gaps,
                 "seconds": round(seconds, 4),
+                **({"error": error} if error else {}),
             }
         )
+        if error:
+            print(f"kvmpage verify: error: {error}", file=sys.stderr)
         return code
     head = "\n".join(
         [image_line(image), *context_lines(ctx), out.guest_line, f"leaves: {leaf_counts(leaves)}"]
@@ -306,6 +308,10 @@ def _print(
     verdict = VERDICTS["both" if len(out.ran) > 1 else out.ran[0]][0 if report.ok else 1]
     if report.ok and code == EXIT_FAIL:
         verdict = "every probe that ran agreed, but NOT EVERYTHING WAS VERIFIED (--strict)"
+    elif error:
+        verdict = "NOTHING VERIFIED"
     missing = "".join(f" ({name.upper()} NOT RUN)" for name in out.not_run)
     print(f"{verdict}{missing}: {report.summary().rsplit(';', 1)[0]}; {seconds:.2f} s")
+    if error:
+        print(f"kvmpage verify: error: {error}", file=sys.stderr)
     return code

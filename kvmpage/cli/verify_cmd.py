@@ -15,8 +15,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from kvmpage.cli.common import EXIT_ERROR, EXIT_FAIL, EXIT_OK, load_spec, on_machine
-from kvmpage.cli.coverage import coverage_line, not_verified
+from kvmpage.cli.common import EXIT_FAIL, load_spec, on_machine
+from kvmpage.cli.coverage import coverage_line, exit_status, not_verified
 from kvmpage.cli.oracles import CROSS, profile_of
 from kvmpage.cli.output import (
     BUILTIN,
@@ -203,13 +203,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         dropped_gbpage=dropped_gbpage,
         gbpage_leaves=gbpage_leaves,
     )
-    code = EXIT_OK if report.ok else EXIT_FAIL
-    error = None
-    probes = sum(c.probes for oracle, c in report.oracles.items() if oracle != "kvm-translate")
-    if report.ok and probes == 0:  # nothing ran (KVM_TRANSLATE alone is no check): never a pass
-        code, error = EXIT_ERROR, "no probe ran: nothing was verified"
-    elif report.ok and args.strict and gaps:
-        code = EXIT_FAIL
+    code, error = exit_status(report, strict=args.strict, gaps=gaps)
     if args.json:
         emit_json(
             {
