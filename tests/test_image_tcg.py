@@ -167,3 +167,22 @@ def test_both_on_a_five_level_image_says_kvm_did_not_run(
     assert any(gap.startswith("oracle kvm not run: ") for gap in gaps)
     assert any("protection keys" in gap for gap in gaps)
     assert any("not RAM" in gap for gap in gaps)
+
+
+def test_walk_of_a_five_level_image_on_tcg(
+    capsys: pytest.CaptureFixture[str], la57: pathlib.Path
+) -> None:
+    """``walk --image --oracle tcg`` probes a 5-level kernel's text on TCG (KVM cannot: exit 2
+    naming --oracle tcg); the user probes fault, the kernel read reaches the frame."""
+    va = "0xffffffff81000000"
+    code, doc = run_json(capsys, "walk", "--image", str(la57), va, "--oracle", "tcg")
+    assert code == 0 and doc["walk"]["steps"][0]["table"] == "PML5" and doc["kvm_translate"] is None
+    probes = {(p["access"], p["cpl"]): p for p in doc["hardware"]}
+    ran = [p for p in probes.values() if not p["skipped"]]
+    assert len(probes) == 6 and len(ran) == 5 and all(p["oracle"] == "tcg" for p in ran)
+    assert "not RAM" in probes[("fetch", 0)]["skipped"]  # (no code can come from an MMIO exit)
+    user_read, kernel_read = probes[("read", 3)], probes[("read", 0)]
+    assert user_read["agree"] and user_read["actual"].startswith("#PF(error 0x5)")
+    assert kernel_read["agree"] and "reached physical 0x1000000" in kernel_read["actual"]
+    code, _, err = run(capsys, "walk", "--image", str(la57), va)
+    assert code == 2 and "--oracle tcg" in err

@@ -320,3 +320,18 @@ def test_reserved_bits_of_a_2mib_leaf_at_5_levels(kind: str) -> None:
         clean, reserved = faults[base], faults[base + (2 << 20)]
         assert None in clean and not any(f.error_code & 0x8 for f in clean if f is not None)
         assert reserved and all(f is not None and f.error_code & 0x8 for f in reserved)
+
+
+def test_walk_of_a_5_level_layout_on_tcg(capsys: pytest.CaptureFixture[str]) -> None:
+    """``walk --oracle tcg`` probes a 5-level layout's page on TCG (a -2 GiB kernel page: the
+    user probes fault, the kernel read reaches its frame); KVM refuses, naming --oracle tcg."""
+    layout = str(ROOT / "examples" / "la57.toml")
+    assert main(["walk", "0xffffffff80000000", layout, "--oracle", "tcg", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["walk"]["steps"][0]["table"] == "PML5" and doc["kvm_translate"] is None
+    probes = {(p["access"], p["cpl"]): p for p in doc["hardware"]}
+    assert len(probes) == 6 and all(p["oracle"] == "tcg" and p["agree"] for p in probes.values())
+    assert probes[("read", 3)]["actual"].startswith("#PF(error 0x5)")
+    assert "reached physical" in probes[("read", 0)]["actual"]
+    assert main(["walk", "0xffffffff80000000", layout]) == 2
+    assert "--oracle tcg" in capsys.readouterr().err

@@ -77,7 +77,7 @@ def on_machine(
             hint = ""
             if feature == "la57" and oracle == "kvm":  # a 5-level layout: say what does work
                 hint = (
-                    "; kvmpage verify --oracle tcg checks 5-level tables on QEMU's TCG MMU, "
+                    "; --oracle tcg checks 5-level tables on QEMU's TCG MMU (verify and walk), "
                     "kvmpage dump and walk --software-only show them"
                 )
             raise LayoutError(f"{where}: {who} cannot verify {feature.upper()}{why}{hint}")

@@ -16,6 +16,7 @@ from kvmpage.cli.image_source import (
     regions_for,
     self_slots,
 )
+from kvmpage.cli.image_verify import image_oracles
 from kvmpage.cli.output import emit_json, hexa
 from kvmpage.cli.progress import Progress
 from kvmpage.cli.walk_cmd import (
@@ -30,7 +31,7 @@ from kvmpage.cli.walk_cmd import (
 )
 from kvmpage.layout.walk import walk_lines
 from kvmpage.verify import Verifier
-from kvmpage.verify.image_guest import CannotVerify, image_on_machine, kvm_oracle, plan_guest
+from kvmpage.verify.image_guest import CannotVerify, image_on_machine, plan_guest
 
 
 def cmd_walk_image(args: argparse.Namespace) -> int:
@@ -58,11 +59,11 @@ def cmd_walk_image(args: argparse.Namespace) -> int:
                 view = scan_view(image, ctx)
                 used = [(r.phys, r.phys + r.size) for r in view.runs]
                 try:
-                    kvm = kvm_oracle(args.device)
-                    plan = plan_guest(image, ctx, [kvm.profile], skip_top=self_slots(image, ctx),
-                                      used=used)  # fmt: skip
-                    with image_on_machine(image, ctx, plan, kvm) as guest:
-                        if in_agent_slot(va, guest.agent_slot):
+                    (oracle,), _ = image_oracles(args.oracle, args.device, ctx)
+                    plan = plan_guest(image, ctx, [oracle.profile],
+                                      skip_top=self_slots(image, ctx), used=used)  # fmt: skip
+                    with image_on_machine(image, ctx, plan, oracle) as guest:
+                        if in_agent_slot(va, guest.agent_slot, ctx.levels):
                             note = f"(top-level slot {guest.agent_slot} is the guest agent's)"
                         else:
                             verifier = Verifier(
@@ -71,7 +72,7 @@ def cmd_walk_image(args: argparse.Namespace) -> int:
                             )  # fmt: skip
                             progress.stage("probing")
                             probes = hardware_probes(verifier, va)
-                            if w.steps:
+                            if w.steps and guest.machine.translate_oracle:
                                 translated = guest.machine.translate(va)
                                 kvm_line = kvm_translate_line(translated)
                 except CannotVerify as e:

@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="walk one address level by level, then probe it on the CPU",
         description="Walk VA through LAYOUT level by level (index, entry address, raw entry, "
         "flags, rights so far), then read, write and fetch its page at CPL3 and CPL0 on a KVM "
-        "guest and show what the CPU did.",
+        "guest (or QEMU's TCG with --oracle tcg) and show what the CPU did.",
         epilog=_WALK_EXAMPLES,
         formatter_class=fmt,
     )
@@ -218,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     _layout_arg(w)
     w.add_argument(
         "--software-only", action="store_true", help="only the software walk (no /dev/kvm)"
+    )
+    w.add_argument(
+        "--oracle",
+        choices=("kvm", "tcg"),
+        default="kvm",
+        help="what runs the probes: kvm (the CPU, /dev/kvm; default) or tcg (QEMU's TCG MMU "
+        "through Unicorn, no /dev/kvm needed; also 5-level tables and 1 GiB pages)",
     )
     add_image_args(w)
     w.set_defaults(func="walk")

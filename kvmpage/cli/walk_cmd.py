@@ -1,7 +1,8 @@
 """``kvmpage walk VA [LAYOUT]``: one address level by level, then what the CPU did with it.
 
 The software walk shows each level's index, entry address, raw entry, decoded flags and the
-effective rights so far. Then six probes run on a machine with the layout: read, write and
+effective rights so far. Then six probes run on a machine with the layout (KVM, or QEMU's TCG
+with ``--oracle tcg``, which also runs 5-level tables): read, write and
 fetch at CPL3 and CPL0, each with the software's prediction, the CPU's outcome and the oracle
 that produced it. The probes use the page's usual probe offsets (read +0, write +8, fetch
 +0x40) and the verifier's tagging, so they never write a page table.
@@ -184,7 +185,11 @@ def cmd_walk(args: argparse.Namespace) -> int:
     else:
         with (
             Progress.for_args(args.quiet) as progress,
-            on_machine(spec, args.device, progress) as (machine, built, verifier),
+            on_machine(spec, args.device, progress, oracle=args.oracle) as (
+                machine,
+                built,
+                verifier,
+            ),
         ):
             w, lines = _walk_lines(built, va)
             head, layout = header(built), layout_json(built)
@@ -196,7 +201,7 @@ def cmd_walk(args: argparse.Namespace) -> int:
                 )
             else:
                 probes = hardware_probes(verifier, va)
-                if w.steps:  # canonical: ask KVM's own walker too (under the layout's CR3)
+                if w.steps and machine.translate_oracle:  # KVM's own walker too (the layout's CR3)
                     translated = machine.translate(va)
                     kvm_line = kvm_translate_line(translated)
     code = EXIT_FAIL if any(p.agree is False for p in probes) else EXIT_OK
