@@ -11,32 +11,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import pytest
+from cli_support import SCHEMA, VALIDATOR, run, run_json
 
 from kvmpage.cli import main
 from kvmpage.cli.progress import Progress
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
-SCHEMA = json.loads((ROOT / "docs" / "json-schema.json").read_text())
-VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
-    code, out, _ = run(capsys, *argv, "--json")
-    doc = json.loads(out)
-    VALIDATOR.validate(doc)
-    assert doc["exit_code"] == code and doc["schema_version"] == 2
-    return code, doc
 
 
 def test_schema_is_a_valid_json_schema_and_rejects_drift() -> None:

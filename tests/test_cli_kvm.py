@@ -8,10 +8,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-import jsonschema
 import pytest
+from cli_support import VALIDATOR, IgnoresNx, run, run_json
 
 from kvmpage.cli import common, main
 from kvmpage.machine import host_profile
@@ -22,31 +21,6 @@ pytestmark = pytest.mark.kvm
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
-VALIDATOR = jsonschema.Draft202012Validator(
-    json.loads((ROOT / "docs" / "json-schema.json").read_text())
-)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
-    code, out, _ = run(capsys, *argv, "--json")
-    doc = json.loads(out)
-    VALIDATOR.validate(doc)
-    assert doc["exit_code"] == code
-    return code, doc
-
-
-class IgnoresNx(Predictor):
-    """A deliberately wrong software walk: NX is never honoured."""
-
-    def walk_of(self, probe: Probe) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        entries, addrs = super().walk_of(probe)
-        return tuple(e & ~(1 << 63) for e in entries), addrs
 
 
 @pytest.fixture

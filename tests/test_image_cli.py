@@ -4,17 +4,15 @@ tables (and a layout written as an image) on the CPU."""
 
 from __future__ import annotations
 
-import json
 import pathlib
 import subprocess
 import sys
-from typing import Any
 
 import pytest
+from cli_support import run, run_json
 from image_support import built_builtin, linux_image, sha256, write_image
-from test_cli import VALIDATOR
 
-from kvmpage.cli import common, main
+from kvmpage.cli import common
 from kvmpage.verify import Predictor
 from kvmpage.verify.probes import Probe
 
@@ -31,20 +29,6 @@ def elf(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def pti(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return linux_image("pti", tmp_path_factory.mktemp("pti"))
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
-    code, out, _ = run(capsys, *argv, "--json")
-    doc: dict[str, Any] = json.loads(out)
-    VALIDATOR.validate(doc)
-    assert doc["exit_code"] == code
-    return code, doc
 
 
 def test_image_info(capsys: pytest.CaptureFixture[str], pti: pathlib.Path) -> None:

@@ -14,9 +14,9 @@ import pathlib
 from typing import Any
 
 import pytest
+from cli_support import VALIDATOR
 from image_support import DATA, SCENARIOS, linux_image, sha256
 from qemu_views import mem_of, pages_of, parse_mem, parse_tlb, read_xz
-from test_cli import VALIDATOR
 
 from kvmpage.cli import main
 

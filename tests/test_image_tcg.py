@@ -15,8 +15,9 @@ import pathlib
 from typing import Any
 
 import pytest
+from cli_support import run, run_json
 from image_support import built_builtin, linux_image, sha256, write_image
-from test_image_cli import _WrongFrames, run, run_json
+from test_image_cli import _WrongFrames
 
 from kvmpage.cli import common
 from kvmpage.machine import Batch, pte

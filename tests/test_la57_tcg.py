@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_support import IgnoresNx
 
 from kvmpage import PhysAddr, VirtAddr57
 from kvmpage.cli import common, main
@@ -241,14 +242,6 @@ def test_a_walk_that_forgets_the_level_5_entry_is_caught(
     d = wrong.disagreements[0]
     assert d.oracle == "tcg" and d.va >> 48 == 1 and d.cpl == 3
     assert {x.access for x in wrong.disagreements} >= {"read", "write", "fetch"}
-
-
-class IgnoresNx(Predictor):
-    """A deliberately wrong software walk: NX is never honoured."""
-
-    def walk_of(self, probe: Probe) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        entries, addrs = super().walk_of(probe)
-        return tuple(e & ~(1 << 63) for e in entries), addrs
 
 
 def _verify_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:

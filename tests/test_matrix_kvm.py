@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
+from cli_support import VALIDATOR
 
 from kvmpage.cli import main, matrix_cmd
 from kvmpage.machine import host_profile
@@ -25,9 +25,6 @@ from kvmpage.paging.access import AccessKind, CpuState, Features, Outcome, evalu
 pytestmark = pytest.mark.kvm
 
 ROOT = Path(__file__).parent.parent
-VALIDATOR = jsonschema.Draft202012Validator(
-    json.loads((ROOT / "docs" / "json-schema.json").read_text())
-)
 CI_SAMPLE = 21000  #: a few per cent are filtered on a host without 1 GiB pages
 
 

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
+from cli_support import IgnoresNx, run, run_json
 
 from kvmpage import VirtAddr
-from kvmpage.cli import common, main
+from kvmpage.cli import common
 from kvmpage.layout.builtin import builtin_layout
 from kvmpage.layout.spec import BuiltLayout, LayoutSpec, build
 from kvmpage.machine import Batch, GuestCrashError, WatchdogTimeout, fetch_stub, pte
@@ -32,9 +31,6 @@ from kvmpage.verify.probes import Probe
 from kvmpage.verify.tlb import NOT_CHECKABLE, Unflushed
 
 ROOT = Path(__file__).parent.parent
-VALIDATOR = jsonschema.Draft202012Validator(
-    json.loads((ROOT / "docs" / "json-schema.json").read_text())
-)
 F = PageTableFlags
 TAG = 0x6B70 << 48
 USER, KERNEL, NXPAGE, HOLE, MMIO = 0x40_0000, 0x40_1000, 0x40_2000, 0x40_3000, 0x40_4000
@@ -349,28 +345,6 @@ def test_unflushed_changes_follow_the_architectures_flush_rules() -> None:
 
 
 # -- the command line ------------------------------------------------------------------------
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
-    code, out, _ = run(capsys, *argv, "--json")
-    doc = json.loads(out)
-    VALIDATOR.validate(doc)
-    assert doc["exit_code"] == code
-    return code, doc
-
-
-class IgnoresNx(Predictor):
-    """A deliberately wrong software walk: NX is never honoured."""
-
-    def walk_of(self, probe: Probe) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        entries, addrs = super().walk_of(probe)
-        return tuple(e & ~(1 << 63) for e in entries), addrs
 
 
 def test_verify_oracle_tcg_keeps_the_builtin_1gib_page(capsys: pytest.CaptureFixture[str]) -> None:

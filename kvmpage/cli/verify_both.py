@@ -23,10 +23,9 @@ from kvmpage.cli.output import (
     finding_json,
     header,
     layout_json,
-    run_json,
 )
 from kvmpage.cli.progress import Progress
-from kvmpage.cli.verify_cmd import VERDICTS, _text, in_slot
+from kvmpage.cli.verify_cmd import VERDICTS, _text, in_slot, runs_json
 from kvmpage.layout.audit import audit
 from kvmpage.layout.dump import runs_of
 from kvmpage.paging.leaves import Leaves
@@ -83,14 +82,7 @@ def cmd_verify_both(args: argparse.Namespace) -> int:
                 "ok": report.ok,
                 "oracle": "both",
                 "layout": layout,
-                "runs": [
-                    {
-                        **run_json(r, n),
-                        **v.to_json(),
-                        "recursive_slot": slot is not None and in_slot(r, slot, levels),
-                    }
-                    for r, v, n in zip(runs, verdicts, names, strict=True)
-                ],
+                "runs": runs_json(runs, verdicts, names, slot, levels),
                 "holes": holes.to_json(),
                 "audit": [finding_json(f) for f in findings],
                 "report": report.to_dict(),

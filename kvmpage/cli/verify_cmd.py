@@ -14,6 +14,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from kvmpage.cli.common import EXIT_FAIL, load_spec, on_machine
 from kvmpage.cli.coverage import coverage_line, exit_status, not_verified
@@ -49,6 +50,25 @@ VERDICTS = {
 def in_slot(run: Run, slot: int, levels: int = 4) -> bool:
     """Whether ``run`` lies in top-level slot ``slot`` (the recursive slot's own mappings)."""
     return (run.virt >> (3 + 9 * levels)) & 511 == slot
+
+
+def runs_json(
+    runs: Sequence[Run],
+    verdicts: Sequence[RunVerdict],
+    names: Sequence[Sequence[str]],
+    slot: int | None,
+    levels: int,
+) -> list[dict[str, Any]]:
+    """The ``runs`` of a layout's verify document: each run with its verdict per oracle and
+    whether it lies in the recursive slot ``slot`` (the tables seen as data)."""
+    return [
+        {
+            **run_json(r, n),
+            **v.to_json(),
+            "recursive_slot": slot is not None and in_slot(r, slot, levels),
+        }
+        for r, v, n in zip(runs, verdicts, names, strict=True)
+    ]
 
 
 def _text(
@@ -212,14 +232,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 "ok": report.ok,
                 "oracle": oracle,
                 "layout": layout,
-                "runs": [
-                    {
-                        **run_json(r, n),
-                        **v.to_json(),
-                        "recursive_slot": slot is not None and in_slot(r, slot, levels),
-                    }
-                    for r, v, n in zip(runs, verdicts, names, strict=True)
-                ],
+                "runs": runs_json(runs, verdicts, names, slot, levels),
                 "holes": holes.to_json(),
                 "audit": [finding_json(f) for f in findings],
                 "report": report.to_dict(),

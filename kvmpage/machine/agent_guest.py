@@ -13,11 +13,13 @@ from __future__ import annotations
 from kvmpage.machine import layout as L
 from kvmpage.machine.agent import Placement
 from kvmpage.machine.errors import AgentSlotConflict, BatchError
-from kvmpage.machine.protocol import Batch
+from kvmpage.machine.protocol import RECORD_SIZE, Batch
 from kvmpage.memory import PhysMemory
 from kvmpage.x86 import ADDRESS_MASK
 
 __all__ = ["AgentGuest"]
+
+_END_RECORD = bytes(RECORD_SIZE)  # a zero record ends the agent's command loop
 
 
 class AgentGuest:
@@ -81,6 +83,20 @@ class AgentGuest:
                 f"{what} at {phys:#x} must be a 4 KiB aligned frame below the agent's "
                 f"reserved memory at {self.reserved[0]:#x}"
             )
+
+    def _load(self, batch: Batch) -> tuple[int, int]:
+        """Check ``batch`` (capacity, `_validate`) and write it into the command array with the
+        end record after it, before any of it runs; returns (the array's address, commands)."""
+        n = len(batch)
+        if n > self.capacity:
+            raise BatchError(
+                f"batch of {n} commands exceeds this machine's capacity {self.capacity}"
+            )
+        self._validate(batch)
+        start = self.placement.cmd_phys
+        self.memory.write(start, batch.data)
+        self.memory.write(start + n * RECORD_SIZE, _END_RECORD)
+        return start, n
 
     def _validate(self, batch: Batch) -> None:
         """Refuse a batch the guest cannot run as written (before any of it runs)."""

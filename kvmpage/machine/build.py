@@ -92,31 +92,41 @@ def text_section(elf: bytes) -> bytes:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_main(
+    argv: list[str] | None, source: Path, target: Path, module: str, description: str
+) -> int:
+    """The command line of a guest-code build: assemble ``source`` into ``target``, or with
+    ``--check`` verify that the shipped ``target`` is what ``source`` assembles to (exit 1 when
+    stale, 2 when it cannot be assembled). ``module`` names the command in messages."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
-        "--check", action="store_true", help="verify agent.bin instead of writing it"
+        "--check", action="store_true", help=f"verify {target.name} instead of writing it"
     )
     args = parser.parse_args(argv)
     try:
-        image = assemble()
+        image = assemble(source)
     except BuildError as e:
-        print(f"kvmpage.machine.build: {e}", file=sys.stderr)
+        print(f"{module}: {e}", file=sys.stderr)
         return 2
     if args.check:
-        shipped = AGENT_BIN.read_bytes() if AGENT_BIN.exists() else b""
+        shipped = target.read_bytes() if target.exists() else b""
         if shipped != image:
             print(
-                f"{AGENT_BIN} is stale: reassembling {SOURCE.name} gives {len(image)} bytes that "
-                f"differ from the shipped {len(shipped)}; run python -m kvmpage.machine.build",
+                f"{target} is stale: reassembling {source.name} gives {len(image)} bytes that "
+                f"differ from the shipped {len(shipped)}; run python -m {module}",
                 file=sys.stderr,
             )
             return 1
-        print(f"agent.bin matches {SOURCE.name} ({len(image)} bytes)")
+        print(f"{target.name} matches {source.name} ({len(image)} bytes)")
         return 0
-    AGENT_BIN.write_bytes(image)
-    print(f"wrote {AGENT_BIN} ({len(image)} bytes)")
+    target.write_bytes(image)
+    print(f"wrote {target} ({len(image)} bytes)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kvmpage.machine.build [--check]``: the agent."""
+    return build_main(argv, SOURCE, AGENT_BIN, "kvmpage.machine.build", __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ from kvmpage.machine import layout as L
 from kvmpage.machine.agent_guest import AgentGuest
 from kvmpage.machine.cpuid import CpuidCache
 from kvmpage.machine.errors import (
-    BatchError,
     GuestCrashError,
     MachineClosedError,
     WatchdogTimeout,
@@ -58,7 +57,6 @@ DEFAULT_MEMORY = 64 << 20
 DEFAULT_CAPACITY = 16384
 DEFAULT_TIMEOUT = 10.0
 _UNSET: Final = object()
-_END_RECORD = bytes(RECORD_SIZE)
 
 
 @functools.cache
@@ -224,15 +222,7 @@ class Machine(AgentGuest):
     def run(self, batch: Batch, *, timeout: float | object | None = _UNSET) -> BatchResults:
         """Run every command of ``batch`` in one KVM_RUN; one result per command, in order."""
         self._check_open()
-        n = len(batch)
-        if n > self.capacity:
-            raise BatchError(
-                f"batch of {n} commands exceeds this machine's capacity {self.capacity}"
-            )
-        self._validate(batch)
-        start = self.placement.cmd_phys
-        self.memory.write(start, batch.data)
-        self.memory.write(start + n * RECORD_SIZE, _END_RECORD)
+        start, n = self._load(batch)
         limit = self.timeout if timeout is _UNSET else timeout
         t0 = time.perf_counter_ns()
         self._execute(limit)  # type: ignore[arg-type]

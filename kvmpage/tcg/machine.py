@@ -33,7 +33,6 @@ from kvmpage.machine import agent, pte
 from kvmpage.machine import layout as L
 from kvmpage.machine.agent_guest import AgentGuest
 from kvmpage.machine.errors import (
-    BatchError,
     GuestCrashError,
     MachineClosedError,
     WatchdogTimeout,
@@ -66,7 +65,6 @@ ORACLE = "tcg"
 #: largest MAXPHYADDR (TCG's own is 40: addresses above it are reserved bits in an entry)
 PHYS_LIMIT = 1 << 52
 _UNSET: Final = object()
-_END_RECORD = bytes(RECORD_SIZE)
 _SERVICES = frozenset(int(op) for op in Op if op >= Op.INVLPG)
 _RING0_PROBES = frozenset(int(op) for op in PROBE_OPS)
 _RING3_PROBES = frozenset(int(op) | OP_CPL3 for op in PROBE_OPS)
@@ -274,15 +272,7 @@ class TcgMachine(AgentGuest):
     def run(self, batch: Batch, *, timeout: float | object | None = _UNSET) -> BatchResults:
         """Run every command of ``batch``; one result per command, in order."""
         self._check_open()
-        n = len(batch)
-        if n > self.capacity:
-            raise BatchError(
-                f"batch of {n} commands exceeds this machine's capacity {self.capacity}"
-            )
-        self._validate(batch)
-        start = self.placement.cmd_phys
-        self.memory.write(start, batch.data)
-        self.memory.write(start + n * RECORD_SIZE, _END_RECORD)
+        start, n = self._load(batch)
         limit = self.timeout if timeout is _UNSET else timeout
         # the host wrote tables, tags and fetch stubs: no translation and no translated block
         # from before may survive (TCG has no TLB model; see the module docstring)
